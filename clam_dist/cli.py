@@ -1,0 +1,54 @@
+"""`clam-dist` command line: one subcommand per stage, each defined in its own module.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
+code). The registry below maps names to modules, imported only when that command runs, so
+`clam-dist --help` stays fast and a broken optional stage cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("clam_dist.commands.demo", "cluster a bundled data set with ClAM and k-means, print metrics"),
+    "quality": ("clam_dist.commands.quality", "ClAM vs k-means on the seven ClAM-paper data sets"),
+    "make-dataset": ("clam_dist.commands.make_dataset", "write sharded Parquet (Gaussian mixture or paper data)"),
+    "train": ("clam_dist.train.command", "distributed training with Ray Train"),
+    "assign": ("clam_dist.assign.command", "assign every row to a cluster with Ray Data"),
+    "evaluate": ("clam_dist.evaluate.command", "metrics and an HTML/PNG report for assignments"),
+    "pipeline": ("clam_dist.pipeline.command", "make/read data -> train -> assign -> evaluate -> report"),
+    "tune": ("clam_dist.tune.command", "hyper-parameter search with Ray Tune"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clam-dist",
+        description="Distributed clustering with Associative Memories (ClAM, DCAM, attention, k-means).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            # Only the chosen command's module is imported (its options may need heavy deps).
+            importlib.import_module(module_name).add_arguments(cmd)
+        cmd.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in COMMANDS else "__none__")
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

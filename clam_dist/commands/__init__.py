@@ -1,0 +1,1 @@
+"""Thin command modules for the CLI (argument parsing + a call into the library)."""

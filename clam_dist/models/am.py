@@ -1,0 +1,335 @@
+"""Associative-Memory (AM) dynamics: energy, steps, unrolled evolution, assignment.
+
+Pure torch, no Ray, no I/O. Notation follows DESIGN.md: data x (n, d), prototypes R (k, d),
+inverse temperature beta, step alpha, T steps.
+
+Everything is written in GEMM form. For the Euclidean metric the softmax logits are
+
+    -beta/2 ||x - rho||^2 = beta x.rho - beta/2 ||rho||^2 - beta/2 ||x||^2
+
+and the last term is constant over prototypes, so it cancels inside the softmax: the AM
+step is dot-product attention with query x, keys = values = R, scale beta and a per-key
+bias -beta/2 ||rho||^2. For the spherical (cosine) metric x and rho are unit vectors and
+the bias vanishes.
+
+Memory is bounded in n AND k: when a (rows x k) block would be larger than
+``block_elems`` the work is chunked over rows and over prototypes, with a streaming
+(online) log-sum-exp, and the backward pass recomputes the scores chunk by chunk instead
+of storing them (the flash-attention recipe, in plain torch). Small problems take the
+direct path, where autograd stores the (n, k) probabilities and is fastest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Metric = Literal["euclidean", "spherical"]
+METRICS: tuple[str, ...] = ("euclidean", "spherical")
+
+# Largest (rows x prototypes) block materialised at once: 2^24 floats = 64 MiB in float32.
+DEFAULT_BLOCK_ELEMS = 1 << 24
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def check_dynamics(beta: float, alpha: float, steps: int) -> None:
+    """Validate AM hyper-parameters with messages that name the bad value."""
+    if not (isinstance(beta, (int, float)) and beta > 0 and beta < float("inf")):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps (T) must be an integer >= 0, got {steps!r}")
+
+
+def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Project rows onto the unit sphere (zero rows stay zero instead of becoming NaN)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def prepare_prototypes(prototypes: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """The prototypes the dynamics actually use: unit-norm for the spherical metric."""
+    check_metric(metric)
+    return normalize_rows(prototypes) if metric == "spherical" else prototypes
+
+
+def _bias(prototypes: torch.Tensor, beta: float, metric: Metric) -> torch.Tensor | None:
+    if metric == "spherical":
+        return None
+    return -0.5 * beta * (prototypes * prototypes).sum(dim=1)
+
+
+def _logits(
+    x: torch.Tensor, prototypes: torch.Tensor, beta: float, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Softmax logits up to a per-row constant: beta x R^T (+ bias)."""
+    scores = torch.matmul(x, prototypes.t()) * beta
+    return scores if bias is None else scores + bias
+
+
+def squared_distances(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """||x_i - rho_j||^2 as one GEMM, clamped at 0 against cancellation. Shape (n, k)."""
+    x_sq = (x * x).sum(dim=1, keepdim=True)
+    p_sq = (prototypes * prototypes).sum(dim=1)
+    d2 = torch.addmm(p_sq.unsqueeze(0) + x_sq, x, prototypes.t(), alpha=-2.0)
+    return d2.clamp_min(0.0)
+
+
+def _block_sizes(n: int, k: int, block_elems: int) -> tuple[int, int]:
+    """Row and prototype chunk sizes so that one block has at most block_elems entries."""
+    k_chunk = min(k, max(1, block_elems // max(1, min(n, 1024))))
+    row_chunk = max(1, min(n, block_elems // k_chunk))
+    return row_chunk, k_chunk
+
+
+# ---------------------------------------------------------------------------------------
+# Attention read-out softmax(logits) @ R, chunked with an online log-sum-exp.
+# ---------------------------------------------------------------------------------------
+
+
+def _readout_forward_chunked(
+    x: torch.Tensor, protos: torch.Tensor, beta: float, metric: Metric, row_chunk: int, k_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (softmax(logits) @ R, logsumexp(logits)) without an (n, k) tensor."""
+    n, k = x.shape[0], protos.shape[0]
+    out = torch.empty_like(x)
+    lse = torch.empty(n, dtype=x.dtype, device=x.device)
+    bias_all = _bias(protos, beta, metric)
+    for r0 in range(0, n, row_chunk):
+        xr = x[r0 : r0 + row_chunk]
+        run_max = torch.full((xr.shape[0], 1), -float("inf"), dtype=x.dtype, device=x.device)
+        run_sum = torch.zeros((xr.shape[0], 1), dtype=x.dtype, device=x.device)
+        acc = torch.zeros_like(xr)
+        for c0 in range(0, k, k_chunk):
+            pc = protos[c0 : c0 + k_chunk]
+            bias = None if bias_all is None else bias_all[c0 : c0 + k_chunk]
+            logits = _logits(xr, pc, beta, bias)
+            new_max = torch.maximum(run_max, logits.amax(dim=1, keepdim=True))
+            scale = torch.exp(run_max - new_max)
+            weights = torch.exp(logits - new_max)
+            run_sum = run_sum * scale + weights.sum(dim=1, keepdim=True)
+            acc = acc * scale + weights @ pc
+            run_max = new_max
+        out[r0 : r0 + row_chunk] = acc / run_sum
+        lse[r0 : r0 + row_chunk] = (run_max + run_sum.log()).squeeze(1)
+    return out, lse
+
+
+class _ChunkedReadout(torch.autograd.Function):
+    """softmax(beta x R^T + bias) @ R with O(rows x chunk) memory in both passes."""
+
+    @staticmethod
+    def forward(ctx, x, protos, beta: float, metric: str, row_chunk: int, k_chunk: int):
+        out, lse = _readout_forward_chunked(x, protos, beta, metric, row_chunk, k_chunk)
+        ctx.save_for_backward(x, protos, out, lse)
+        ctx.cfg = (beta, metric, row_chunk, k_chunk)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, protos, out, lse = ctx.saved_tensors
+        beta, metric, row_chunk, k_chunk = ctx.cfg
+        n, k = x.shape[0], protos.shape[0]
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_p = torch.zeros_like(protos) if ctx.needs_input_grad[1] else None
+        bias_all = _bias(protos, beta, metric)
+        # D_i = <dO_i, O_i>: the softmax Jacobian's row correction.
+        delta = (grad_out * out).sum(dim=1, keepdim=True)
+        for r0 in range(0, n, row_chunk):
+            xr, go, dr = x[r0 : r0 + row_chunk], grad_out[r0 : r0 + row_chunk], delta[r0 : r0 + row_chunk]
+            lr = lse[r0 : r0 + row_chunk].unsqueeze(1)
+            for c0 in range(0, k, k_chunk):
+                pc = protos[c0 : c0 + k_chunk]
+                bias = None if bias_all is None else bias_all[c0 : c0 + k_chunk]
+                probs = torch.exp(_logits(xr, pc, beta, bias) - lr)
+                grad_logits = probs * (go @ pc.t() - dr)
+                if grad_x is not None:
+                    grad_x[r0 : r0 + row_chunk] += beta * (grad_logits @ pc)
+                if grad_p is not None:
+                    # values path + keys path + bias path (-beta/2 ||rho||^2).
+                    g = probs.t() @ go + beta * (grad_logits.t() @ xr)
+                    if bias is not None:
+                        g -= beta * grad_logits.sum(dim=0).unsqueeze(1) * pc
+                    grad_p[c0 : c0 + k_chunk] += g
+        return grad_x, grad_p, None, None, None, None
+
+
+def attention_readout(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    metric: Metric = "euclidean",
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> torch.Tensor:
+    """softmax_mu(-beta/2 ||x - rho_mu||^2) @ R (or the cosine form), shape (n, d).
+
+    ``prototypes`` must already be prepared (unit-norm for spherical).
+    """
+    n, k = x.shape[0], prototypes.shape[0]
+    if n * k <= block_elems:
+        logits = _logits(x, prototypes, beta, _bias(prototypes, beta, metric))
+        return torch.softmax(logits, dim=1) @ prototypes
+    row_chunk, k_chunk = _block_sizes(n, k, block_elems)
+    return _ChunkedReadout.apply(x, prototypes, float(beta), metric, row_chunk, k_chunk)
+
+
+# ---------------------------------------------------------------------------------------
+# Dynamics
+# ---------------------------------------------------------------------------------------
+
+
+def am_step(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    alpha: float,
+    metric: Metric = "euclidean",
+    mask: torch.Tensor | None = None,
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> torch.Tensor:
+    """One AM step x <- x + alpha * m * (softmax(...) @ R - x).
+
+    ``mask`` (same shape as x, 1 = hidden coordinate) restricts the update to hidden
+    coordinates; None updates every coordinate. For the spherical metric the state is
+    projected back onto the unit sphere after the step.
+    """
+    protos = prepare_prototypes(prototypes, metric)
+    update = attention_readout(x, protos, beta, metric, block_elems) - x
+    if mask is not None:
+        update = update * mask
+    x_next = x + alpha * update
+    if metric == "spherical":
+        x_next = normalize_rows(x_next)
+    return x_next
+
+
+def am_evolve(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    alpha: float,
+    steps: int,
+    metric: Metric = "euclidean",
+    mask: torch.Tensor | None = None,
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> torch.Tensor:
+    """T unrolled AM steps; differentiable w.r.t. x and the prototypes through every step."""
+    protos = prepare_prototypes(prototypes, metric)
+    if metric == "spherical":
+        x = normalize_rows(x)
+    for _ in range(steps):
+        update = attention_readout(x, protos, beta, metric, block_elems) - x
+        if mask is not None:
+            update = update * mask
+        x = x + alpha * update
+        if metric == "spherical":
+            x = normalize_rows(x)
+    return x
+
+
+def energy(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    metric: Metric = "euclidean",
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> torch.Tensor:
+    """E(x) = -(1/beta) log sum_mu exp(-beta/2 ||x - rho_mu||^2), shape (n,).
+
+    For the spherical metric x and rho are unit-normalised first, so the distance is
+    ||x^ - rho^||^2 = 2 - 2 cos. Streaming log-sum-exp over prototype chunks.
+    """
+    check_metric(metric)
+    protos = prepare_prototypes(prototypes, metric)
+    if metric == "spherical":
+        x = normalize_rows(x)
+    n, k = x.shape[0], protos.shape[0]
+    row_chunk, k_chunk = _block_sizes(n, k, block_elems)
+    parts = []
+    for r0 in range(0, n, row_chunk):
+        xr = x[r0 : r0 + row_chunk]
+        chunks = [
+            torch.logsumexp(-0.5 * beta * squared_distances(xr, protos[c0 : c0 + k_chunk]), dim=1)
+            for c0 in range(0, k, k_chunk)
+        ]
+        lse = torch.logsumexp(torch.stack(chunks, dim=1), dim=1) if len(chunks) > 1 else chunks[0]
+        parts.append(-lse / beta)
+    return torch.cat(parts) if parts else x.new_zeros(0)
+
+
+@torch.no_grad()
+def nearest_prototypes(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    metric: Metric = "euclidean",
+    top: int = 1,
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` smallest squared distances and their prototype indices, each (n, top).
+
+    Chunked over rows and prototypes with a running top-k, so memory is bounded in k.
+    """
+    check_metric(metric)
+    protos = prepare_prototypes(prototypes, metric)
+    if metric == "spherical":
+        x = normalize_rows(x)
+    n, k = x.shape[0], protos.shape[0]
+    top = min(top, k)
+    row_chunk, k_chunk = _block_sizes(n, k, block_elems)
+    best_d = torch.empty((n, top), dtype=x.dtype, device=x.device)
+    best_i = torch.empty((n, top), dtype=torch.long, device=x.device)
+    for r0 in range(0, n, row_chunk):
+        xr = x[r0 : r0 + row_chunk]
+        cur_d = cur_i = None
+        for c0 in range(0, k, k_chunk):
+            d2 = squared_distances(xr, protos[c0 : c0 + k_chunk])
+            t = min(top, d2.shape[1])
+            vals, idx = torch.topk(d2, t, dim=1, largest=False)
+            idx = idx + c0
+            if cur_d is None:
+                cur_d, cur_i = vals, idx
+            else:
+                both_d, both_i = torch.cat([cur_d, vals], 1), torch.cat([cur_i, idx], 1)
+                keep_d, pos = torch.topk(both_d, min(top, both_d.shape[1]), dim=1, largest=False)
+                cur_d, cur_i = keep_d, torch.gather(both_i, 1, pos)
+        best_d[r0 : r0 + row_chunk] = cur_d
+        best_i[r0 : r0 + row_chunk] = cur_i
+    return best_d, best_i
+
+
+@torch.no_grad()
+def assign(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    alpha: float,
+    steps: int,
+    metric: Metric = "euclidean",
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClAM assignment: evolve T steps from x, then label = argmin_mu ||x_T - rho_mu||^2.
+
+    Returns (labels (n,), squared distance of the ORIGINAL x to the assigned prototype (n,)).
+    Rows are processed in chunks so memory is bounded whatever n is.
+    """
+    check_dynamics(beta, alpha, steps)
+    protos = prepare_prototypes(prototypes, metric)
+    n, k = x.shape[0], protos.shape[0]
+    row_chunk, _ = _block_sizes(n, k, block_elems)
+    row_chunk = max(row_chunk, 1)
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    dist = torch.empty(n, dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, row_chunk):
+        xr = x[r0 : r0 + row_chunk]
+        xt = am_evolve(xr, protos, beta, alpha, steps, metric, block_elems=block_elems)
+        _, idx = nearest_prototypes(xt, protos, metric, 1, block_elems)
+        lab = idx[:, 0]
+        xr_m = normalize_rows(xr) if metric == "spherical" else xr
+        labels[r0 : r0 + row_chunk] = lab
+        dist[r0 : r0 + row_chunk] = ((xr_m - protos[lab]) ** 2).sum(dim=1)
+    return labels, dist

@@ -1,0 +1,54 @@
+"""Shared fixtures: a real S3 API server on loopback and a small real local Ray instance."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+# Keep torch from oversubscribing the 2-core CI machine when Ray workers run beside it.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1:<free port> with one bucket; yields a LocalS3."""
+    from clam_dist.data.local_s3 import local_s3
+
+    with local_s3(bucket="clam-test") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_server):
+    """storage_options for fsspec/s3fs/pyarrow/dask that reach the local S3 server."""
+    return s3_server.storage_options
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One real local Ray instance per test module (2 CPUs, modest object store)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # address='local' always starts a fresh instance, never joins a `ray start` cluster.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=256 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

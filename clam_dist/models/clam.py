@@ -146,7 +146,7 @@ def clam_loss(
 
 @torch.no_grad()
 def beta_from_data(
-    x: torch.Tensor, prototypes: torch.Tensor, metric: Metric = "euclidean", scale: float = 4.0
+    x: torch.Tensor, prototypes: torch.Tensor, metric: Metric = "euclidean", scale: float = 16.0
 ) -> float:
     """A default inverse temperature from the data's distance scale.
 

@@ -1,0 +1,152 @@
+"""Model artifacts: a directory holding ``model.safetensors`` (tensors) and ``model.json``
+(metadata). Loading never unpickles. Works on any fsspec URL (local, s3://, memory://).
+
+The JSON is written LAST: a directory whose JSON exists and names every tensor with the
+shapes the tensor file holds is a complete artifact; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+import clam_dist
+
+FORMAT = "clam-dist-model"
+FORMAT_VERSION = 1
+TENSORS_FILE = "model.safetensors"
+META_FILE = "model.json"
+METHODS = ("clam", "kmeans", "dcam", "attention")
+
+
+class ArtifactError(ValueError):
+    """A model directory that is missing, not ours, corrupt or inconsistent."""
+
+
+@dataclass
+class ModelArtifact:
+    method: str
+    prototypes: np.ndarray  # (k, d_model) float32, in the space the dynamics run in
+    n_features: int  # d of the INPUT rows
+    beta: float
+    alpha: float
+    steps: int  # kmeans: 0
+    metric: str
+    scaler_mean: np.ndarray | None = None  # input standardisation, applied first
+    scaler_scale: np.ndarray | None = None
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. encoder weights
+    meta: dict = field(default_factory=dict)  # JSON-able extras (architecture, metrics)
+    library_version: str = clam_dist.__version__
+
+    @property
+    def k(self) -> int:
+        return int(self.prototypes.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.prototypes.shape[1])
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ArtifactError(f"method must be one of {METHODS}, got {self.method!r}")
+        self.prototypes = np.ascontiguousarray(self.prototypes, dtype=np.float32)
+        if self.prototypes.ndim != 2:
+            raise ArtifactError(f"prototypes must be 2-D (k, d), got shape {self.prototypes.shape}")
+        for name in ("scaler_mean", "scaler_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
+                if value.shape[0] != self.n_features:
+                    raise ArtifactError(f"{name} has {value.shape[0]} entries, expected n_features={self.n_features}")
+                setattr(self, name, value)
+
+
+def _all_tensors(artifact: ModelArtifact) -> dict[str, np.ndarray]:
+    tensors = {"prototypes": artifact.prototypes}
+    if artifact.scaler_mean is not None:
+        tensors["scaler_mean"] = artifact.scaler_mean
+    if artifact.scaler_scale is not None:
+        tensors["scaler_scale"] = artifact.scaler_scale
+    for name, value in artifact.tensors.items():
+        tensors[f"extra.{name}"] = np.ascontiguousarray(value)
+    return tensors
+
+
+def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | None = None) -> str:
+    """Write the artifact into directory ``url``; returns ``url``."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    tensors = _all_tensors(artifact)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": artifact.method,
+        "k": artifact.k,
+        "d_model": artifact.d,
+        "n_features": int(artifact.n_features),
+        "beta": float(artifact.beta),
+        "alpha": float(artifact.alpha),
+        "steps": int(artifact.steps),
+        "metric": artifact.metric,
+        "library_version": artifact.library_version,
+        "tensor_shapes": {name: list(t.shape) for name, t in tensors.items()},
+        "meta": artifact.meta,
+    }
+    try:
+        fs.makedirs(path, exist_ok=True)
+        # A re-save must never leave an old JSON vouching for new tensors: drop it first.
+        if fs.exists(f"{path}/{META_FILE}"):
+            fs.rm(f"{path}/{META_FILE}")
+        fs.pipe(f"{path}/{TENSORS_FILE}", st_save(tensors))
+        fs.pipe(f"{path}/{META_FILE}", json.dumps(meta, indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise ArtifactError(f"cannot write model artifact to {url}: {exc}") from exc
+    return url
+
+
+def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifact:
+    """Read and validate an artifact directory written by ``save_artifact``."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    meta_path, tensor_path = f"{path}/{META_FILE}", f"{path}/{TENSORS_FILE}"
+    if not fs.exists(meta_path):
+        raise ArtifactError(f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)")
+    try:
+        meta = json.loads(fs.cat(meta_path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{url}/{META_FILE}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{url}: {META_FILE} is not a clam-dist model (format marker missing)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{url}: unsupported format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if not fs.exists(tensor_path):
+        raise ArtifactError(f"{url}: {TENSORS_FILE} is missing")
+    try:
+        tensors = st_load(fs.cat(tensor_path))
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise ArtifactError(f"{url}/{TENSORS_FILE}: corrupt safetensors file: {exc}") from exc
+    expected = meta.get("tensor_shapes", {})
+    found = {name: list(t.shape) for name, t in tensors.items()}
+    if expected != found:
+        raise ArtifactError(f"{url}: tensors {found} do not match the metadata {expected}")
+    try:
+        return ModelArtifact(
+            method=meta["method"],
+            prototypes=tensors["prototypes"],
+            n_features=int(meta["n_features"]),
+            beta=float(meta["beta"]),
+            alpha=float(meta["alpha"]),
+            steps=int(meta["steps"]),
+            metric=meta["metric"],
+            scaler_mean=tensors.get("scaler_mean"),
+            scaler_scale=tensors.get("scaler_scale"),
+            tensors={n[len("extra.") :]: t for n, t in tensors.items() if n.startswith("extra.")},
+            meta=meta.get("meta", {}),
+            library_version=meta.get("library_version", "unknown"),
+        )
+    except KeyError as exc:
+        raise ArtifactError(f"{url}: {META_FILE} lacks field {exc}") from exc

@@ -1,0 +1,139 @@
+"""Turn a model artifact into cluster assignments for rows of input features.
+
+Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per actor
+(from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators use the
+same AM core, so both give the same labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from clam_dist.models.am import assign, energy, nearest_prototypes, normalize_rows, prepare_prototypes
+
+OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
+ROW_CHUNK = 65_536
+
+
+class ClusterPredictor:
+    """Standardise -> (encode) -> AM dynamics / nearest prototype -> labels and scores."""
+
+    def __init__(
+        self,
+        method: str,
+        prototypes: torch.Tensor,
+        n_features: int,
+        beta: float,
+        alpha: float,
+        steps: int,
+        metric: str,
+        scaler_mean: np.ndarray | None = None,
+        scaler_scale: np.ndarray | None = None,
+        encoder: torch.nn.Module | None = None,
+        score: str = "distance",
+    ):
+        self.method = method
+        self.prototypes = prototypes.float()
+        self.n_features = int(n_features)
+        self.beta, self.alpha, self.steps, self.metric = float(beta), float(alpha), int(steps), metric
+        self.mean = None if scaler_mean is None else torch.as_tensor(scaler_mean, dtype=torch.float32)
+        self.scale = None if scaler_scale is None else torch.as_tensor(scaler_scale, dtype=torch.float32)
+        self.encoder = encoder.eval() if encoder is not None else None
+        self.score = score
+
+    @property
+    def k(self) -> int:
+        return int(self.prototypes.shape[0])
+
+    @classmethod
+    def from_artifact(cls, artifact, device: str = "cpu") -> ClusterPredictor:
+        encoder = None
+        if artifact.method == "dcam":
+            from clam_dist.models.dcam import encoder_from_artifact
+
+            encoder = encoder_from_artifact(artifact)
+        return cls(
+            method=artifact.method,
+            prototypes=torch.as_tensor(artifact.prototypes).to(device),
+            n_features=artifact.n_features,
+            beta=artifact.beta,
+            alpha=artifact.alpha,
+            steps=artifact.steps,
+            metric=artifact.metric,
+            scaler_mean=artifact.scaler_mean,
+            scaler_scale=artifact.scaler_scale,
+            encoder=encoder,
+            score=artifact.meta.get("score", "distance"),
+        )
+
+    def _validate(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(
+                f"input has shape {x.shape}, the model expects (n_rows, {self.n_features}) features"
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"input must be numeric, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"{bad.sum()} input rows contain NaN/inf (first rows: {rows[:5].tolist()})")
+        return x
+
+    @torch.no_grad()
+    def to_model_space(self, x: np.ndarray) -> torch.Tensor:
+        """Standardise and (for DCAM) encode validated rows."""
+        t = torch.from_numpy(x)
+        if self.mean is not None:
+            t = t - self.mean
+        if self.scale is not None:
+            t = t / torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))
+        if self.encoder is not None:
+            t = self.encoder(t)
+        return t
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Return 'cluster' (int64) and 'distance' (float32), plus requested extras:
+        'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
+        'probs' ((n, k) soft assignment softmax(-beta/2 d^2))."""
+        unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OPTIONAL_OUTPUTS}")
+        x = self._validate(x)
+        parts: dict[str, list[np.ndarray]] = {}
+        for r0 in range(0, x.shape[0], ROW_CHUNK):
+            for name, value in self._predict_chunk(self.to_model_space(x[r0 : r0 + ROW_CHUNK]), outputs).items():
+                parts.setdefault(name, []).append(value)
+        if not parts:  # zero rows
+            empty = {"cluster": np.zeros(0, np.int64), "distance": np.zeros(0, np.float32)}
+            empty.update({o: np.zeros((0, self.k) if o == "probs" else 0, np.float32) for o in outputs})
+            return empty
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        protos = prepare_prototypes(self.prototypes, self.metric)
+        zm = normalize_rows(z) if self.metric == "spherical" else z
+        if self.method in ("clam", "dcam"):
+            labels, dist = assign(z, protos, self.beta, self.alpha, self.steps, self.metric)
+        elif self.method == "attention" and self.score == "dot":
+            labels = torch.argmax(z @ protos.t(), dim=1)
+            dist = ((zm - protos[labels]) ** 2).sum(1)
+        else:  # kmeans, distance-score attention: nearest prototype
+            d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
+            labels, dist = idx[:, 0], d2[:, 0]
+        out = {"cluster": labels.numpy().astype(np.int64), "distance": dist.numpy().astype(np.float32)}
+        if "energy" in outputs:
+            out["energy"] = energy(z, protos, self.beta, self.metric).numpy().astype(np.float32)
+        if "margin" in outputs:
+            d2, _ = nearest_prototypes(z, protos, self.metric, top=2)
+            margin = d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
+            out["margin"] = margin.numpy().astype(np.float32)
+        if "probs" in outputs:
+            d2 = ((zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)).clamp_min(0)
+            out["probs"] = torch.softmax(-0.5 * self.beta * d2, dim=1).numpy().astype(np.float32)
+        return out

@@ -150,8 +150,14 @@ def fit_clam(
                 if moved:
                     prototypes.copy_(new)
                     n_reseeded += moved
-    final, moved = reseed_dead_prototypes(x, best, am, gen)
-    n_reseeded += moved
+    # Re-seed until every prototype owns a point: a moved prototype can still lose its
+    # points to the dynamics, so repeat (bounded by k rounds).
+    final = best
+    for _ in range(k):
+        final, moved = reseed_dead_prototypes(x, final, am, gen)
+        n_reseeded += moved
+        if not moved:
+            break
     labels, _ = assign(x, final, am.beta, am.alpha, am.steps, am.metric)
     n_nonempty = int((torch.bincount(labels, minlength=k) > 0).sum())
     return ClAMFitResult(final, float(am.beta), history, best_epoch, config.epochs, n_nonempty, n_reseeded)

@@ -109,20 +109,34 @@ def kmeans_parallel_init(
     return _weighted_kmeans_pp(cand, weights, k, generator)
 
 
-def _weighted_kmeans_pp(points, weights, k, generator) -> torch.Tensor:
+def _weighted_kmeans_pp(points, weights, k, generator, lloyd_iters: int = 20) -> torch.Tensor:
+    """Reduce weighted candidates to k centres: greedy weighted k-means++ seeding, then
+    weighted Lloyd on the candidates (cheap: the candidate set is ~rounds*l points)."""
+    trials = 2 + int(math.log(k))
     first = int(torch.multinomial(weights / weights.sum(), 1, generator=generator).item())
     chosen = [first]
     closest = ((points - points[first]) ** 2).sum(1)
     for _ in range(1, k):
         score = weights * closest
         if score.sum() <= 0:
-            remaining = [i for i in range(points.shape[0]) if i not in set(chosen)]
-            nxt = remaining[0]
-        else:
-            nxt = int(torch.multinomial(score / score.sum(), 1, generator=generator).item())
-        chosen.append(nxt)
-        closest = torch.minimum(closest, ((points - points[nxt]) ** 2).sum(1))
-    return points[chosen].clone()
+            taken = set(chosen)
+            chosen.append(next(i for i in range(points.shape[0]) if i not in taken))
+            continue
+        cand = torch.multinomial(score / score.sum(), trials, replacement=True, generator=generator)
+        cand_d2 = torch.cdist(points, points[cand]).pow(2)
+        pots = (weights[:, None] * torch.minimum(closest[:, None], cand_d2)).sum(0)
+        best = int(pots.argmin())
+        chosen.append(int(cand[best]))
+        closest = torch.minimum(closest, cand_d2[:, best])
+    centers = points[chosen].clone()
+    for _ in range(lloyd_iters):
+        _, idx = nearest_prototypes(points, centers, "euclidean", top=1)
+        lab = idx[:, 0]
+        sums = torch.zeros_like(centers).index_add_(0, lab, points * weights[:, None])
+        mass = torch.zeros(k, dtype=points.dtype).index_add_(0, lab, weights)
+        hit = mass > 0
+        centers[hit] = sums[hit] / mass[hit, None]
+    return centers
 
 
 @torch.no_grad()

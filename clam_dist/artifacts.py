@@ -63,7 +63,9 @@ class ModelArtifact:
             if value is not None:
                 value = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
                 if value.shape[0] != self.n_features:
-                    raise ArtifactError(f"{name} has {value.shape[0]} entries, expected n_features={self.n_features}")
+                    raise ArtifactError(
+                        f"{name} has {value.shape[0]} entries, expected n_features={self.n_features}"
+                    )
                 setattr(self, name, value)
 
 
@@ -114,7 +116,9 @@ def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifac
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     meta_path, tensor_path = f"{path}/{META_FILE}", f"{path}/{TENSORS_FILE}"
     if not fs.exists(meta_path):
-        raise ArtifactError(f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)")
+        raise ArtifactError(
+            f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)"
+        )
     try:
         meta = json.loads(fs.cat(meta_path))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -122,7 +126,9 @@ def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifac
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{url}: {META_FILE} is not a clam-dist model (format marker missing)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{url}: unsupported format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ArtifactError(
+            f"{url}: unsupported format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     if not fs.exists(tensor_path):
         raise ArtifactError(f"{url}: {TENSORS_FILE} is missing")
     try:

@@ -13,13 +13,22 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("clam_dist.commands.demo", "cluster a bundled data set with ClAM and k-means, print metrics"),
+    "demo": (
+        "clam_dist.commands.demo",
+        "cluster a bundled data set with ClAM and k-means, print metrics",
+    ),
     "quality": ("clam_dist.commands.quality", "ClAM vs k-means on the seven ClAM-paper data sets"),
-    "make-dataset": ("clam_dist.commands.make_dataset", "write sharded Parquet (Gaussian mixture or paper data)"),
+    "make-dataset": (
+        "clam_dist.commands.make_dataset",
+        "write sharded Parquet (Gaussian mixture or paper data)",
+    ),
     "train": ("clam_dist.train.command", "distributed training with Ray Train"),
     "assign": ("clam_dist.assign.command", "assign every row to a cluster with Ray Data"),
     "evaluate": ("clam_dist.evaluate.command", "metrics and an HTML/PNG report for assignments"),
-    "pipeline": ("clam_dist.pipeline.command", "make/read data -> train -> assign -> evaluate -> report"),
+    "pipeline": (
+        "clam_dist.pipeline.command",
+        "make/read data -> train -> assign -> evaluate -> report",
+    ),
     "tune": ("clam_dist.tune.command", "hyper-parameter search with Ray Tune"),
 }
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import tomllib
 
 T = TypeVar("T")
 
@@ -43,7 +44,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}"
+        )
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -71,7 +74,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
@@ -153,7 +165,9 @@ def read_mapping(path: str | Path) -> dict:
             return json.loads(text)
     except Exception as exc:  # parse errors from three libraries: report them uniformly
         raise ConfigError(f"{path}: cannot parse: {exc}") from exc
-    raise ConfigError(f"{path}: unsupported config format {path.suffix!r} (use .toml, .yaml or .json)")
+    raise ConfigError(
+        f"{path}: unsupported config format {path.suffix!r} (use .toml, .yaml or .json)"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -182,7 +196,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return merged
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
     """Defaults of ``cls`` <- file at ``path`` <- ``overrides``, validated."""
     data = read_mapping(path) if path else {}
     return from_dict(cls, apply_overrides(data, overrides))

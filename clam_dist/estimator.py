@@ -11,7 +11,14 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from clam_dist.models.am import METRICS, assign, check_dynamics, energy, nearest_prototypes, normalize_rows
+from clam_dist.models.am import (
+    METRICS,
+    assign,
+    check_dynamics,
+    energy,
+    nearest_prototypes,
+    normalize_rows,
+)
 from clam_dist.models.clam import FILL_VALUES, AMParams, MaskSpec
 from clam_dist.models.clam_fit import ClAMConfig, fit_clam
 from clam_dist.models.kmeans import kmeans_plus_plus, lloyd, minibatch_kmeans
@@ -22,7 +29,11 @@ def _seed(random_state) -> int:
 
 
 def _validate_n_clusters(n_clusters, n_samples: int) -> None:
-    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 1:
+    if (
+        not isinstance(n_clusters, (int, np.integer))
+        or isinstance(n_clusters, bool)
+        or n_clusters < 1
+    ):
         raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
     if n_samples < n_clusters:
         raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
@@ -34,7 +45,9 @@ class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_x(self, X, reset: bool) -> np.ndarray:
         # validate_data rejects NaN/inf, non-numeric and empty input with clear messages,
         # and on predict checks the number of features against n_features_in_.
-        return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1)
+        return validate_data(
+            self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
+        )
 
     def _tensor(self, X) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
@@ -68,7 +81,10 @@ class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             metric=self.metric,
             scaler_mean=scaler_mean,
             scaler_scale=scaler_scale,
-            meta=dict(meta or {}, params={k: v for k, v in self.get_params().items() if k != "random_state"}),
+            meta=dict(
+                meta or {},
+                params={k: v for k, v in self.get_params().items() if k != "random_state"},
+            ),
         )
 
 
@@ -127,14 +143,18 @@ class KMeans(_PrototypeClusterer):
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
-        _, idx = nearest_prototypes(self._tensor(X), self._tensor(self.cluster_centers_), self.metric)
+        _, idx = nearest_prototypes(
+            self._tensor(X), self._tensor(self.cluster_centers_), self.metric
+        )
         return idx[:, 0].numpy()
 
     def score(self, X, y=None) -> float:
         """Negative inertia on X (higher is better, as scikit-learn)."""
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
-        d2, _ = nearest_prototypes(self._tensor(X), self._tensor(self.cluster_centers_), self.metric)
+        d2, _ = nearest_prototypes(
+            self._tensor(X), self._tensor(self.cluster_centers_), self.metric
+        )
         return -float(d2.double().sum())
 
 
@@ -191,7 +211,9 @@ class ClAM(_PrototypeClusterer):
         return ClAMConfig(
             n_clusters=int(self.n_clusters),
             am=AMParams(beta=self.beta, alpha=self.alpha, steps=self.steps, metric=self.metric),
-            mask=MaskSpec(ratio=self.mask_ratio, fill=self.fill, shared_every=self.shared_mask_every),
+            mask=MaskSpec(
+                ratio=self.mask_ratio, fill=self.fill, shared_every=self.shared_mask_every
+            ),
             masked=bool(self.masked),
             init=self.init,
             lr=self.lr,
@@ -219,7 +241,9 @@ class ClAM(_PrototypeClusterer):
         self.best_epoch_ = int(best.best_epoch)
         self.labels_ = self.predict(X)
         self.n_nonempty_ = int(np.unique(self.labels_).size)
-        d2, _ = nearest_prototypes(self._tensor(X), self._tensor(self.cluster_centers_), self.metric)
+        d2, _ = nearest_prototypes(
+            self._tensor(X), self._tensor(self.cluster_centers_), self.metric
+        )
         self.inertia_ = float(d2.double().sum())
         return self
 
@@ -228,7 +252,12 @@ class ClAM(_PrototypeClusterer):
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
         labels, _ = assign(
-            self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.alpha, self.steps, self.metric
+            self._tensor(X),
+            self._tensor(self.cluster_centers_),
+            self.beta_,
+            self.alpha,
+            self.steps,
+            self.metric,
         )
         return labels.numpy()
 

@@ -92,9 +92,16 @@ def inertia(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> float:
     return float(((x - centers[np.asarray(labels)]) ** 2).sum())
 
 
-def mean_energy(x: np.ndarray, prototypes: np.ndarray, beta: float, metric: Metric = "euclidean") -> float:
+def mean_energy(
+    x: np.ndarray, prototypes: np.ndarray, beta: float, metric: Metric = "euclidean"
+) -> float:
     """Mean AM energy E(x) over rows: low = close to a memory."""
-    e = energy(torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(prototypes, np.float32)), beta, metric)
+    e = energy(
+        torch.as_tensor(np.asarray(x, np.float32)),
+        torch.as_tensor(np.asarray(prototypes, np.float32)),
+        beta,
+        metric,
+    )
     return float(e.double().mean())
 
 
@@ -140,5 +147,9 @@ def clustering_report(
         if beta is not None:
             report["mean_energy"] = mean_energy(x, prototypes, beta, metric)
     if y_true is not None:
-        report.update(nmi=nmi(y_true, labels), ari=ari(y_true, labels), acc=clustering_accuracy(y_true, labels))
+        report.update(
+            nmi=nmi(y_true, labels),
+            ari=ari(y_true, labels),
+            acc=clustering_accuracy(y_true, labels),
+        )
     return report

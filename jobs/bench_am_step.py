@@ -35,7 +35,9 @@ def time_sgemm(batch: int, d: int, k: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def time_epoch(x: torch.Tensor, k: int, steps: int, batch: int, repeats: int) -> tuple[float, float]:
+def time_epoch(
+    x: torch.Tensor, k: int, steps: int, batch: int, repeats: int
+) -> tuple[float, float]:
     n, d = x.shape
     g = torch.Generator().manual_seed(0)
     protos = torch.nn.Parameter(x[torch.randperm(n, generator=g)[:k]].clone())
@@ -61,7 +63,9 @@ def time_epoch(x: torch.Tensor, k: int, steps: int, batch: int, repeats: int) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=65536)
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--k", type=int, default=256)
@@ -79,15 +83,33 @@ def main() -> None:
     for _ in range(2):
         sgemm = time_sgemm(args.batch, args.d, args.k, args.repeats)
         am_gflops, seconds = time_epoch(x, args.k, args.steps, args.batch, args.repeats)
-        rows.append({"sgemm_gflops": sgemm, "am_gflops": am_gflops, "epoch_s": seconds, "ratio": am_gflops / sgemm})
+        rows.append(
+            {
+                "sgemm_gflops": sgemm,
+                "am_gflops": am_gflops,
+                "epoch_s": seconds,
+                "ratio": am_gflops / sgemm,
+            }
+        )
     best = max(rows, key=lambda r: r["ratio"])
-    print(f"n={args.n} d={args.d} k={args.k} T={args.steps} batch={args.batch} threads={torch.get_num_threads()}")
-    print(f"{'round':>5s} {'SGEMM GFLOP/s':>14s} {'AM epoch GFLOP/s':>17s} {'epoch s':>8s} {'AM/SGEMM':>9s}")
+    print(
+        f"n={args.n} d={args.d} k={args.k} T={args.steps} batch={args.batch} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"{'round':>5s} {'SGEMM GFLOP/s':>14s} {'AM epoch GFLOP/s':>17s} {'epoch s':>8s} {'AM/SGEMM':>9s}"
+    )
     for i, r in enumerate(rows):
-        print(f"{i:5d} {r['sgemm_gflops']:14.1f} {r['am_gflops']:17.1f} {r['epoch_s']:8.2f} {r['ratio']:9.1%}")
+        print(
+            f"{i:5d} {r['sgemm_gflops']:14.1f} {r['am_gflops']:17.1f} {r['epoch_s']:8.2f} {r['ratio']:9.1%}"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rounds": rows, "best": best, "machine": platform.platform()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "rounds": rows, "best": best, "machine": platform.platform()},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -1,6 +1,6 @@
 """Quality benchmark: ClAM vs k-means on the seven ClAM-paper data sets.
 
-    python jobs/bench_quality.py [--datasets ecoli,zoo] [--json bench_results/quality.json]
+python jobs/bench_quality.py [--datasets ecoli,zoo] [--json bench_results/quality.json]
 """
 
 import sys

@@ -13,7 +13,10 @@ from clam_dist.models.clam import clam_loss, draw_mask
 
 def ref_readout(x, protos, beta, metric):
     if metric == "spherical":
-        x, protos = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(protos, dim=1)
+        x, protos = (
+            torch.nn.functional.normalize(x, dim=1),
+            torch.nn.functional.normalize(protos, dim=1),
+        )
     d2 = ((x[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
     return torch.softmax(-0.5 * beta * d2, dim=1) @ protos
 
@@ -26,7 +29,9 @@ def ref_energy(x, protos, beta):
 @pytest.fixture
 def small():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(13, 6, generator=g, dtype=torch.float64), torch.randn(5, 6, generator=g, dtype=torch.float64)
+    return torch.randn(13, 6, generator=g, dtype=torch.float64), torch.randn(
+        5, 6, generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "spherical"])
@@ -45,7 +50,9 @@ def test_step_matches_float64_reference(small, metric, block):
 @pytest.mark.parametrize("block", [am.DEFAULT_BLOCK_ELEMS, 4])
 def test_energy_matches_reference(small, block):
     x, protos = small
-    torch.testing.assert_close(am.energy(x, protos, 0.9, block_elems=block), ref_energy(x, protos, 0.9))
+    torch.testing.assert_close(
+        am.energy(x, protos, 0.9, block_elems=block), ref_energy(x, protos, 0.9)
+    )
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "spherical"])
@@ -55,7 +62,10 @@ def test_chunked_readout_gradcheck(small, metric):
     protos = protos.clone().requires_grad_()
     protos_used = am.prepare_prototypes(protos, metric)
     assert torch.autograd.gradcheck(
-        lambda a, b: am._ChunkedReadout.apply(a, am.prepare_prototypes(b, metric), 1.3, metric, 4, 2), (x, protos)
+        lambda a, b: am._ChunkedReadout.apply(
+            a, am.prepare_prototypes(b, metric), 1.3, metric, 4, 2
+        ),
+        (x, protos),
     )
     # and the chunked path equals the direct path
     direct = am.attention_readout(x, protos_used, 1.3, metric)
@@ -66,7 +76,9 @@ def test_chunked_readout_gradcheck(small, metric):
 def test_clam_loss_gradcheck_through_all_steps(small):
     x, protos = small
     protos = protos.clone().requires_grad_()
-    mask = draw_mask(x.shape[0], x.shape[1], 0.3, False, torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = draw_mask(
+        x.shape[0], x.shape[1], 0.3, False, torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     fill = x.mean(0)
     for block in (am.DEFAULT_BLOCK_ELEMS, 8):
         assert torch.autograd.gradcheck(
@@ -84,7 +96,9 @@ def clam_loss_block(x, protos, mask, fill, block):
 
 def test_clam_loss_matches_manual_unroll(small):
     x, protos = small
-    mask = draw_mask(x.shape[0], x.shape[1], 0.3, False, torch.Generator().manual_seed(2), dtype=torch.float64)
+    mask = draw_mask(
+        x.shape[0], x.shape[1], 0.3, False, torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     fill = x.mean(0)
     state = x * (1 - mask) + fill * mask
     for _ in range(5):
@@ -95,7 +109,9 @@ def test_clam_loss_matches_manual_unroll(small):
 
 def test_masked_dynamics_leave_visible_coordinates_untouched(small):
     x, protos = small
-    mask = draw_mask(x.shape[0], x.shape[1], 0.5, False, torch.Generator().manual_seed(3), dtype=torch.float64)
+    mask = draw_mask(
+        x.shape[0], x.shape[1], 0.5, False, torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     out = am.am_evolve(x, protos, 2.0, 0.5, 10, mask=mask)
     visible = mask == 0
     assert torch.equal(out[visible], x[visible])
@@ -125,7 +141,9 @@ def test_large_beta_and_far_points_stay_finite():
 
 def test_spherical_states_stay_on_the_sphere():
     g = torch.Generator().manual_seed(5)
-    out = am.am_evolve(torch.randn(50, 4, generator=g), torch.randn(3, 4, generator=g), 3.0, 0.3, 5, "spherical")
+    out = am.am_evolve(
+        torch.randn(50, 4, generator=g), torch.randn(3, 4, generator=g), 3.0, 0.3, 5, "spherical"
+    )
     torch.testing.assert_close(out.norm(dim=1), torch.ones(50))
 
 

@@ -30,7 +30,9 @@ def test_round_trip_local_keeps_everything_and_predicts_the_same(tmp_path, fitte
     np.testing.assert_array_equal(back.prototypes, model.cluster_centers_)
     np.testing.assert_array_equal(back.tensors["encoder.w"], art.tensors["encoder.w"])
     assert back.meta["energy_p99"] == 1.5 and back.library_version
-    np.testing.assert_array_equal(ClusterPredictor.from_artifact(back).predict(x)["cluster"], model.predict(x))
+    np.testing.assert_array_equal(
+        ClusterPredictor.from_artifact(back).predict(x)["cluster"], model.predict(x)
+    )
 
 
 def test_round_trip_on_local_s3(s3_server, fitted):
@@ -82,7 +84,9 @@ def test_pickle_file_is_not_loaded(tmp_path):
 
 def test_artifact_validates_shapes():
     with pytest.raises(ArtifactError, match="scaler_mean has 3 entries"):
-        ModelArtifact("clam", np.zeros((2, 4)), 4, 1.0, 0.1, 10, "euclidean", scaler_mean=np.zeros(3))
+        ModelArtifact(
+            "clam", np.zeros((2, 4)), 4, 1.0, 0.1, 10, "euclidean", scaler_mean=np.zeros(3)
+        )
     with pytest.raises(ArtifactError, match="method"):
         ModelArtifact("gmm", np.zeros((2, 4)), 4, 1.0, 0.1, 10, "euclidean")
 

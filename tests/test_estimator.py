@@ -18,12 +18,17 @@ def blobs(n=300, d=4, k=3, seed=0):
     return (centers[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
 
 
-@pytest.mark.parametrize("estimator", [KMeans(n_clusters=3, random_state=0), ClAM(n_clusters=3, epochs=3, random_state=0)])
+@pytest.mark.parametrize(
+    "estimator",
+    [KMeans(n_clusters=3, random_state=0), ClAM(n_clusters=3, epochs=3, random_state=0)],
+)
 def test_check_estimator(estimator):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = check_estimator(estimator, on_fail=None)
-    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    failed = [
+        (r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"
+    ]
     assert not failed, failed
     assert len(results) > 30
 
@@ -69,7 +74,15 @@ def test_kmeans_minibatch():
     x, y = blobs()
     from clam_dist.metrics import ari
 
-    assert ari(y, KMeans(n_clusters=3, algorithm="minibatch", batch_size=64, random_state=0).fit_predict(x)) > 0.99
+    assert (
+        ari(
+            y,
+            KMeans(n_clusters=3, algorithm="minibatch", batch_size=64, random_state=0).fit_predict(
+                x
+            ),
+        )
+        > 0.99
+    )
 
 
 @pytest.mark.parametrize(

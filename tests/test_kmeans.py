@@ -57,7 +57,10 @@ def test_kmeans_plus_plus_picks_distinct_data_points_spread_out():
     assert torch.unique(centers, dim=0).shape[0] == 6
     # far better than picking random points
     rand = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))[:6]]
-    assert torch.cdist(xt, centers).min(1).values.pow(2).sum() < torch.cdist(xt, rand).min(1).values.pow(2).sum()
+    assert (
+        torch.cdist(xt, centers).min(1).values.pow(2).sum()
+        < torch.cdist(xt, rand).min(1).values.pow(2).sum()
+    )
 
 
 def test_kmeans_parallel_gives_k_distinct_centres_close_to_lloyd_quality():
@@ -79,7 +82,9 @@ def test_sums_counts_are_additive_across_shards():
     parts = [batch_sums_counts(xt[i::3], centers) for i in range(3)]
     torch.testing.assert_close(sum(p[0] for p in parts), s_full)
     torch.testing.assert_close(sum(p[1] for p in parts), c_full)
-    torch.testing.assert_close(apply_lloyd(centers, s_full, c_full)[c_full > 0], (s_full / c_full[:, None])[c_full > 0])
+    torch.testing.assert_close(
+        apply_lloyd(centers, s_full, c_full)[c_full > 0], (s_full / c_full[:, None])[c_full > 0]
+    )
 
 
 def test_minibatch_update_is_running_mean():
@@ -97,7 +102,9 @@ def test_minibatch_kmeans_close_to_lloyd():
     x, _ = blobs()
     xt = torch.from_numpy(x)
     init = kmeans_plus_plus(xt, 6, torch.Generator().manual_seed(0))
-    mb = minibatch_kmeans(xt, init, batch_size=128, max_steps=100, generator=torch.Generator().manual_seed(0))
+    mb = minibatch_kmeans(
+        xt, init, batch_size=128, max_steps=100, generator=torch.Generator().manual_seed(0)
+    )
     assert mb.inertia <= 1.1 * lloyd(xt, init).inertia
 
 

@@ -9,9 +9,15 @@ from clam_dist.datasets.clam_paper import CLAM_PAPER_DATASETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="ecoli", choices=CLAM_PAPER_DATASETS, help="bundled data set")
-    parser.add_argument("--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)")
-    parser.add_argument("--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)")
+    parser.add_argument(
+        "--dataset", default="ecoli", choices=CLAM_PAPER_DATASETS, help="bundled data set"
+    )
+    parser.add_argument(
+        "--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)"
+    )
+    parser.add_argument(
+        "--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

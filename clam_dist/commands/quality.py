@@ -25,13 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(CLAM_PAPER_DATASETS),
         help=f"comma-separated subset of {', '.join(CLAM_PAPER_DATASETS)}",
     )
-    parser.add_argument("--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)")
-    parser.add_argument("--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)")
-    parser.add_argument("--epochs", type=int, default=None, help="ClAM epochs (default: the estimator's)")
-    parser.add_argument("--json", default="bench_results/quality.json", help="where to write the JSON results")
+    parser.add_argument(
+        "--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)"
+    )
+    parser.add_argument(
+        "--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="ClAM epochs (default: the estimator's)"
+    )
+    parser.add_argument(
+        "--json", default="bench_results/quality.json", help="where to write the JSON results"
+    )
 
 
-def evaluate_dataset(name: str, kmeans_seeds: int, clam_seeds: int, epochs: int | None = None) -> dict:
+def evaluate_dataset(
+    name: str, kmeans_seeds: int, clam_seeds: int, epochs: int | None = None
+) -> dict:
     from clam_dist.estimator import ClAM, KMeans
     from clam_dist.metrics import clustering_report
 
@@ -77,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CLAM_PAPER_DATASETS))
     if unknown:
-        raise SystemExit(f"unknown data set(s) {unknown}; choose from {', '.join(CLAM_PAPER_DATASETS)}")
+        raise SystemExit(
+            f"unknown data set(s) {unknown}; choose from {', '.join(CLAM_PAPER_DATASETS)}"
+        )
     rows = []
     for name in names:
         rows.append(evaluate_dataset(name, args.kmeans_seeds, args.clam_seeds, args.epochs))

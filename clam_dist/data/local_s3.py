@@ -77,7 +77,9 @@ def local_s3(bucket: str = "clam-dist", timeout_s: float = 30.0) -> Iterator[Loc
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto S3 server did not answer on {endpoint} in {timeout_s}s") from None
+                    raise RuntimeError(
+                        f"moto S3 server did not answer on {endpoint} in {timeout_s}s"
+                    ) from None
                 time.sleep(0.1)
         server = LocalS3(endpoint_url=endpoint, bucket=bucket, _proc=proc)
         import boto3

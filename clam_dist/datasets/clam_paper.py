@@ -55,7 +55,9 @@ def load_clam_paper(name: str) -> tuple[np.ndarray, np.ndarray]:
     Features are raw (not standardised); ``standardize`` them as the paper does.
     """
     if name not in CLAM_PAPER_FILES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(CLAM_PAPER_DATASETS)}")
+        raise ValueError(
+            f"unknown data set {name!r}; choose one of {', '.join(CLAM_PAPER_DATASETS)}"
+        )
     file_name, n, d, k = CLAM_PAPER_FILES[name]
     path = data_dir() / file_name
     if file_name.endswith(".mat"):

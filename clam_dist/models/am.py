@@ -141,7 +141,11 @@ class _ChunkedReadout(torch.autograd.Function):
         # D_i = <dO_i, O_i>: the softmax Jacobian's row correction.
         delta = (grad_out * out).sum(dim=1, keepdim=True)
         for r0 in range(0, n, row_chunk):
-            xr, go, dr = x[r0 : r0 + row_chunk], grad_out[r0 : r0 + row_chunk], delta[r0 : r0 + row_chunk]
+            xr, go, dr = (
+                x[r0 : r0 + row_chunk],
+                grad_out[r0 : r0 + row_chunk],
+                delta[r0 : r0 + row_chunk],
+            )
             lr = lse[r0 : r0 + row_chunk].unsqueeze(1)
             for c0 in range(0, k, k_chunk):
                 pc = protos[c0 : c0 + k_chunk]

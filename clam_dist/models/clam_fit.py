@@ -10,7 +10,14 @@ import numpy as np
 import torch
 
 from clam_dist.models.am import assign, normalize_rows
-from clam_dist.models.clam import AMParams, MaskSpec, beta_from_data, clam_loss, draw_mask, fill_vector
+from clam_dist.models.clam import (
+    AMParams,
+    MaskSpec,
+    beta_from_data,
+    clam_loss,
+    draw_mask,
+    fill_vector,
+)
 from clam_dist.models.kmeans import kmeans_plus_plus, lloyd
 
 Init = Literal["kmeans", "kmeans++", "gaussian"]
@@ -43,7 +50,9 @@ class ClAMConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
 
 
 @dataclass
@@ -57,7 +66,9 @@ class ClAMFitResult:
     n_reseeded: int
 
 
-def init_prototypes(x: torch.Tensor, k: int, init: Init, generator: torch.Generator) -> torch.Tensor:
+def init_prototypes(
+    x: torch.Tensor, k: int, init: Init, generator: torch.Generator
+) -> torch.Tensor:
     """k-means++ seeding (optionally refined by Lloyd), or the authors' Gaussian."""
     if init == "kmeans++":
         return kmeans_plus_plus(x, k, generator)
@@ -103,13 +114,19 @@ def fit_clam(
     ``fill_stats`` ({'mean','min','max'} arrays) overrides the data's own statistics for
     the mask fill value, so a sample can be trained with global statistics.
     """
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32)
+    x = torch.as_tensor(
+        np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32
+    )
     n, d = x.shape
     k = config.n_clusters
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}")
     gen = torch.Generator().manual_seed(int(config.seed))
-    protos0 = init_prototypes_ if init_prototypes_ is not None else init_prototypes(x, k, config.init, gen)
+    protos0 = (
+        init_prototypes_
+        if init_prototypes_ is not None
+        else init_prototypes(x, k, config.init, gen)
+    )
     am = config.am
     if am.beta is None:
         am = am.with_beta(beta_from_data(x, protos0, am.metric))
@@ -139,12 +156,18 @@ def fit_clam(
             total += float(loss.detach()) * xb.shape[0]
         epoch_loss = total / n
         if not np.isfinite(epoch_loss):
-            raise FloatingPointError(f"ClAM loss became {epoch_loss} at epoch {epoch}; lower lr or beta")
+            raise FloatingPointError(
+                f"ClAM loss became {epoch_loss} at epoch {epoch}; lower lr or beta"
+            )
         history.append(epoch_loss)
         sched.step(epoch_loss)
         if epoch_loss < best_loss:
             best_loss, best_epoch, best = epoch_loss, epoch, prototypes.detach().clone()
-        if config.reseed_dead_every and (epoch + 1) % config.reseed_dead_every == 0 and epoch + 1 < config.epochs:
+        if (
+            config.reseed_dead_every
+            and (epoch + 1) % config.reseed_dead_every == 0
+            and epoch + 1 < config.epochs
+        ):
             with torch.no_grad():
                 new, moved = reseed_dead_prototypes(x, prototypes.detach(), am, gen)
                 if moved:
@@ -160,4 +183,6 @@ def fit_clam(
             break
     labels, _ = assign(x, final, am.beta, am.alpha, am.steps, am.metric)
     n_nonempty = int((torch.bincount(labels, minlength=k) > 0).sum())
-    return ClAMFitResult(final, float(am.beta), history, best_epoch, config.epochs, n_nonempty, n_reseeded)
+    return ClAMFitResult(
+        final, float(am.beta), history, best_epoch, config.epochs, n_nonempty, n_reseeded
+    )

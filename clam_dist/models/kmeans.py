@@ -198,7 +198,9 @@ def inertia(x: torch.Tensor, centers: torch.Tensor, metric: Metric = "euclidean"
 
 
 @torch.no_grad()
-def _reseed_empty(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor):
+def _reseed_empty(
+    x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
+):
     """Move empty centres onto the points farthest from their centre (as scikit-learn)."""
     empty = torch.nonzero(counts == 0).flatten()
     if empty.numel() == 0:

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clam_dist.models.am import assign, energy, nearest_prototypes, normalize_rows, prepare_prototypes
+from clam_dist.models.am import (
+    assign,
+    energy,
+    nearest_prototypes,
+    normalize_rows,
+    prepare_prototypes,
+)
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 ROW_CHUNK = 65_536
@@ -38,9 +44,18 @@ class ClusterPredictor:
         self.method = method
         self.prototypes = prototypes.float()
         self.n_features = int(n_features)
-        self.beta, self.alpha, self.steps, self.metric = float(beta), float(alpha), int(steps), metric
-        self.mean = None if scaler_mean is None else torch.as_tensor(scaler_mean, dtype=torch.float32)
-        self.scale = None if scaler_scale is None else torch.as_tensor(scaler_scale, dtype=torch.float32)
+        self.beta, self.alpha, self.steps, self.metric = (
+            float(beta),
+            float(alpha),
+            int(steps),
+            metric,
+        )
+        self.mean = (
+            None if scaler_mean is None else torch.as_tensor(scaler_mean, dtype=torch.float32)
+        )
+        self.scale = (
+            None if scaler_scale is None else torch.as_tensor(scaler_scale, dtype=torch.float32)
+        )
         self.encoder = encoder.eval() if encoder is not None else None
         self.score = score
 
@@ -81,7 +96,9 @@ class ClusterPredictor:
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise ValueError(f"{bad.sum()} input rows contain NaN/inf (first rows: {rows[:5].tolist()})")
+            raise ValueError(
+                f"{bad.sum()} input rows contain NaN/inf (first rows: {rows[:5].tolist()})"
+            )
         return x
 
     @torch.no_grad()
@@ -107,11 +124,15 @@ class ClusterPredictor:
         x = self._validate(x)
         parts: dict[str, list[np.ndarray]] = {}
         for r0 in range(0, x.shape[0], ROW_CHUNK):
-            for name, value in self._predict_chunk(self.to_model_space(x[r0 : r0 + ROW_CHUNK]), outputs).items():
+            for name, value in self._predict_chunk(
+                self.to_model_space(x[r0 : r0 + ROW_CHUNK]), outputs
+            ).items():
                 parts.setdefault(name, []).append(value)
         if not parts:  # zero rows
             empty = {"cluster": np.zeros(0, np.int64), "distance": np.zeros(0, np.float32)}
-            empty.update({o: np.zeros((0, self.k) if o == "probs" else 0, np.float32) for o in outputs})
+            empty.update(
+                {o: np.zeros((0, self.k) if o == "probs" else 0, np.float32) for o in outputs}
+            )
             return empty
         return {name: np.concatenate(values) for name, values in parts.items()}
 
@@ -126,14 +147,21 @@ class ClusterPredictor:
         else:  # kmeans, distance-score attention: nearest prototype
             d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
             labels, dist = idx[:, 0], d2[:, 0]
-        out = {"cluster": labels.numpy().astype(np.int64), "distance": dist.numpy().astype(np.float32)}
+        out = {
+            "cluster": labels.numpy().astype(np.int64),
+            "distance": dist.numpy().astype(np.float32),
+        }
         if "energy" in outputs:
             out["energy"] = energy(z, protos, self.beta, self.metric).numpy().astype(np.float32)
         if "margin" in outputs:
             d2, _ = nearest_prototypes(z, protos, self.metric, top=2)
-            margin = d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
+            margin = (
+                d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
+            )
             out["margin"] = margin.numpy().astype(np.float32)
         if "probs" in outputs:
-            d2 = ((zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)).clamp_min(0)
+            d2 = (
+                (zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)
+            ).clamp_min(0)
             out["probs"] = torch.softmax(-0.5 * self.beta * d2, dim=1).numpy().astype(np.float32)
         return out

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
+_REGISTRY: dict[str, tuple[str, str]] = {
     "demo": (
         "clam_dist.commands.demo",
         "cluster a bundled data set with ClAM and k-means, print metrics",
@@ -31,6 +32,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tune": ("clam_dist.tune.command", "hyper-parameter search with Ray Tune"),
 }
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # parent package absent
+        return False
+
+
+# Only commands whose module exists are offered (a module that exists but fails to import
+# still shows up, and fails loudly when used).
+COMMANDS = {name: spec for name, spec in _REGISTRY.items() if _installed(spec[0])}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,220 @@
+"""scikit-learn style DCAM estimator (in memory). The math lives in clam_dist.models.dcam."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from clam_dist.models.am import check_dynamics
+from clam_dist.models.clam import FILL_VALUES, MaskSpec
+from clam_dist.models.dcam import (
+    DCAMConfig,
+    EncoderSpec,
+    dcam_assign,
+    encode,
+    encoder_tensors,
+    fit_dcam,
+)
+
+
+def check_n_clusters(n_clusters, n_samples: int) -> None:
+    if (
+        not isinstance(n_clusters, (int, np.integer))
+        or isinstance(n_clusters, bool)
+        or n_clusters < 1
+    ):
+        raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
+    if n_samples < n_clusters:
+        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
+
+
+class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Deep clustering with associative memories.
+
+    An autoencoder ("mlp" for tabular rows and embeddings, "conv" for images given as flat
+    rows of C*H*W pixels with H, W multiples of 4) is pretrained on reconstruction; then
+    the AM dynamics run in latent space around ``n_clusters`` prototypes and the decoded
+    evolved latent must reconstruct the input, alongside the plain reconstruction.
+    ``recon_bound='select'`` keeps the best joint epoch whose reconstruction loss stays
+    within ``recon_tolerance`` (10%) of the pretrained value; 'stop' also ends training
+    at the first epoch outside the bound; 'none' ignores it.
+
+    Inputs are standardised per feature (``standardize=True``) before the encoder.
+    ``transform`` returns the latent representation; ``predict`` the cluster after T AM
+    steps in latent space.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        encoder: str = "mlp",
+        latent_dim: int = 10,
+        hidden: tuple[int, ...] | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+        beta: float | None = None,
+        alpha: float = 0.1,
+        steps: int = 10,
+        metric: str = "euclidean",
+        masked: bool = True,
+        mask_ratio: float = 0.2,
+        fill: str = "mean",
+        shared_mask_every: int = 3,
+        pretrain_epochs: int = 40,
+        epochs: int = 20,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        recon_weight: float = 1.0,
+        recon_tolerance: float = 0.10,
+        recon_bound: str = "select",
+        standardize: bool = True,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.encoder = encoder
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.image_shape = image_shape
+        self.beta = beta
+        self.alpha = alpha
+        self.steps = steps
+        self.metric = metric
+        self.masked = masked
+        self.mask_ratio = mask_ratio
+        self.fill = fill
+        self.shared_mask_every = shared_mask_every
+        self.pretrain_epochs = pretrain_epochs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.recon_weight = recon_weight
+        self.recon_tolerance = recon_tolerance
+        self.recon_bound = recon_bound
+        self.standardize = standardize
+        self.random_state = random_state
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_x(self, X, reset: bool) -> np.ndarray:
+        # validate_data rejects NaN/inf, non-numeric and empty input with clear messages
+        # and, at predict time, a wrong number of features.
+        return validate_data(
+            self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
+        )
+
+    def _scaled(self, X: np.ndarray) -> torch.Tensor:
+        x = np.asarray(X, dtype=np.float64)
+        if self.scaler_mean_ is not None:
+            x = (x - self.scaler_mean_) / self.scaler_scale_
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _spec(self, n_features: int) -> EncoderSpec:
+        hidden = self.hidden
+        if hidden is None:
+            hidden = (128, 64) if self.encoder == "mlp" else (16, 32)
+        return EncoderSpec(
+            kind=self.encoder,
+            n_features=int(n_features),
+            latent_dim=self.latent_dim,
+            hidden=tuple(hidden),
+            image_shape=None if self.image_shape is None else tuple(self.image_shape),
+        )
+
+    # -- API -----------------------------------------------------------------------------
+
+    def fit(self, X, y=None) -> DCAM:
+        X = self._check_x(X, reset=True)
+        check_n_clusters(self.n_clusters, X.shape[0])
+        if self.beta is not None:
+            check_dynamics(self.beta, self.alpha, self.steps)
+        if self.fill not in FILL_VALUES:
+            raise ValueError(f"fill must be one of {FILL_VALUES}, got {self.fill!r}")
+        spec = self._spec(X.shape[1])
+        if self.standardize:
+            std = X.std(axis=0)
+            self.scaler_mean_ = X.mean(axis=0).astype(np.float64)
+            # Constant features (e.g. always-blank pixels) are centred, not divided by 0.
+            self.scaler_scale_ = np.where(std > 0, std, 1.0).astype(np.float64)
+        else:
+            self.scaler_mean_ = self.scaler_scale_ = None
+        config = DCAMConfig(
+            spec=spec,
+            n_clusters=int(self.n_clusters),
+            beta=self.beta,
+            alpha=self.alpha,
+            steps=self.steps,
+            metric=self.metric,
+            mask=MaskSpec(
+                ratio=self.mask_ratio, fill=self.fill, shared_every=self.shared_mask_every
+            ),
+            masked=bool(self.masked),
+            pretrain_epochs=self.pretrain_epochs,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            recon_weight=self.recon_weight,
+            recon_tolerance=self.recon_tolerance,
+            recon_bound=self.recon_bound,
+            seed=int(check_random_state(self.random_state).randint(0, 2**31 - 1)),
+        )
+        result = fit_dcam(self._scaled(X), config)
+        self.model_ = result.model
+        self.encoder_spec_ = spec
+        self.beta_ = result.beta
+        self.cluster_centers_ = result.model.prototypes.detach().numpy().copy()  # latent space
+        self.recon_pretrained_ = result.recon_pretrained
+        self.history_ = result.history
+        self.pretrain_history_ = result.pretrain_history
+        self.best_epoch_ = result.best_epoch
+        self.stopped_early_ = result.stopped_early
+        selected = next(h for h in result.history if h["epoch"] == result.best_epoch)
+        self.recon_ratio_ = float(selected["recon_ratio"])
+        self.labels_ = self.predict(X)
+        self.n_nonempty_ = int(np.unique(self.labels_).size)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster of each row: encode, T AM steps in latent space, nearest prototype."""
+        check_is_fitted(self, "model_")
+        X = self._check_x(X, reset=False)
+        labels, _ = dcam_assign(self.model_, self._scaled(X))
+        return labels.numpy()
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        return self.fit(X).labels_
+
+    def transform(self, X) -> np.ndarray:
+        """The latent representation f(x), shape (n_samples, latent_dim)."""
+        check_is_fitted(self, "model_")
+        X = self._check_x(X, reset=False)
+        return encode(self.model_, self._scaled(X)).numpy()
+
+    def to_artifact(self, meta: dict | None = None):
+        """The fitted model as a ``ModelArtifact``: prototypes in latent space, the
+        standardisation, encoder weights ('encoder.*') and architecture (meta['encoder'])."""
+        from clam_dist.artifacts import ModelArtifact
+
+        check_is_fitted(self, "model_")
+        params = {k: v for k, v in self.get_params().items() if k != "random_state"}
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        return ModelArtifact(
+            method="dcam",
+            prototypes=self.cluster_centers_,
+            n_features=int(self.n_features_in_),
+            beta=self.beta_,
+            alpha=float(self.alpha),
+            steps=int(self.steps),
+            metric=self.metric,
+            scaler_mean=self.scaler_mean_,
+            scaler_scale=self.scaler_scale_,
+            tensors=encoder_tensors(self.model_),
+            meta=dict(
+                meta or {},
+                encoder=self.encoder_spec_.to_json(),
+                params=params,
+                recon_pretrained=self.recon_pretrained_,
+                recon_ratio=self.recon_ratio_,
+            ),
+        )

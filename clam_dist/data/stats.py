@@ -1,0 +1,251 @@
+"""Whole-table passes with Dask: feature statistics, a uniform sample, validation.
+
+Each pass is one parallel pass over the files: a Dask task per file reads it in bounded
+batches (the same reader as training, so schema checks and the NaN policy are shared) and
+returns a small partial result; partials are combined exactly. We use ``dask.delayed`` per
+file rather than ``dask.dataframe`` because vectors are usually a fixed-size-list column,
+which Dask DataFrames carry as Python objects (slow, and no per-coordinate reductions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+import pyarrow as pa
+
+from clam_dist.data.errors import DataError
+from clam_dist.data.source import VectorSource
+from clam_dist.data.stream import (
+    VectorBatch,
+    generated_or_column_ids,
+    read_table_batches,
+    table_to_matrix,
+)
+
+BATCH_ROWS = 65_536
+
+
+def _compute(tasks: list, scheduler: str | None):
+    return dask.compute(*tasks, scheduler=scheduler or "threads")
+
+
+@dataclass
+class FeatureStats:
+    count: int
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    dropped: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "count": int(self.count),
+            "dropped": int(self.dropped),
+            **{k: getattr(self, k).tolist() for k in ("mean", "std", "min", "max")},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureStats:
+        return cls(
+            count=int(d["count"]),
+            dropped=int(d.get("dropped", 0)),
+            **{k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "std", "min", "max")},
+        )
+
+
+def _file_moments(
+    source: VectorSource, file: str
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(count, mean, M2, min, max, dropped) of one file, combined batch by batch (Chan)."""
+    count, mean, m2, lo, hi, dropped = 0, None, None, None, None, 0
+    for b in read_table_batches(source, file, BATCH_ROWS):
+        dropped += b.dropped
+        if not len(b):
+            continue
+        x = b.x.astype(np.float64)
+        n_b, mean_b = x.shape[0], x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        if count == 0:
+            count, mean, m2, lo, hi = n_b, mean_b, m2_b, x.min(0), x.max(0)
+            continue
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * n_b / total
+        m2 = m2 + m2_b + delta**2 * count * n_b / total
+        count, lo, hi = total, np.minimum(lo, x.min(0)), np.maximum(hi, x.max(0))
+    return count, mean, m2, lo, hi, dropped
+
+
+def feature_stats(source: VectorSource, scheduler: str | None = None) -> FeatureStats:
+    """count, mean, std (population), min, max per feature, in one parallel pass."""
+    parts = _compute([dask.delayed(_file_moments)(source, f) for f in source.files()], scheduler)
+    count, mean, m2, lo, hi = 0, None, None, None, None
+    dropped = sum(p[5] for p in parts)
+    for c, mu, q, a, b, _ in parts:
+        if c == 0:
+            continue
+        if count == 0:
+            count, mean, m2, lo, hi = c, mu, q, a, b
+            continue
+        delta, total = mu - mean, count + c
+        mean = mean + delta * c / total
+        m2 = m2 + q + delta**2 * count * c / total
+        count, lo, hi = total, np.minimum(lo, a), np.maximum(hi, b)
+    if count == 0:
+        raise DataError(f"{source.describe()}: no rows to compute statistics on")
+    return FeatureStats(count, mean, np.sqrt(m2 / count), lo, hi, dropped)
+
+
+def _file_sample(source: VectorSource, file_index: int, file: str, m: int, seed: int):
+    """The m rows of a file with the smallest random keys (keys seeded per file)."""
+    rng = np.random.default_rng([seed, file_index])
+    best_keys = np.zeros(0)
+    best: VectorBatch | None = None
+    for b in read_table_batches(source, file, BATCH_ROWS):
+        keys = rng.random(len(b))
+        if best is None:
+            best_keys, best = keys, b
+        else:
+            best_keys = np.concatenate([best_keys, keys])
+            best = VectorBatch(
+                np.concatenate([best.ids, b.ids]),
+                np.concatenate([best.x, b.x]),
+                None if b.labels is None else np.concatenate([best.labels, b.labels]),
+                file,
+            )
+        if len(best_keys) > m:
+            keep = np.argpartition(best_keys, m)[:m]
+            best_keys = best_keys[keep]
+            best = VectorBatch(
+                best.ids[keep],
+                best.x[keep],
+                None if best.labels is None else best.labels[keep],
+                file,
+            )
+    return best_keys, best
+
+
+def sample_rows(
+    source: VectorSource, m: int, seed: int = 0, scheduler: str | None = None
+) -> VectorBatch:
+    """A uniform random sample of min(m, n) rows without replacement, in one pass.
+
+    Every row gets an independent uniform key; the m smallest keys overall are a uniform
+    sample. Each file keeps its own m smallest, so memory is O(m) per task.
+    Deterministic for a seed (and file listing).
+    """
+    if m < 1:
+        raise ValueError(f"sample size must be >= 1, got {m}")
+    files = source.files()
+    parts = _compute(
+        [dask.delayed(_file_sample)(source, i, f, m, seed) for i, f in enumerate(files)], scheduler
+    )
+    parts = [p for p in parts if p[1] is not None and len(p[1])]
+    if not parts:
+        raise DataError(f"{source.describe()}: no rows to sample")
+    keys = np.concatenate([p[0] for p in parts])
+    ids = np.concatenate([p[1].ids for p in parts])
+    x = np.concatenate([p[1].x for p in parts])
+    labels = None if parts[0][1].labels is None else np.concatenate([p[1].labels for p in parts])
+    order = np.argsort(keys, kind="stable")[:m]
+    return VectorBatch(
+        ids[order],
+        np.ascontiguousarray(x[order]),
+        None if labels is None else labels[order],
+        "<sample>",
+    )
+
+
+@dataclass
+class ValidationReport:
+    rows: int = 0
+    widths: dict[str, int] = field(default_factory=dict)  # file -> vector width
+    nonfinite_rows: dict[str, int] = field(default_factory=dict)  # file -> rows with NaN/inf
+    nonfinite_by_feature: list[int] = field(default_factory=list)
+    duplicate_ids: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_bad(self) -> None:
+        if self.problems:
+            raise DataError("; ".join(self.problems))
+
+
+def _file_validate(source: VectorSource, file: str):
+    """Per-file width, row count, NaN/inf counts and ids; a DataError becomes a problem."""
+    width, rows, bad_rows, by_feature, ids, error = None, 0, 0, None, [], None
+    try:
+        pf = source.open_file(file)
+        vec, cols = source.resolve_columns(pf.schema_arrow, file)
+        wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
+        for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+            table = pa.Table.from_batches([rb])
+            x = table_to_matrix(table, source, file)
+            width = x.shape[1]
+            nonfinite = ~np.isfinite(x)
+            bad_rows += int(nonfinite.any(1).sum())
+            by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
+            ids.append(generated_or_column_ids(table, source, file, rows))
+            rows += table.num_rows
+    except DataError as exc:
+        error = str(exc)
+    except (pa.ArrowInvalid, OSError) as exc:
+        error = f"{file}: unreadable Parquet (corrupt or truncated?): {exc}"
+    return (
+        file,
+        width,
+        rows,
+        bad_rows,
+        by_feature,
+        (np.concatenate(ids) if ids else np.zeros(0)),
+        error,
+    )
+
+
+def validate(source: VectorSource, scheduler: str | None = None) -> ValidationReport:
+    """NaN/inf counts per feature and per file, widths per file, duplicate ids, unreadable
+    files: everything that is wrong, in one pass, instead of stopping at the first."""
+    parts = _compute([dask.delayed(_file_validate)(source, f) for f in source.files()], scheduler)
+    rep = ValidationReport()
+    all_ids = []
+    for file, width, rows, bad, by_feature, ids, error in parts:
+        if error:
+            rep.problems.append(error)
+            continue
+        rep.rows += rows
+        if width is not None:
+            rep.widths[file] = width
+        if bad:
+            rep.nonfinite_rows[file] = bad
+            rep.problems.append(f"{file}: {bad} row(s) with NaN/inf")
+        if by_feature is not None:
+            if not rep.nonfinite_by_feature:
+                rep.nonfinite_by_feature = [0] * len(by_feature)
+            if len(by_feature) == len(rep.nonfinite_by_feature):
+                rep.nonfinite_by_feature = [
+                    a + int(b) for a, b in zip(rep.nonfinite_by_feature, by_feature)
+                ]
+        all_ids.append(ids)
+    widths = set(rep.widths.values())
+    if len(widths) > 1:
+        first = next(iter(rep.widths.items()))
+        odd = [f"{f} ({w})" for f, w in rep.widths.items() if w != first[1]]
+        rep.problems.append(
+            f"mixed vector widths: {first[0]} has {first[1]}, but {', '.join(odd[:5])}"
+        )
+    if all_ids and source.id_column:
+        ids = np.concatenate(all_ids)
+        uniq, counts = np.unique(ids, return_counts=True)
+        rep.duplicate_ids = int((counts > 1).sum())
+        if rep.duplicate_ids:
+            rep.problems.append(
+                f"id column {source.id_column!r} has {rep.duplicate_ids} duplicated value(s), "
+                f"e.g. {uniq[counts > 1][:3].tolist()}"
+            )
+    return rep

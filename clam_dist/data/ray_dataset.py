@@ -17,22 +17,20 @@ from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import read_table_batches
 
 
-class _ReadFiles:
-    def __init__(self, source: VectorSource, batch_rows: int, columns_extra: list[str] | None):
-        self.source = source
-        self.batch_rows = batch_rows
-        self.columns_extra = columns_extra or []
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for file in batch["file"]:
-            for b in read_table_batches(
-                self.source, str(file), self.batch_rows, self.columns_extra
-            ):
-                out = {"id": b.ids, "x": b.x}
-                if b.labels is not None:
-                    out["label"] = b.labels
-                out.update(b.extra or {})
-                yield out
+def _read_files(
+    batch: dict[str, np.ndarray],
+    source: VectorSource,
+    batch_rows: int,
+    columns_extra: list[str] | None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stateless read task: stream each listed file in bounded batches."""
+    for file in batch["file"]:
+        for b in read_table_batches(source, str(file), batch_rows, columns_extra):
+            out = {"id": b.ids, "x": b.x}
+            if b.labels is not None:
+                out["label"] = b.labels
+            out.update(b.extra or {})
+            yield out
 
 
 def to_ray_dataset(
@@ -45,9 +43,8 @@ def to_ray_dataset(
     source.resolve_columns()  # fail on the driver, before any task, for a bad schema
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     return ds.map_batches(
-        _ReadFiles,
-        fn_constructor_args=(source, batch_rows, columns_extra),
+        _read_files,
+        fn_kwargs={"source": source, "batch_rows": batch_rows, "columns_extra": columns_extra},
         batch_size=1,
         batch_format="numpy",
-        concurrency=(1, max(1, min(len(files), 8))),
     )

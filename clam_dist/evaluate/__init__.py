@@ -1,0 +1,1 @@
+"""Metrics at scale for committed assignments, and the PNG/HTML report."""

@@ -1,0 +1,1 @@
+"""The end-to-end pipeline: data -> stats/sample -> train -> assign -> evaluate -> report."""

@@ -1,0 +1,59 @@
+"""Typed configuration of the end-to-end pipeline (TOML/YAML + section.field overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DataSection:
+    url: str | None = None  # None: generate (or convert a bundled data set) under run_dir/data
+    generate: str = "mixture"  # "mixture" or a bundled paper data set name, when url is None
+    n: int = 200_000
+    d: int = 32
+    k: int = 16
+    separation: float = 8.0
+    rows_per_file: int = 25_000
+    vector_column: str | None = None
+    feature_columns: list[str] | None = None
+    id_column: str | None = None
+    label_column: str | None = "label"
+    nan_policy: Literal["error", "drop"] = "error"
+    storage_options: dict | None = None
+
+
+@dataclass
+class ModelSection:
+    method: Literal["clam", "kmeans"] = "clam"
+    n_clusters: int = 16
+    beta: float | None = None
+    alpha: float = 0.1
+    steps: int = 10
+    metric: Literal["euclidean", "spherical"] = "euclidean"
+    mask_ratio: float = 0.2
+    lr: float = 0.01
+    epochs: int = 10
+    batch_size: int = 256
+    n_init: int = 1
+    standardize: bool = True
+    train_sample: int = 20_000
+
+
+@dataclass
+class AssignSection:
+    outputs: list[str] = field(default_factory=lambda: ["energy", "margin"])
+    passthrough: list[str] = field(default_factory=list)
+    batch_size: int = 8192
+    concurrency: int = 2
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    num_cpus: int | None = None  # embedded Ray only; None = all cores
+    eval_sample: int = 10_000
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    assign: AssignSection = field(default_factory=AssignSection)

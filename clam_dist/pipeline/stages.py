@@ -1,0 +1,264 @@
+"""Pipeline stages. Each stage writes ``<run_dir>/stages/<name>.json`` when it finishes;
+a re-run skips finished stages (unless forced), so the pipeline resumes after a crash and
+is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from clam_dist.config import to_dict
+from clam_dist.pipeline.config import PipelineConfig
+
+STAGES = ("data", "train", "assign", "evaluate")
+
+
+class Run:
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.dir = Path(config.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "stages").mkdir(exist_ok=True)
+
+    def marker(self, stage: str) -> Path:
+        return self.dir / "stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> dict | None:
+        p = self.marker(stage)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def finish(self, stage: str, result: dict, seconds: float) -> dict:
+        record = dict(result, seconds=round(seconds, 3))
+        tmp = self.marker(stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=_json_default))
+        tmp.replace(self.marker(stage))  # atomic: a marker is whole or absent
+        return record
+
+    # paths
+    @property
+    def data_url(self) -> str:
+        return self.config.data.url or str(self.dir / "data")
+
+    @property
+    def model_url(self) -> str:
+        return str(self.dir / "model")
+
+    @property
+    def assignments_url(self) -> str:
+        return str(self.dir / "assignments")
+
+    @property
+    def report_dir(self) -> Path:
+        return self.dir / "report"
+
+    def source(self):
+        from clam_dist.data.source import VectorSource
+
+        d = self.config.data
+        return VectorSource(
+            self.data_url,
+            vector_column=d.vector_column,
+            feature_columns=d.feature_columns,
+            id_column=d.id_column,
+            label_column=d.label_column,
+            storage_options=d.storage_options,
+            nan_policy=d.nan_policy,
+        )
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def stage_data(run: Run) -> dict:
+    """Generate the data set (when no url is given) and validate the source."""
+    from clam_dist.commands.make_dataset import write_mixture
+    from clam_dist.data.stats import validate
+    from clam_dist.data.writer import write_vectors
+    from clam_dist.datasets.clam_paper import load_clam_paper
+
+    d = run.config.data
+    if d.url is None:
+        import shutil
+
+        shutil.rmtree(run.data_url, ignore_errors=True)  # a crashed earlier attempt
+        if d.generate == "mixture":
+            write_mixture(
+                run.data_url, d.n, d.d, d.k, d.separation, run.config.seed, d.rows_per_file
+            )
+        else:
+            x, y = load_clam_paper(d.generate)
+            write_vectors(
+                run.data_url, x.astype(np.float32), labels=y, rows_per_file=d.rows_per_file
+            )
+    report = validate(run.source())
+    report.raise_if_bad()
+    return {
+        "url": run.data_url,
+        "rows": report.rows,
+        "files": len(report.widths),
+        "dim": next(iter(report.widths.values())),
+    }
+
+
+def stage_train(run: Run) -> dict:
+    """Feature statistics (Dask, one pass), a uniform sample, and the model trained on
+    the standardised sample; the artifact carries the scaler and the training energy's
+    99th percentile (the drift threshold for later assignments)."""
+    from clam_dist.artifacts import save_artifact
+    from clam_dist.data.stats import feature_stats, sample_rows
+    from clam_dist.estimator import ClAM, KMeans
+
+    cfg, m = run.config, run.config.model
+    source = run.source()
+    stats = feature_stats(source)
+    sample = sample_rows(source, m.train_sample, cfg.seed)
+    mean = stats.mean if m.standardize else np.zeros_like(stats.mean)
+    scale = np.where(stats.std > 0, stats.std, 1.0) if m.standardize else np.ones_like(stats.std)
+    z = ((sample.x - mean) / scale).astype(np.float32)
+    if m.method == "clam":
+        est = ClAM(
+            n_clusters=m.n_clusters,
+            beta=m.beta,
+            alpha=m.alpha,
+            steps=m.steps,
+            metric=m.metric,
+            mask_ratio=m.mask_ratio,
+            lr=m.lr,
+            epochs=m.epochs,
+            batch_size=m.batch_size,
+            n_init=m.n_init,
+            random_state=cfg.seed,
+        ).fit(z)
+        energy = est.energy(z)
+        meta = {"loss_history": est.loss_history_, "energy_p99": float(np.percentile(energy, 99))}
+    else:
+        est = KMeans(
+            n_clusters=m.n_clusters, n_init=max(1, m.n_init), metric=m.metric, random_state=cfg.seed
+        ).fit(z)
+        meta = {}
+    meta.update(train_sample_size=int(len(sample)), feature_stats=stats.to_dict())
+    save_artifact(est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta), run.model_url)
+    return {
+        "model": run.model_url,
+        "train_sample": int(len(sample)),
+        "n_nonempty_on_sample": int(est.n_nonempty_),
+        "beta": getattr(est, "beta_", None),
+    }
+
+
+def stage_assign(run: Run) -> dict:
+    from clam_dist.assign.pipeline import AssignConfig, run_assignment
+
+    d, a = run.config.data, run.config.assign
+    res = run_assignment(
+        AssignConfig(
+            input=run.data_url,
+            output=run.assignments_url,
+            model=run.model_url,
+            vector_column=d.vector_column,
+            feature_columns=d.feature_columns,
+            id_column=d.id_column,
+            label_column=d.label_column,
+            passthrough=a.passthrough,
+            outputs=a.outputs,
+            storage_options=d.storage_options,
+            batch_size=a.batch_size,
+            concurrency=a.concurrency,
+            overwrite=True,  # the stage owns this prefix; a finished stage is never re-run unforced
+        )
+    )
+    return {
+        "output": res.output,
+        "rows": res.rows,
+        "files": res.files,
+        "rows_per_second": res.rows_per_second,
+        "drift_share_above_train_energy_p99": res.drift_share,
+    }
+
+
+def stage_evaluate(run: Run) -> dict:
+    from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
+    from clam_dist.evaluate.report import write_report
+
+    metrics, plots = evaluate_run(
+        EvalConfig(
+            run.source(),
+            run.assignments_url,
+            run.model_url,
+            run.config.eval_sample,
+            run.config.seed,
+        )
+    )
+    files = write_report(run.report_dir, metrics, plots, title=f"clam-dist run {run.dir.name}")
+    return {"metrics": metrics, "report": str(run.report_dir / "index.html"), "report_files": files}
+
+
+STAGE_FUNCS: dict[str, Callable[[Run], dict]] = {
+    "data": stage_data,
+    "train": stage_train,
+    "assign": stage_assign,
+    "evaluate": stage_evaluate,
+}
+
+
+def run_pipeline(
+    config: PipelineConfig, from_stage: str | None = None, only: list[str] | None = None
+) -> dict:
+    """Run (or resume) the pipeline; returns the summary (also written to summary.json)."""
+    import ray
+
+    run = Run(config)
+    if from_stage is not None:
+        if from_stage not in STAGES:
+            raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
+        for stage in STAGES[STAGES.index(from_stage) :]:
+            run.marker(stage).unlink(missing_ok=True)
+    summary = {
+        "run_dir": str(run.dir),
+        "config": to_dict(config),
+        "stages": {},
+        "status": "running",
+    }
+    started_ray = False
+    t_all = time.perf_counter()
+    try:
+        for stage in STAGES:
+            if only and stage not in only:
+                continue
+            prior = run.done(stage)
+            if prior is not None:
+                summary["stages"][stage] = dict(prior, skipped=True)
+                continue
+            if stage == "assign" and not ray.is_initialized():
+                ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+                started_ray = True
+            t0 = time.perf_counter()
+            print(f"[clam-dist] stage {stage} ...", flush=True)
+            summary["stages"][stage] = run.finish(
+                stage, STAGE_FUNCS[stage](run), time.perf_counter() - t0
+            )
+            print(
+                f"[clam-dist] stage {stage} done in {summary['stages'][stage]['seconds']:.1f}s",
+                flush=True,
+            )
+        summary["status"] = "succeeded"
+    except Exception as exc:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["traceback"] = traceback.format_exc()
+    finally:
+        summary["seconds"] = round(time.perf_counter() - t_all, 3)
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        if started_ray:
+            ray.shutdown()
+    return summary

@@ -1,0 +1,70 @@
+"""`clam-dist train`: distributed training with Ray Train from a config file + overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clam_dist.config import ConfigError, load_config
+from clam_dist.train.config import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="TOML/YAML/JSON TrainConfig ([data], [model], [optim], [run])",
+    )
+    parser.add_argument("--data", default=None, help="shortcut for --set data.url=...")
+    parser.add_argument(
+        "--k", type=int, default=None, help="shortcut for --set model.n_clusters=..."
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="shortcut for --set run.num_workers=..."
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any field, e.g. --set optim.lr=0.02 --set run.storage_path=s3://b/runs",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
+    )
+    parser.add_argument(
+        "--summary", default=None, help="write the final metrics and artifact URL here (JSON)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for flag, key in (
+        (args.data, "data.url"),
+        (args.k, "model.n_clusters"),
+        (args.workers, "run.num_workers"),
+    ):
+        if flag is not None:
+            overrides.append(f"{key}={json.dumps(flag)}")
+    try:
+        config = load_config(TrainConfig, args.config, overrides)  # before any work starts
+    except ConfigError as exc:
+        print(f"config error: {exc}")
+        return 2
+    import ray
+
+    from clam_dist.train.trainer import run_training
+
+    ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
+    result = run_training(config)
+    summary = {
+        "artifact": result.artifact_url,
+        "checkpoint": result.checkpoint_path,
+        "metrics": result.metrics,
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return 0

@@ -1,0 +1,123 @@
+"""Read throughput and memory of the streaming reader, local disk vs the local S3 server.
+
+For each size (GB of float32 vectors) a Gaussian mixture is written to a local folder and
+to a moto S3 server on 127.0.0.1; a fresh subprocess then streams every row with
+``iter_batches`` and reports rows/s, MB/s and its own peak RSS (flat memory = streaming).
+
+    python jobs/bench_read.py [--sizes-gb 0.5,2 --d 128 --rows-per-file 250000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def read_once(url: str, storage_options: dict | None, batch_rows: int) -> dict:
+    from clam_dist.data.source import VectorSource
+    from clam_dist.data.stream import iter_batches
+
+    source = VectorSource(url, storage_options=storage_options)
+    t0 = time.perf_counter()
+    rows = nbytes = 0
+    for b in iter_batches(source, batch_rows=batch_rows, shuffle=False):
+        rows += len(b)
+        nbytes += b.x.nbytes
+    seconds = time.perf_counter() - t0
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "mb_per_s": nbytes / seconds / 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def measure(url: str, storage_options: dict | None, batch_rows: int) -> dict:
+    """Run the read in a fresh process so its peak RSS is the reader's alone."""
+    code = (
+        "import json,sys; from bench_read import read_once; "
+        "print(json.dumps(read_once(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))))"
+    )
+    jobs_dir = Path(__file__).resolve().parent
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            url,
+            json.dumps(storage_options),
+            str(batch_rows),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=jobs_dir,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes-gb", default="0.5,2")
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--rows-per-file", type=int, default=250_000)
+    p.add_argument("--batch-rows", type=int, default=65_536)
+    p.add_argument("--no-s3", action="store_true", help="skip the local S3 server")
+    p.add_argument("--json", default="bench_results/read.json")
+    args = p.parse_args()
+    from clam_dist.commands.make_dataset import write_mixture
+
+    results = []
+    for gb in [float(s) for s in args.sizes_gb.split(",")]:
+        n = int(gb * 1e9 / (4 * args.d))
+        tmp = tempfile.mkdtemp()
+        try:
+            write_mixture(f"{tmp}/data", n, args.d, 16, 8.0, 0, args.rows_per_file)
+            results.append(
+                {"gb": gb, "store": "local disk", **measure(f"{tmp}/data", None, args.batch_rows)}
+            )
+            print(results[-1], flush=True)
+            if not args.no_s3:
+                from clam_dist.data.local_s3 import local_s3
+
+                with local_s3(bucket="bench") as s3:
+                    import s3fs
+
+                    fs = s3fs.S3FileSystem(**s3.storage_options)
+                    fs.put(f"{tmp}/data", f"bench/data-{gb}", recursive=True)
+                    results.append(
+                        {
+                            "gb": gb,
+                            "store": "local S3 (moto)",
+                            **measure(s3.url(f"data-{gb}"), s3.storage_options, args.batch_rows),
+                        }
+                    )
+                    print(results[-1], flush=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nd={args.d}, batch_rows={args.batch_rows}, rows_per_file={args.rows_per_file}")
+    print(
+        f"{'GB':>5s} {'store':16s} {'rows':>10s} {'rows/s':>10s} {'MB/s':>8s} {'peak RSS MB':>12s}"
+    )
+    for r in results:
+        print(
+            f"{r['gb']:5.1f} {r['store']:16s} {r['rows']:10d} {r['rows_per_s']:10.0f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f}"
+        )
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Scaling experiment: the Ray Train trainer with 1 and 2 (or more) workers on a generated
+mixture; prints rows/s, per-step compute vs all-reduce time and bytes all-reduced per step,
+and writes JSON.
+
+    python jobs/scaling.py [--n 200000 --d 64 --k 64 --batch 4096 --epochs 2 --workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import ray
+
+from clam_dist.commands.make_dataset import write_mixture
+from clam_dist.config import load_config
+from clam_dist.train.config import TrainConfig
+from clam_dist.train.trainer import run_training
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096, help="rows per worker per step")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--method", default="clam", choices=["clam", "kmeans"])
+    p.add_argument("--json", default="bench_results/scaling.json")
+    args = p.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = f"{tmp}/data"
+        write_mixture(data, args.n, args.d, args.k, 8.0, 0, max(1, args.n // 16))
+        for w in workers:
+            cfg = load_config(
+                TrainConfig,
+                None,
+                [
+                    f"data.url={data}",
+                    f"model.method={args.method}",
+                    f"model.n_clusters={args.k}",
+                    f"optim.batch_size={args.batch // w}",  # same GLOBAL batch for every worker count
+                    f"optim.epochs={args.epochs}",
+                    f"run.num_workers={w}",
+                    f"run.storage_path={tmp}/runs",
+                    f"run.name=w{w}",
+                    f"run.checkpoint_every={args.epochs}",
+                ],
+            )
+            m = run_training(cfg).metrics
+            steps = max(1, m["steps"])
+            rows.append(
+                {
+                    "workers": w,
+                    "rows_per_s": m["rows_per_s_total"],
+                    "compute_ms_per_step": 1000 * m["compute_s"] / steps,
+                    "allreduce_ms_per_step": 1000 * m["allreduce_s"] / steps,
+                    "allreduce_bytes_per_step": m["allreduce_bytes_per_step"],
+                    "global_batch": args.batch,
+                    "steps_per_epoch": steps,
+                }
+            )
+    print(
+        f"n={args.n} d={args.d} k={args.k} method={args.method} global batch={args.batch} (last epoch)"
+    )
+    print(
+        f"{'workers':>7s} {'rows/s':>10s} {'compute ms/step':>16s} {'allreduce ms/step':>18s} {'bytes/step':>11s}"
+    )
+    for r in rows:
+        print(
+            f"{r['workers']:7d} {r['rows_per_s']:10.0f} {r['compute_ms_per_step']:16.2f} "
+            f"{r['allreduce_ms_per_step']:18.2f} {r['allreduce_bytes_per_step']:11d}"
+        )
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,10 @@ class DataSection:
 
 @dataclass
 class ModelSection:
+    # "ray": the distributed Ray Train trainer over every row (clam_dist.train);
+    # "sample": the in-memory estimator on a uniform sample (quick look, no Ray Train).
+    trainer: Literal["ray", "sample"] = "ray"
+    num_workers: int = 2
     method: Literal["clam", "kmeans"] = "clam"
     n_clusters: int = 16
     beta: float | None = None
@@ -33,8 +37,8 @@ class ModelSection:
     metric: Literal["euclidean", "spherical"] = "euclidean"
     mask_ratio: float = 0.2
     lr: float = 0.01
-    epochs: int = 10
-    batch_size: int = 256
+    epochs: int = 3
+    batch_size: int = 1024  # rows per worker per step (ray) / per step (sample)
     n_init: int = 1
     standardize: bool = True
     train_sample: int = 20_000

@@ -111,17 +111,79 @@ def stage_data(run: Run) -> dict:
 
 
 def stage_train(run: Run) -> dict:
-    """Feature statistics (Dask, one pass), a uniform sample, and the model trained on
-    the standardised sample; the artifact carries the scaler and the training energy's
-    99th percentile (the drift threshold for later assignments)."""
-    from clam_dist.artifacts import save_artifact
+    """Train on every row with Ray Train (default) or on a uniform sample in memory. The
+    artifact carries the scaler and the training energy's 99th percentile (the drift
+    threshold for later assignments) and the loss curve."""
+    from clam_dist.artifacts import load_artifact, save_artifact
     from clam_dist.data.stats import feature_stats, sample_rows
-    from clam_dist.estimator import ClAM, KMeans
+    from clam_dist.models.predictor import ClusterPredictor
 
     cfg, m = run.config, run.config.model
     source = run.source()
-    stats = feature_stats(source)
+    if m.trainer == "ray":
+        artifact = _train_with_ray(run)
+    else:
+        artifact = _train_on_sample(run, feature_stats(source))
     sample = sample_rows(source, m.train_sample, cfg.seed)
+    energy = ClusterPredictor.from_artifact(artifact).predict(sample.x, ("energy",))["energy"]
+    artifact.meta.update(
+        energy_p99=float(np.percentile(energy, 99)), energy_p99_sample=int(len(sample))
+    )
+    save_artifact(artifact, run.model_url)
+    load_artifact(run.model_url)  # read back: what later stages will load
+    return {
+        "model": run.model_url,
+        "trainer": m.trainer,
+        "beta": artifact.beta,
+        "final_loss": (artifact.meta.get("loss_history") or [None])[-1],
+    }
+
+
+def _train_with_ray(run: Run):
+    from clam_dist.artifacts import load_artifact
+    from clam_dist.train.config import TrainConfig, TrainData, TrainModel, TrainOptim, TrainRun
+    from clam_dist.train.trainer import run_training
+
+    cfg, d, m = run.config, run.config.data, run.config.model
+    tc = TrainConfig(
+        data=TrainData(
+            url=run.data_url,
+            vector_column=d.vector_column,
+            feature_columns=d.feature_columns,
+            id_column=d.id_column,
+            label_column=d.label_column,
+            storage_options=d.storage_options,
+            nan_policy=d.nan_policy,
+            standardize=m.standardize,
+            init_sample=m.train_sample,
+        ),
+        model=TrainModel(
+            method=m.method,
+            n_clusters=m.n_clusters,
+            beta=m.beta,
+            alpha=m.alpha,
+            steps=m.steps,
+            metric=m.metric,
+            mask_ratio=m.mask_ratio,
+        ),
+        optim=TrainOptim(lr=m.lr, epochs=m.epochs, batch_size=m.batch_size),
+        run=TrainRun(
+            name="train",
+            storage_path=str((run.dir / "checkpoints").resolve()),
+            num_workers=m.num_workers,
+            seed=cfg.seed,
+            checkpoint_every=1,
+        ),
+    )
+    return load_artifact(run_training(tc).artifact_url, d.storage_options)
+
+
+def _train_on_sample(run: Run, stats):
+    from clam_dist.data.stats import sample_rows
+    from clam_dist.estimator import ClAM, KMeans
+
+    cfg, m = run.config, run.config.model
+    sample = sample_rows(run.source(), m.train_sample, cfg.seed)
     mean = stats.mean if m.standardize else np.zeros_like(stats.mean)
     scale = np.where(stats.std > 0, stats.std, 1.0) if m.standardize else np.ones_like(stats.std)
     z = ((sample.x - mean) / scale).astype(np.float32)
@@ -139,21 +201,14 @@ def stage_train(run: Run) -> dict:
             n_init=m.n_init,
             random_state=cfg.seed,
         ).fit(z)
-        energy = est.energy(z)
-        meta = {"loss_history": est.loss_history_, "energy_p99": float(np.percentile(energy, 99))}
+        meta = {"loss_history": est.loss_history_}
     else:
         est = KMeans(
             n_clusters=m.n_clusters, n_init=max(1, m.n_init), metric=m.metric, random_state=cfg.seed
         ).fit(z)
         meta = {}
-    meta.update(train_sample_size=int(len(sample)), feature_stats=stats.to_dict())
-    save_artifact(est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta), run.model_url)
-    return {
-        "model": run.model_url,
-        "train_sample": int(len(sample)),
-        "n_nonempty_on_sample": int(est.n_nonempty_),
-        "beta": getattr(est, "beta_", None),
-    }
+    meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
+    return est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
 
 
 def stage_assign(run: Run) -> dict:
@@ -239,7 +294,8 @@ def run_pipeline(
             if prior is not None:
                 summary["stages"][stage] = dict(prior, skipped=True)
                 continue
-            if stage == "assign" and not ray.is_initialized():
+            needs_ray = stage == "assign" or (stage == "train" and config.model.trainer == "ray")
+            if needs_ray and not ray.is_initialized():
                 ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
                 started_ray = True
             t0 = time.perf_counter()

@@ -30,7 +30,9 @@ class TrainModel:
     mask_ratio: float = 0.2
     fill: Literal["mean", "min", "max", "zero"] = "mean"
     shared_every: int = 3
-    init: Literal["kmeans++", "kmeans||"] = "kmeans++"
+    # "kmeans": k-means++ seeding refined by Lloyd on the sample (as the estimator's
+    # default); "kmeans++" seeding only; "kmeans||" for large k.
+    init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
     kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"
 
 

@@ -57,7 +57,7 @@ def initialise(cfg: TrainConfig) -> dict:
     """Statistics, sample, initial prototypes and beta, computed once on the driver."""
     from clam_dist.data.stats import feature_stats, sample_rows
     from clam_dist.models.clam import beta_from_data
-    from clam_dist.models.kmeans import kmeans_parallel_init, kmeans_plus_plus
+    from clam_dist.models.kmeans import kmeans_parallel_init, kmeans_plus_plus, lloyd
 
     source = make_source(cfg)
     stats = feature_stats(source)
@@ -77,6 +77,8 @@ def initialise(cfg: TrainConfig) -> dict:
         protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
     else:
         protos = kmeans_plus_plus(z, k, gen, metric=cfg.model.metric)
+        if cfg.model.init == "kmeans":
+            protos = lloyd(z, protos, max_iter=100, metric=cfg.model.metric).centers
     beta = (
         cfg.model.beta
         if cfg.model.beta is not None
@@ -199,7 +201,15 @@ def check_checkpoint_shape(checkpoint, k: int, d: int) -> None:
 
 
 def _save_checkpoint(
-    directory: str, protos, optimizer, scheduler, kstate, epoch: int, cfg_dict: dict, init: dict
+    directory: str,
+    protos,
+    optimizer,
+    scheduler,
+    kstate,
+    epoch: int,
+    cfg_dict: dict,
+    init: dict,
+    history: list[dict],
 ):
     from safetensors.torch import save_file
 
@@ -218,11 +228,12 @@ def _save_checkpoint(
         "config": cfg_dict,
         "beta": init["beta"],
         "data_position": {"next_epoch": epoch + 1, "unit": "epoch"},
+        "history": history,  # per-epoch metrics, so a resumed run keeps its whole curve
     }
     Path(directory, "state.json").write_text(json.dumps(state))
 
 
-def _load_checkpoint(directory: str, protos, optimizer, scheduler, kstate) -> int:
+def _load_checkpoint(directory: str, protos, optimizer, scheduler, kstate) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
     tensors = load_file(os.path.join(directory, "prototypes.safetensors"))
@@ -237,7 +248,8 @@ def _load_checkpoint(directory: str, protos, optimizer, scheduler, kstate) -> in
     opt = torch.load(os.path.join(directory, "optim.pt"), weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    return int(json.loads(Path(directory, "state.json").read_text())["epoch"]) + 1
+    state = json.loads(Path(directory, "state.json").read_text())
+    return int(state["epoch"]) + 1, list(state.get("history", []))
 
 
 def train_loop(loop_config: dict) -> None:
@@ -274,11 +286,11 @@ def train_loop(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
     )
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckdir:
-            start_epoch = _load_checkpoint(ckdir, protos, optimizer, scheduler, kcounts)
+            start_epoch, history = _load_checkpoint(ckdir, protos, optimizer, scheduler, kcounts)
 
     def assert_identical(where: str) -> float:
         """Prototypes must be bit-identical on every worker; returns the max divergence."""
@@ -420,9 +432,10 @@ def train_loop(loop_config: dict) -> None:
             "prototype_divergence": gap,
             "lr": optimizer.param_groups[0]["lr"],
         }
+        history.append(metrics)
         last = epoch == cfg.optim.epochs - 1
         if rank == 0 and last:
-            _write_artifact(cfg, init, protos, run_url, metrics)
+            _write_artifact(cfg, init, protos, run_url, history)
         if (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
@@ -435,6 +448,7 @@ def train_loop(loop_config: dict) -> None:
                         epoch,
                         loop_config["train"],
                         init,
+                        history,
                     )
                 ray.train.report(
                     metrics,
@@ -479,7 +493,7 @@ def _maybe_die_once(run_url: str, cfg: TrainConfig, epoch: int) -> None:
     os._exit(1)
 
 
-def _write_artifact(cfg: TrainConfig, init: dict, protos, run_url: str, metrics: dict) -> None:
+def _write_artifact(cfg: TrainConfig, init: dict, protos, run_url: str, history: list[dict]) -> None:
     from clam_dist.artifacts import ModelArtifact, save_artifact
 
     art = ModelArtifact(
@@ -492,6 +506,11 @@ def _write_artifact(cfg: TrainConfig, init: dict, protos, run_url: str, metrics:
         metric=cfg.model.metric,
         scaler_mean=np.asarray(init["mean"], np.float32),
         scaler_scale=np.asarray(init["scale"], np.float32),
-        meta={"final_metrics": metrics, "trained_with": "ray-train", "config": to_dict(cfg)},
+        meta={
+            "final_metrics": history[-1],
+            "loss_history": [h["loss"] for h in history],
+            "trained_with": "ray-train",
+            "config": to_dict(cfg),
+        },
     )
     save_artifact(art, f"{run_url}/{cfg.run.name}/model", cfg.data.storage_options)

@@ -36,8 +36,20 @@ def read_once(url: str, storage_options: dict | None, batch_rows: int) -> dict:
         "seconds": seconds,
         "rows_per_s": rows / seconds,
         "mb_per_s": nbytes / seconds / 1e6,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. VmHWM belongs to the current address space, unlike
+    ru_maxrss, which on Linux keeps the pre-exec high-water mark of the forking parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(url: str, storage_options: dict | None, batch_rows: int) -> dict:

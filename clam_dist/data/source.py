@@ -3,9 +3,11 @@ read vectors, ids and labels out of its columns."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -29,8 +31,8 @@ def redact(storage_options: dict | None) -> dict:
     return walk(dict(storage_options or {}))
 
 
-def open_filesystem(url: str, storage_options: dict | None = None, retries: int = 3):
-    """(fsspec filesystem, path) for a URL; bounded retries on transient connection errors."""
+def open_filesystem(url: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path) for a URL."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, path
 
@@ -123,20 +125,30 @@ class VectorSource:
             raise DataError(f"{self.describe()}: no Parquet files found")
         return tuple(files)
 
-    def open_file(self, path: str) -> pq.ParquetFile:
+    @contextlib.contextmanager
+    def parquet_file(self, path: str) -> Iterator[pq.ParquetFile]:
+        """An open ParquetFile whose file handle (and any read-ahead cache of an object
+        store) is closed on exit, so reading many files keeps memory flat."""
         fs = self.filesystem()
+        handle = _retrying(f"opening {path}", lambda: fs.open(path, "rb"))
         try:
-            return _retrying(f"opening {path}", lambda: pq.ParquetFile(fs.open(path, "rb")))
-        except (pa.ArrowInvalid, OSError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(
-                f"{path}: not a readable Parquet file (corrupt or truncated?): {exc}"
-            ) from exc
+            try:
+                pf = pq.ParquetFile(handle)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(
+                    f"{path}: not a readable Parquet file (corrupt or truncated?): {exc}"
+                ) from exc
+            yield pf
+        finally:
+            handle.close()
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        with self.parquet_file(path) as pf:
+            return pf.metadata
 
     @cached_property
     def schema(self) -> pa.Schema:
-        return self.open_file(self.files()[0]).schema_arrow
+        return self._footer(self.files()[0]).schema.to_arrow_schema()
 
     def resolve_columns(
         self, schema: pa.Schema | None = None, file: str | None = None
@@ -194,15 +206,15 @@ class VectorSource:
         t = self.schema.field(vec).type
         if pa.types.is_fixed_size_list(t):
             return t.list_size
-        pf = self.open_file(self.files()[0])
-        first = pf.read_row_group(0, columns=[vec]).column(0) if pf.num_row_groups else None
+        with self.parquet_file(self.files()[0]) as pf:
+            first = pf.read_row_group(0, columns=[vec]).column(0) if pf.num_row_groups else None
         if first is None or len(first) == 0:
             raise DataError(f"{self.files()[0]}: empty file, cannot infer the vector width")
         return len(first[0].as_py())
 
     def num_rows(self) -> int:
         """Total rows from Parquet footers (no data read)."""
-        return sum(self.open_file(f).metadata.num_rows for f in self.files())
+        return sum(self.file_row_counts().values())
 
     def file_row_counts(self) -> dict[str, int]:
-        return {f: self.open_file(f).metadata.num_rows for f in self.files()}
+        return {f: self._footer(f).num_rows for f in self.files()}

@@ -177,35 +177,34 @@ class ValidationReport:
             raise DataError("; ".join(self.problems))
 
 
+def _scan_file(pf, source: VectorSource, file: str):
+    """(width, rows, rows with NaN/inf, NaN/inf count per feature, ids) of one file."""
+    width, rows, bad_rows, by_feature, ids = None, 0, 0, None, []
+    vec, cols = source.resolve_columns(pf.schema_arrow, file)
+    wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
+    for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+        table = pa.Table.from_batches([rb])
+        x = table_to_matrix(table, source, file)
+        width = x.shape[1]
+        nonfinite = ~np.isfinite(x)
+        bad_rows += int(nonfinite.any(1).sum())
+        by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
+        ids.append(generated_or_column_ids(table, source, file, rows))
+        rows += table.num_rows
+    return width, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
+
+
 def _file_validate(source: VectorSource, file: str):
     """Per-file width, row count, NaN/inf counts and ids; a DataError becomes a problem."""
-    width, rows, bad_rows, by_feature, ids, error = None, 0, 0, None, [], None
+    width, rows, bad_rows, by_feature, ids, error = None, 0, 0, None, np.zeros(0), None
     try:
-        pf = source.open_file(file)
-        vec, cols = source.resolve_columns(pf.schema_arrow, file)
-        wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
-        for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
-            table = pa.Table.from_batches([rb])
-            x = table_to_matrix(table, source, file)
-            width = x.shape[1]
-            nonfinite = ~np.isfinite(x)
-            bad_rows += int(nonfinite.any(1).sum())
-            by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
-            ids.append(generated_or_column_ids(table, source, file, rows))
-            rows += table.num_rows
+        with source.parquet_file(file) as pf:
+            width, rows, bad_rows, by_feature, ids = _scan_file(pf, source, file)
     except DataError as exc:
         error = str(exc)
     except (pa.ArrowInvalid, OSError) as exc:
         error = f"{file}: unreadable Parquet (corrupt or truncated?): {exc}"
-    return (
-        file,
-        width,
-        rows,
-        bad_rows,
-        by_feature,
-        (np.concatenate(ids) if ids else np.zeros(0)),
-        error,
-    )
+    return file, width, rows, bad_rows, by_feature, ids, error
 
 
 def validate(source: VectorSource, scheduler: str | None = None) -> ValidationReport:

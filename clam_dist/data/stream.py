@@ -108,7 +108,13 @@ def read_table_batches(
     source: VectorSource, file: str, batch_rows: int, columns_extra: list[str] | None = None
 ) -> Iterator[VectorBatch]:
     """Batches of one file, read row group by row group (bounded memory)."""
-    pf = source.open_file(file)
+    with source.parquet_file(file) as pf:
+        yield from _batches_of(pf, source, file, batch_rows, columns_extra)
+
+
+def _batches_of(
+    pf, source: VectorSource, file: str, batch_rows: int, columns_extra: list[str] | None
+):
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = [vec] if vec else list(cols)
     for extra in [source.id_column, source.label_column, *(columns_extra or [])]:

@@ -233,7 +233,9 @@ def _save_checkpoint(
     Path(directory, "state.json").write_text(json.dumps(state))
 
 
-def _load_checkpoint(directory: str, protos, optimizer, scheduler, kstate) -> tuple[int, list[dict]]:
+def _load_checkpoint(
+    directory: str, protos, optimizer, scheduler, kstate
+) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
     tensors = load_file(os.path.join(directory, "prototypes.safetensors"))
@@ -493,7 +495,9 @@ def _maybe_die_once(run_url: str, cfg: TrainConfig, epoch: int) -> None:
     os._exit(1)
 
 
-def _write_artifact(cfg: TrainConfig, init: dict, protos, run_url: str, history: list[dict]) -> None:
+def _write_artifact(
+    cfg: TrainConfig, init: dict, protos, run_url: str, history: list[dict]
+) -> None:
     from clam_dist.artifacts import ModelArtifact, save_artifact
 
     art = ModelArtifact(

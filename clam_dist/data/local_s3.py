@@ -1,5 +1,7 @@
 """A real S3 API server on loopback (moto's server mode) for tests, demos and laptops.
 
+Needs the `test` extra (moto[server], boto3): `pip install -e ".[test]"`.
+
 The server runs in its own process so that it keeps answering while the calling process
 is busy (training, Dask reads); traffic goes to 127.0.0.1 only.
 """

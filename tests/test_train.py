@@ -150,14 +150,10 @@ def test_bad_runs_fail_fast_with_numbers(dataset, tmp_path):
                 root, "model.n_clusters=500", "data.init_sample=200", f"run.storage_path={tmp_path}"
             )
         )
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    import os
-
-    if os.geteuid() != 0:  # root can write anywhere; the check is meaningful for users
-        with pytest.raises(PermissionError, match="not writable"):
-            run_training(config(root, f"run.storage_path={ro}/x"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # unwritable even for root: a path under a file
+    with pytest.raises(PermissionError, match="not writable"):
+        run_training(config(root, f"run.storage_path={blocker}/runs"))
     from ray.train import Checkpoint
 
     ckpt_dir = next((root / "runs" / "two").glob("checkpoint_*"))

@@ -174,6 +174,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[progress_callback(cfg.optim.epochs)],
         ),
         resume_from_checkpoint=resume,
     )
@@ -186,6 +187,29 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
         metrics=dict(result.metrics or {}),
     )
+
+
+def progress_callback(total_epochs: int):
+    """A Ray Train callback printing one progress line per epoch (loss, energy, dead
+    prototypes, throughput); it runs in the train controller, whose output Ray streams to
+    the driver's console."""
+    from ray.train import UserCallback
+
+    class Progress(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = metrics[0] if metrics else {}
+            if "epoch" not in m:
+                return
+            done = m["epoch"] + 1
+            bar = "#" * int(20 * done / total_epochs)
+            print(
+                f"[clam-dist train] [{bar:<20s}] epoch {done}/{total_epochs} loss {m['loss']:.4f} "
+                f"energy {m['mean_energy']:.3f} dead {m['dead_prototypes']} "
+                f"{m['rows_per_s_total']:,.0f} rows/s ({m['workers']} workers)",
+                flush=True,
+            )
+
+    return Progress()
 
 
 def check_checkpoint_shape(checkpoint, k: int, d: int) -> None:

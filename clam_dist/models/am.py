@@ -202,14 +202,16 @@ def am_step(
     coordinates; None updates every coordinate. For the spherical metric the state is
     projected back onto the unit sphere after the step.
     """
-    protos = prepare_prototypes(prototypes, metric)
+    return _step(x, prepare_prototypes(prototypes, metric), beta, alpha, metric, mask, block_elems)
+
+
+def _step(x, protos, beta, alpha, metric, mask, block_elems) -> torch.Tensor:
+    """One step with already-prepared prototypes (shared by am_step and am_evolve)."""
     update = attention_readout(x, protos, beta, metric, block_elems) - x
     if mask is not None:
         update = update * mask
     x_next = x + alpha * update
-    if metric == "spherical":
-        x_next = normalize_rows(x_next)
-    return x_next
+    return normalize_rows(x_next) if metric == "spherical" else x_next
 
 
 def am_evolve(
@@ -227,12 +229,7 @@ def am_evolve(
     if metric == "spherical":
         x = normalize_rows(x)
     for _ in range(steps):
-        update = attention_readout(x, protos, beta, metric, block_elems) - x
-        if mask is not None:
-            update = update * mask
-        x = x + alpha * update
-        if metric == "spherical":
-            x = normalize_rows(x)
+        x = _step(x, protos, beta, alpha, metric, mask, block_elems)
     return x
 
 

@@ -146,13 +146,14 @@ def test_bad_inputs_are_named(fitted, tmp_path):
         )
 
 
-def test_pipeline_end_to_end_report_and_resume(ray_local, tmp_path):
+def test_pipeline_end_to_end_report_and_resume(ray_local, tmp_path, monkeypatch):
     from clam_dist.config import load_config
     from clam_dist.pipeline.config import PipelineConfig
     from clam_dist.pipeline.stages import run_pipeline
 
+    monkeypatch.chdir(tmp_path)  # a RELATIVE run_dir, as the quickstart uses
     overrides = [
-        f"run_dir={tmp_path / 'run'}",
+        "run_dir=run",
         "data.n=4000",
         "data.d=6",
         "data.k=4",

@@ -21,7 +21,8 @@ STAGES = ("data", "train", "assign", "evaluate")
 class Run:
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self.dir = Path(config.run_dir)
+        # Absolute: Ray Train workers run in their own working directory.
+        self.dir = Path(config.run_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "stages").mkdir(exist_ok=True)
 

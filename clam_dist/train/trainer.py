@@ -9,6 +9,7 @@ every N epochs; FailureConfig restarts from the last checkpoint after a worker d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -145,6 +146,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)
+    if "://" not in cfg.data.url and not os.path.isabs(cfg.data.url):
+        # Workers run in their own working directory: hand them an absolute path.
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, url=os.path.abspath(cfg.data.url))
+        )
     storage_path, storage_fs, run_url = _storage(cfg)
     init = initialise(cfg)
     if cfg.run.num_workers > init["files"]:

@@ -126,6 +126,16 @@ def test_crash_during_commit_then_rerun(fitted, tmp_path, monkeypatch):
     assert read_assignments(cfg.output).num_rows == res.rows == 3_000
 
 
+def test_foreign_files_in_the_output_prefix_are_never_deleted(tmp_path):
+    from clam_dist.assign.commit import OutputPrefix
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.csv").write_text("user data")
+    with pytest.raises(FileExistsError, match="not written by clam-dist"):
+        OutputPrefix(str(tmp_path / "out")).prepare(overwrite=True)
+    assert (tmp_path / "out" / "precious.csv").read_text() == "user data"
+
+
 def test_bad_inputs_are_named(fitted, tmp_path):
     x, _, model = fitted
     write_vectors(str(tmp_path / "in3"), x[:, :3])

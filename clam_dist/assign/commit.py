@@ -24,6 +24,17 @@ MANIFEST = "_manifest.json"
 STAGING = "_staging"
 
 
+def _is_ours(relative: str) -> bool:
+    """Files the staging/commit protocol writes (relative to the output prefix)."""
+    name = relative.split("/")[-1]
+    return (
+        relative.startswith(f"{STAGING}/")
+        or name in (SUCCESS, MANIFEST)
+        or name.startswith(".write-probe-")
+        or (relative.startswith("part-") and relative.endswith(".parquet") and "/" not in relative)
+    )
+
+
 class OutputExistsError(FileExistsError):
     """The output prefix already holds a committed result."""
 
@@ -51,10 +62,19 @@ class OutputPrefix:
             )
         if self.is_committed():  # overwrite: un-commit first so a crash leaves "incomplete"
             self.fs.rm(f"{self.path}/{SUCCESS}")
-        # Clear leftovers of an earlier attempt (staging, half-moved parts): an
-        # uncommitted prefix holds nothing worth keeping.
-        if self.fs.find(self.path) or self.fs.isdir(self.path):
-            self.fs.rm(self.path, recursive=True)
+        # Clear leftovers of an earlier attempt (staging, half-moved parts), but only files
+        # this protocol writes: a prefix holding anything else is someone's data.
+        leftovers = self.fs.find(self.path)
+        foreign = [p for p in leftovers if not _is_ours(p[len(self.path) :].lstrip("/"))]
+        if foreign:
+            raise FileExistsError(
+                f"{self.url} holds {len(foreign)} file(s) not written by clam-dist "
+                f"(e.g. {foreign[0]}); refusing to delete them: choose another output prefix"
+            )
+        if leftovers:
+            self.fs.rm(leftovers)
+        if self.fs.exists(f"{self.path}/{STAGING}"):
+            self.fs.rm(f"{self.path}/{STAGING}", recursive=True)
         try:
             self.fs.makedirs(self.path, exist_ok=True)
             probe = f"{self.path}/.write-probe-{uuid.uuid4().hex}"

@@ -56,8 +56,12 @@ class ModelArtifact:
         if self.method not in METHODS:
             raise ArtifactError(f"method must be one of {METHODS}, got {self.method!r}")
         self.prototypes = np.ascontiguousarray(self.prototypes, dtype=np.float32)
-        if self.prototypes.ndim != 2:
-            raise ArtifactError(f"prototypes must be 2-D (k, d), got shape {self.prototypes.shape}")
+        if self.prototypes.ndim != 2 or self.prototypes.shape[0] == 0:
+            raise ArtifactError(
+                f"prototypes must be 2-D (k, d) with k >= 1, got shape {self.prototypes.shape}"
+            )
+        if not np.isfinite(self.prototypes).all():
+            raise ArtifactError("prototypes contain NaN/inf: refusing a broken model")
         for name in ("scaler_mean", "scaler_scale"):
             value = getattr(self, name)
             if value is not None:
@@ -80,6 +84,15 @@ def _all_tensors(artifact: ModelArtifact) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _json_default(value):
+    """numpy scalars and small arrays in meta (training metrics often are) become JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
+
+
 def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | None = None) -> str:
     """Write the artifact into directory ``url``; returns ``url``."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -100,12 +113,17 @@ def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | Non
         "meta": artifact.meta,
     }
     try:
+        # Serialise before touching storage: a non-JSON-able meta must not cost the old model.
+        meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode()
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"artifact meta is not JSON-serialisable: {exc}") from exc
+    try:
         fs.makedirs(path, exist_ok=True)
         # A re-save must never leave an old JSON vouching for new tensors: drop it first.
         if fs.exists(f"{path}/{META_FILE}"):
             fs.rm(f"{path}/{META_FILE}")
         fs.pipe(f"{path}/{TENSORS_FILE}", st_save(tensors))
-        fs.pipe(f"{path}/{META_FILE}", json.dumps(meta, indent=2, sort_keys=True).encode())
+        fs.pipe(f"{path}/{META_FILE}", meta_bytes)
     except OSError as exc:
         raise ArtifactError(f"cannot write model artifact to {url}: {exc}") from exc
     return url
@@ -120,7 +138,11 @@ def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifac
             f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)"
         )
     try:
-        meta = json.loads(fs.cat(meta_path))
+        raw = fs.cat(meta_path)
+    except OSError as exc:
+        raise ArtifactError(f"{url}/{META_FILE}: cannot read: {exc}") from exc
+    try:
+        meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{url}/{META_FILE}: not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

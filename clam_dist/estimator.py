@@ -166,6 +166,11 @@ class ClAM(_PrototypeClusterer):
     dynamics carry it. ``beta=None`` derives the inverse temperature from the data's
     distance scale (``clam_dist.models.clam.beta_from_data``). The estimator does not
     standardise: do it first if features have different units (the paper does).
+
+    ``init="kmeans"`` starts from the best of ``init_restarts`` k-means++ + Lloyd runs (by
+    inertia); ``n_init`` full ClAM restarts are compared by their own training loss.
+    ``score`` is the negative mean AM energy; ``inertia_`` is the k-means inertia of the
+    prototypes (squared distance to the nearest one, summed).
     """
 
     def __init__(
@@ -181,6 +186,7 @@ class ClAM(_PrototypeClusterer):
         shared_mask_every: int = 3,
         masked: bool = True,
         init: str = "kmeans",
+        init_restarts: int = 10,
         lr: float = 0.01,
         epochs: int = 15,
         batch_size: int = 32,
@@ -197,6 +203,7 @@ class ClAM(_PrototypeClusterer):
         self.shared_mask_every = shared_mask_every
         self.masked = masked
         self.init = init
+        self.init_restarts = init_restarts
         self.lr = lr
         self.epochs = epochs
         self.batch_size = batch_size
@@ -220,6 +227,7 @@ class ClAM(_PrototypeClusterer):
             epochs=self.epochs,
             batch_size=self.batch_size,
             seed=seed,
+            kmeans_restarts=self.init_restarts,
         )
 
     def fit(self, X, y=None) -> ClAM:

@@ -24,18 +24,28 @@ def silhouette(
 ) -> float:
     """Mean silhouette coefficient (Euclidean distance; cosine geometry for 'spherical').
 
-    Exact when n <= sample_size, else on a uniform random sample of sample_size rows
-    (deterministic for a seed). Points in singleton clusters score 0 (as scikit-learn).
-    Returns nan when there are fewer than 2 or more than m-1 distinct labels in the rows
-    used, where the coefficient is undefined.
+    Exact when n <= sample_size, else on a uniform random sample (without replacement) of
+    sample_size rows, deterministic for a seed. Points in singleton clusters score 0 (as
+    scikit-learn). Where the coefficient is undefined -- fewer than 2 or more than m-1
+    distinct labels among the m rows used -- this returns nan instead of raising (as
+    scikit-learn does), so a degenerate clustering shows up in a report rather than
+    aborting it. Cost O(m^2 d) time in float64 chunked GEMMs, O(m k) memory.
     """
-    x = np.asarray(x, dtype=np.float64)
-    labels = np.asarray(labels)
+    x = np.asarray(x)
+    labels = np.asarray(labels).reshape(-1)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (rows, features), got shape {x.shape}")
     if x.shape[0] != labels.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but labels has {labels.shape[0]}")
+    if sample_size < 2:
+        raise ValueError(f"sample_size must be >= 2, got {sample_size}")
     if x.shape[0] > sample_size:
-        idx = np.random.default_rng(seed).choice(x.shape[0], sample_size, replace=False)
+        # Sample BEFORE the float64 copy: x may be far larger than memory allows twice.
+        idx = np.sort(np.random.default_rng(seed).choice(x.shape[0], sample_size, replace=False))
         x, labels = x[idx], labels[idx]
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN/inf: silhouette is undefined")
     _, lab = np.unique(labels, return_inverse=True)
     k, m = lab.max() + 1 if lab.size else 0, x.shape[0]
     if k < 2 or k > m - 1:
@@ -74,9 +84,15 @@ def ari(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def clustering_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Best one-to-one matching of clusters to classes (Hungarian algorithm)."""
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
+    """Best one-to-one matching of clusters to classes (Hungarian algorithm): the fraction
+    of rows whose cluster maps to their class. With more clusters than classes the
+    unmatched clusters count as wrong."""
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} rows but y_pred has {y_pred.size}")
+    if y_true.size == 0:
+        return float("nan")
     _, t = np.unique(y_true, return_inverse=True)
     _, p = np.unique(y_pred, return_inverse=True)
     table = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
@@ -106,7 +122,11 @@ def mean_energy(
 
 
 def cluster_sizes(labels: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
+    """Rows per cluster 0..k-1, shape (k,) int64 (empty clusters count 0)."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}), got [{labels.min()}, {labels.max()}]")
+    return np.bincount(labels, minlength=k)
 
 
 def clustering_report(

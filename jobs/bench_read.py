@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -19,15 +20,28 @@ import tempfile
 import time
 from pathlib import Path
 
+# Measure THIS checkout's reader, not whatever clam_dist happens to be installed.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 
 def read_once(url: str, storage_options: dict | None, batch_rows: int) -> dict:
     from clam_dist.data.source import VectorSource
     from clam_dist.data.stream import iter_batches
 
     source = VectorSource(url, storage_options=storage_options)
+    source.files()
+    rss_before = current_rss_mb()  # interpreter + numpy/pyarrow/s3fs, before any data
     t0 = time.perf_counter()
     rows = nbytes = 0
+    first_file, peak_after_first_file = None, None
     for b in iter_batches(source, batch_rows=batch_rows, shuffle=False):
+        if first_file is None:
+            first_file = b.file
+        elif peak_after_first_file is None and b.file != first_file:
+            # Flat memory means this early high-water mark is already the final one.
+            peak_after_first_file = peak_rss_mb()
         rows += len(b)
         nbytes += b.x.nbytes
     seconds = time.perf_counter() - t0
@@ -36,8 +50,20 @@ def read_once(url: str, storage_options: dict | None, batch_rows: int) -> dict:
         "seconds": seconds,
         "rows_per_s": rows / seconds,
         "mb_per_s": nbytes / seconds / 1e6,
+        "rss_before_read_mb": rss_before,
+        "peak_rss_after_first_file_mb": peak_after_first_file or peak_rss_mb(),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -72,6 +98,7 @@ def measure(url: str, storage_options: dict | None, batch_rows: int) -> dict:
         text=True,
         check=True,
         cwd=jobs_dir,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(jobs_dir)])},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -95,6 +122,8 @@ def main() -> None:
         tmp = tempfile.mkdtemp()
         try:
             write_mixture(f"{tmp}/data", n, args.d, 16, 8.0, 0, args.rows_per_file)
+            on_disk = sum(f.stat().st_size for f in Path(tmp, "data").glob("*.parquet"))
+            print(f"{gb} GB: {n} rows, {on_disk / 1e9:.2f} GB of Parquet", flush=True)
             results.append(
                 {"gb": gb, "store": "local disk", **measure(f"{tmp}/data", None, args.batch_rows)}
             )
@@ -119,12 +148,19 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nd={args.d}, batch_rows={args.batch_rows}, rows_per_file={args.rows_per_file}")
     print(
-        f"{'GB':>5s} {'store':16s} {'rows':>10s} {'rows/s':>10s} {'MB/s':>8s} {'peak RSS MB':>12s}"
+        f"{'GB':>5s} {'store':16s} {'rows':>10s} {'rows/s':>10s} {'MB/s':>8s} "
+        f"{'RSS before MB':>14s} {'peak@file1 MB':>14s} {'peak RSS MB':>12s}"
     )
     for r in results:
         print(
-            f"{r['gb']:5.1f} {r['store']:16s} {r['rows']:10d} {r['rows_per_s']:10.0f} {r['mb_per_s']:8.1f} {r['peak_rss_mb']:12.0f}"
+            f"{r['gb']:5.2f} {r['store']:16s} {r['rows']:10d} {r['rows_per_s']:10.0f} "
+            f"{r['mb_per_s']:8.1f} {r['rss_before_read_mb']:14.0f} "
+            f"{r['peak_rss_after_first_file_mb']:14.0f} {r['peak_rss_mb']:12.0f}"
         )
+    print(
+        "MB/s counts decoded float32 vector bytes. RSS is the reading process's own: before "
+        "reading, high-water mark once the first file is done, and at the end."
+    )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))

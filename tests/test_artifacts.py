@@ -105,3 +105,64 @@ def test_predictor_outputs_and_errors(fitted):
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN/inf.*3"):
         pred.predict(bad)
+
+
+def test_meta_must_be_json_and_a_failed_save_keeps_the_old_model(tmp_path, fitted):
+    _, model = fitted
+    url = str(tmp_path / "m")
+    save_artifact(model.to_artifact(meta={"p99": np.float32(2.5), "hist": np.arange(3)}), url)
+    meta = load_artifact(url).meta
+    assert (meta["p99"], meta["hist"]) == (2.5, [0, 1, 2])
+    with pytest.raises(ArtifactError, match="not JSON-serialisable"):
+        save_artifact(model.to_artifact(meta={"bad": object()}), url)
+    np.testing.assert_array_equal(load_artifact(url).prototypes, model.cluster_centers_)
+
+
+def test_non_finite_prototypes_are_refused():
+    protos = np.zeros((2, 3), np.float32)
+    protos[1, 2] = np.nan
+    with pytest.raises(ArtifactError, match="NaN"):
+        ModelArtifact("kmeans", protos, 3, 1.0, 1.0, 0, "euclidean")
+
+
+def test_missing_model_on_s3_is_an_artifact_error(s3_server):
+    with pytest.raises(ArtifactError, match="no model.json"):
+        load_artifact(s3_server.url("models/absent"), s3_server.storage_options)
+
+
+def test_predictor_methods_scaler_and_chunking(monkeypatch):
+    import torch
+
+    from clam_dist.models import am, predictor
+
+    rng = np.random.default_rng(3)
+    protos = rng.normal(size=(6, 4)).astype(np.float32)
+    mean, scale = rng.normal(size=4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
+    x = rng.normal(size=(50, 4)).astype(np.float32) * scale + mean
+    z = torch.from_numpy((x - mean) / scale)
+    p = torch.from_numpy(protos)
+
+    km = ModelArtifact("kmeans", protos, 4, 1.0, 1.0, 0, "euclidean", mean, scale)
+    out = ClusterPredictor.from_artifact(km).predict(x, ("margin", "probs"))
+    d2 = ((z[:, None] - p[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(out["cluster"], d2.argmin(1).numpy())
+    np.testing.assert_allclose(out["distance"], d2.min(1).values.numpy(), rtol=1e-5, atol=1e-5)
+    top2 = d2.topk(2, largest=False).values
+    np.testing.assert_allclose(out["margin"], (top2[:, 1] - top2[:, 0]).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(out["probs"], torch.softmax(-0.5 * d2, 1).numpy(), atol=1e-5)
+
+    dot = ModelArtifact("attention", protos, 4, 2.0, 1.0, 0, "euclidean", mean, scale)
+    dot.meta["score"] = "dot"
+    np.testing.assert_array_equal(
+        ClusterPredictor.from_artifact(dot).predict(x)["cluster"], (z @ p.T).argmax(1).numpy()
+    )
+
+    clam = ModelArtifact("clam", protos, 4, 1.5, 0.2, 5, "spherical", mean, scale)
+    labels = ClusterPredictor.from_artifact(clam).predict(x)["cluster"]
+    np.testing.assert_array_equal(labels, am.assign(z, p, 1.5, 0.2, 5, "spherical")[0].numpy())
+    # Small row chunks (bounded by k) give the same answers.
+    monkeypatch.setattr(predictor, "BLOCK_ELEMS", 6 * 7)
+    chunked = ClusterPredictor.from_artifact(clam).predict(x, ("energy",))
+    np.testing.assert_array_equal(chunked["cluster"], labels)
+    empty = ClusterPredictor.from_artifact(clam).predict(np.zeros((0, 4), np.float32), ("probs",))
+    assert empty["cluster"].shape == (0,) and empty["probs"].shape == (0, 6)

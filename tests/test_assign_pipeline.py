@@ -1,5 +1,7 @@
-"""Assignment at scale with a real local Ray and the local S3 server; crash recovery;
-the end-to-end pipeline and its report."""
+"""Assignment at scale with a real local Ray and the local S3 server: labels equal the
+in-memory estimator's; crashes injected inside the pipeline and before the commit, then a
+re-run gives exactly n rows; bad input is refused before any work; a new partition with an
+existing model and its drift figure. (The last two tests cover the end-to-end pipeline.)"""
 
 from __future__ import annotations
 
@@ -10,19 +12,32 @@ import pytest
 
 from clam_dist import ClAM
 from clam_dist.artifacts import ArtifactError, save_artifact
-from clam_dist.assign.commit import IncompleteOutputError, OutputExistsError
-from clam_dist.assign.pipeline import AssignConfig, read_assignments, run_assignment
+from clam_dist.assign.commit import (
+    ForeignOutputError,
+    IncompleteOutputError,
+    OutputExistsError,
+)
+from clam_dist.assign.pipeline import (
+    AssignConfig,
+    InjectedCrash,
+    read_assignments,
+    run_assignment,
+)
+from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
 from clam_dist.data.writer import write_vectors
 from clam_dist.datasets.synthetic import make_gaussian_mixture
 
 pytestmark = pytest.mark.ray
 
+N = 2_000
+
 
 @pytest.fixture(scope="module")
-def fitted(ray_local):
-    x, y, _ = make_gaussian_mixture(3_000, 5, 4, separation=6.0, seed=2)
-    model = ClAM(n_clusters=4, epochs=3, batch_size=128, random_state=0).fit(x)
+def fitted():
+    x, y, _ = make_gaussian_mixture(N, 5, 4, separation=6.0, seed=2)
+    # a short fit on a subset: the test is about the pipeline reproducing predict()
+    model = ClAM(n_clusters=4, epochs=1, batch_size=200, random_state=0).fit(x[:400])
     return x, y, model
 
 
@@ -36,124 +51,151 @@ def s3_setup(fitted, s3_server):
     return s3_server, opts
 
 
-def test_labels_equal_in_memory_predict_through_s3(fitted, s3_setup):
+def test_cli_assign_through_s3_equals_in_memory_predict(ray_local, fitted, s3_setup, tmp_path):
+    """Config file + flags -> Ray Data actors reading and writing the local S3 server."""
+    from clam_dist.cli import main
+
     x, y, model = fitted
     server, opts = s3_setup
-    cfg = AssignConfig(
-        input=server.url("assign/in"),
-        output=server.url("assign/out"),
-        model=server.url("assign/model"),
-        id_column="id",
-        label_column="label",
-        passthrough=["label"],
-        outputs=["margin", "probs"],
-        storage_options=opts,
-        batch_size=500,
-        concurrency=1,
+    cfg = tmp_path / "assign.toml"
+    cfg.write_text(
+        f'input = "{server.url("assign/in")}"\nmodel = "{server.url("assign/model")}"\n'
+        'id_column = "id"\nlabel_column = "label"\npassthrough = ["label"]\n'
+        'outputs = ["margin", "probs"]\nbatch_size = 300\nconcurrency = 2\n'
+        # credentials in the config (the actors' environment has none); endpoint by flag
+        f'[storage_options]\nkey = "{opts["key"]}"\nsecret = "{opts["secret"]}"\n'
     )
-    res = run_assignment(cfg)
-    assert res.rows == 3_000 and res.files >= 1
-    table = read_assignments(cfg.output, opts)
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    assert np.unique(ids).size == 3_000
+    argv = [
+        "assign",
+        "--config",
+        str(cfg),
+        "--output",
+        server.url("assign/out"),
+        "--endpoint-url",
+        server.endpoint_url,
+        "--summary",
+        str(tmp_path / "summary.json"),
+    ]
+    assert main(argv) == 0
+    table = read_assignments(server.url("assign/out"), opts)
+    assert table.column_names == ["id", "cluster", "distance", "energy", "margin", "probs", "label"]
+    ids = table.column("id").to_numpy()
+    assert table.num_rows == N and np.unique(ids).size == N
     order = np.argsort(ids)
     np.testing.assert_array_equal(table.column("cluster").to_numpy()[order], model.predict(x))
     np.testing.assert_array_equal(table.column("label").to_numpy()[order], y)
+    np.testing.assert_allclose(
+        table.column("energy").to_numpy()[order], model.energy(x), rtol=1e-4, atol=1e-4
+    )
     probs = np.stack(table.column("probs").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert (table.column("margin").to_numpy() >= 0).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows"] == N and summary["batch_size"] == 300
     # drift vs the training energy's 99th percentile on the same data: about 1%
-    assert 0.0 <= res.drift_share <= 0.03
-    with pytest.raises(OutputExistsError, match="already holds a committed result"):
-        run_assignment(cfg)
+    assert summary["drift"]["rows_above"] == pytest.approx(0.01 * N, abs=3)
+    # a committed output is never silently replaced
+    assert main(argv) == 1
 
 
-def test_crash_inside_the_pipeline_then_rerun_gives_exactly_n_rows(fitted, tmp_path):
+def test_crashes_then_rerun_give_exactly_n_rows(ray_local, fitted, tmp_path):
+    """A new partition of a date-partitioned input, assigned with an existing model whose
+    artifact has no energy_p99 (drift skipped with a note). Crash 1: an actor fails after
+    3 batches. Crash 2: the job stops after the staged write, before the commit. Neither
+    leaves anything presented as output; the re-run gives exactly n unique rows."""
     x, _, model = fitted
-    write_vectors(str(tmp_path / "in"), x, rows_per_file=500)
+    write_vectors(str(tmp_path / "events" / "date=2026-05-01"), x, rows_per_file=500)
     save_artifact(model.to_artifact(), str(tmp_path / "model"))
     cfg = AssignConfig(
-        input=str(tmp_path / "in"),
-        output=str(tmp_path / "out"),
+        input=str(tmp_path / "events" / "{partition}"),
+        output=str(tmp_path / "clusters" / "{partition}"),
         model=str(tmp_path / "model"),
+        partition="date=2026-05-01",
         batch_size=250,
         concurrency=1,
         fail_after_batches=3,
     )
-    with pytest.raises(Exception, match="injected failure"):
+    out = tmp_path / "clusters" / "date=2026-05-01"
+    with pytest.raises(Exception, match="injected failure after 3 batches"):
         run_assignment(cfg)
-    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert not (out / "_SUCCESS").exists()
     with pytest.raises(IncompleteOutputError, match="no _SUCCESS"):
-        read_assignments(cfg.output)
-    cfg.fail_after_batches = 0
+        read_assignments(str(out))
+    cfg.fail_after_batches, cfg.crash_before_commit = 0, True
+    with pytest.raises(InjectedCrash, match="before the commit"):
+        run_assignment(cfg)
+    staged = list((out / "_staging").rglob("*.parquet"))
+    assert staged and not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
+    with pytest.raises(IncompleteOutputError):
+        read_assignments(str(out))
+    cfg.crash_before_commit = False
     res = run_assignment(cfg)
-    table = read_assignments(cfg.output)
+    table = read_assignments(str(out))
     ids = table.column("id").to_numpy(zero_copy_only=False)
-    assert res.rows == table.num_rows == 3_000 and np.unique(ids).size == 3_000
-    leftovers = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert leftovers == [
+    assert res.rows == table.num_rows == N and np.unique(ids).size == N
+    assert ids[0].startswith("part-") and ":" in ids[0]  # generated '<file>:<row>' ids
+    assert sorted(p.name for p in out.iterdir()) == [
         "_SUCCESS",
         "_manifest.json",
         *[f"part-{i:05d}.parquet" for i in range(res.files)],
     ]
+    assert res.drift_share is None and "energy_p99" in res.drift["note"]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["partition"] == "date=2026-05-01" and sum(manifest["file_rows"]) == N
 
 
-def test_crash_during_commit_then_rerun(fitted, tmp_path, monkeypatch):
+def test_bad_inputs_are_refused_before_any_work(fitted, tmp_path):
+    """No Ray needed: every check runs on the driver before the dataset is built."""
     x, _, model = fitted
-    write_vectors(str(tmp_path / "in"), x, rows_per_file=500)
+    write_vectors(str(tmp_path / "in3"), x[:50, :3])
+    write_vectors(str(tmp_path / "in"), x[:50])
     save_artifact(model.to_artifact(), str(tmp_path / "model"))
-    cfg = AssignConfig(
-        input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tmp_path / "model")
-    )
-    from fsspec.implementations.local import LocalFileSystem
-
-    real_mv, calls = LocalFileSystem.mv, []
-
-    def failing_mv(self, *a, **kw):
-        # the first file lands in the output prefix, then the driver "dies" mid-commit
-        calls.append(a)
-        real_mv(self, *a, **kw)
-        raise OSError("disk went away mid-commit")
-
-    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
-    with pytest.raises(OSError, match="mid-commit"):
-        run_assignment(cfg)
-    monkeypatch.setattr(LocalFileSystem, "mv", real_mv)
-    assert (tmp_path / "out" / "part-00000.parquet").exists()  # half-committed ...
-    assert not (tmp_path / "out" / "_SUCCESS").exists()  # ... and not presented as output
-    with pytest.raises(IncompleteOutputError):
-        read_assignments(cfg.output)
-    res = run_assignment(cfg)
-    assert read_assignments(cfg.output).num_rows == res.rows == 3_000
-
-
-def test_foreign_files_in_the_output_prefix_are_never_deleted(tmp_path):
-    from clam_dist.assign.commit import OutputPrefix
-
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "precious.csv").write_text("user data")
-    with pytest.raises(FileExistsError, match="not written by clam-dist"):
-        OutputPrefix(str(tmp_path / "out")).prepare(overwrite=True)
-    assert (tmp_path / "out" / "precious.csv").read_text() == "user data"
-
-
-def test_bad_inputs_are_named(fitted, tmp_path):
-    x, _, model = fitted
-    write_vectors(str(tmp_path / "in3"), x[:, :3])
-    save_artifact(model.to_artifact(), str(tmp_path / "model"))
+    ok = dict(input=str(tmp_path / "in"), output=str(tmp_path / "o"), model=str(tmp_path / "model"))
     with pytest.raises(DataError, match="width 3, but model .* expects 5 features"):
-        run_assignment(
-            AssignConfig(str(tmp_path / "in3"), str(tmp_path / "o"), str(tmp_path / "model"))
-        )
+        run_assignment(AssignConfig(**(ok | {"input": str(tmp_path / "in3")})))
     with pytest.raises(ArtifactError, match="no model.json"):
-        run_assignment(
-            AssignConfig(str(tmp_path / "in3"), str(tmp_path / "o"), str(tmp_path / "missing"))
-        )
+        run_assignment(AssignConfig(**(ok | {"model": str(tmp_path / "missing")})))
     (tmp_path / "notmodel").mkdir()
     (tmp_path / "notmodel" / "model.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ArtifactError, match="not a clam-dist model"):
-        run_assignment(
-            AssignConfig(str(tmp_path / "in3"), str(tmp_path / "o"), str(tmp_path / "notmodel"))
-        )
+        run_assignment(AssignConfig(**(ok | {"model": str(tmp_path / "notmodel")})))
+    with pytest.raises(DataError, match=r"pass-through column\(s\) \['colour'\] not found"):
+        run_assignment(AssignConfig(**ok, passthrough=["colour"]))
+    with pytest.raises(DataError, match="vector column 'emb' not found"):
+        run_assignment(AssignConfig(**ok, vector_column="emb"))
+    with pytest.raises(DataError, match="overlap"):
+        run_assignment(AssignConfig(**(ok | {"output": str(tmp_path / "in" / "out")})))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    with pytest.raises(ForeignOutputError, match="notes.txt"):
+        run_assignment(AssignConfig(**ok))
+    (tmp_path / "o" / "notes.txt").unlink()
+    (tmp_path / "o" / "_SUCCESS").write_text("")
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        run_assignment(AssignConfig(**ok))
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        run_assignment(AssignConfig(**(ok | {"output": str(tmp_path / "blocker" / "o")})))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["_SUCCESS"]  # untouched
+
+
+def test_config_errors_name_the_field(tmp_path, capsys):
+    from clam_dist.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('input = "a"\noutput = "b"\nmodel = "m"\nconcurrency = "many"\n')
+    assert main(["assign", "--config", str(bad)]) == 2
+    assert "concurrency: expected an integer, got 'many'" in capsys.readouterr().out
+    assert main(["assign", "--config", str(bad), "--set", "concurrency=2", "--outputs", "nrg"]) == 2
+    assert "outputs: unknown ['nrg']" in capsys.readouterr().out
+    assert main(["assign", "--input", "a", "--model", "m"]) == 2
+    assert "output: required" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="partition: given, but neither"):
+        AssignConfig(input="a", output="b", model="m", partition="date=1")
+    with pytest.raises(ConfigError, match="unknown field"):
+        from clam_dist.config import load_config
+
+        load_config(AssignConfig, None, ["input=a", "output=b", "model=m", "concurency=2"])
 
 
 def test_pipeline_end_to_end_report_and_resume(ray_local, tmp_path, monkeypatch):

@@ -173,15 +173,21 @@ def test_duplicate_ids(tmp_path):
         rep.raise_if_bad()
 
 
-def test_unreachable_endpoint_fails_after_bounded_retries(s3_server):
+def test_unreachable_endpoint_fails_after_bounded_retries(s3_server, monkeypatch):
+    from clam_dist.data import source as source_module
+
+    monkeypatch.setattr(source_module, "RETRY_DELAY_S", 0.01)  # the count is what matters
     unreachable = {
         "key": "a",
         "secret": "b",
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
         "config_kwargs": {"retries": {"max_attempts": 1}},
     }
-    with pytest.raises(DataError, match=r"failed after 3 attempts \(endpoint unreachable\?\)"):
+    with pytest.raises(
+        DataError, match=r"failed after 3 attempts \(endpoint unreachable\?\)"
+    ) as err:
         VectorSource(s3_server.url("mixture"), storage_options=unreachable).files()
+    assert "'b'" not in str(err.value)  # the secret never appears in the message
 
 
 def test_pyarrow_written_list_column_is_read(tmp_path):

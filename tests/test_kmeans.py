@@ -10,11 +10,13 @@ from sklearn.cluster import KMeans as SkKMeans
 from clam_dist.models.kmeans import (
     apply_lloyd,
     apply_minibatch,
+    apply_sums_counts,
     batch_sums_counts,
     kmeans_parallel_init,
     kmeans_plus_plus,
     lloyd,
     minibatch_kmeans,
+    minibatch_update,
 )
 
 
@@ -111,3 +113,33 @@ def test_minibatch_kmeans_close_to_lloyd():
 def test_bad_k_is_named():
     with pytest.raises(ValueError, match="k="):
         kmeans_plus_plus(torch.zeros(3, 2), 5)
+
+
+def test_lloyd_reseeds_empty_clusters_and_returns_k():
+    x, _ = blobs(n=300, k=4, seed=3)
+    xt = torch.from_numpy(x)
+    # Two centres far away from every point: both would stay empty without re-seeding.
+    init = torch.cat([xt[:3], torch.full((2, x.shape[1]), 1e3, dtype=xt.dtype)])
+    res = lloyd(xt, init)
+    assert res.labels.unique().numel() == 5
+    assert res.inertia < lloyd(xt, xt[:3].clone()).inertia
+
+
+def test_minibatch_update_equals_sums_counts_then_apply():
+    x, _ = blobs(seed=4)
+    xt = torch.from_numpy(x)
+    centers, total = xt[:6].clone(), torch.zeros(6, dtype=xt.dtype)
+    a = minibatch_update(centers, total, xt[:100])
+    s, c, _ = batch_sums_counts(xt[:100], centers)
+    b = apply_sums_counts(centers, total, s, c)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    assert a[1].sum().item() == 100
+
+
+def test_kmeans_plus_plus_is_deterministic_for_a_generator():
+    x, _ = blobs(seed=5)
+    xt = torch.from_numpy(x)
+    a = kmeans_plus_plus(xt, 6, torch.Generator().manual_seed(3))
+    b = kmeans_plus_plus(xt, 6, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)

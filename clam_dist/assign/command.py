@@ -1,85 +1,185 @@
-"""`clam-dist assign`: label every row of a Parquet prefix with an existing model."""
+"""`clam-dist assign`: label every row of a Parquet prefix with an existing model.
+
+Settings come from an optional TOML/YAML/JSON file (top-level keys = AssignConfig
+fields), then ``--set field=value`` overrides, then the flags below (a flag wins).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from clam_dist.assign.pipeline import AssignConfig, run_assignment
+from clam_dist.config import ConfigError, load_config
+
+# flag dest -> AssignConfig field (flags left at None are not applied)
+_FLAG_FIELDS = {
+    "input": "input",
+    "output": "output",
+    "model": "model",
+    "partition": "partition",
+    "vector_column": "vector_column",
+    "feature_columns": "feature_columns",
+    "id_column": "id_column",
+    "label_column": "label_column",
+    "passthrough": "passthrough",
+    "outputs": "outputs",
+    "batch_size": "batch_size",
+    "concurrency": "concurrency",
+    "cpus_per_actor": "num_cpus_per_actor",
+    "gpus_per_actor": "num_gpus_per_actor",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="Parquet prefix or file (any fsspec URL)")
-    parser.add_argument(
-        "--output", required=True, help="output prefix; committed with _manifest.json + _SUCCESS"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Output columns: id, cluster, distance (squared, to the assigned prototype, in the\n"
+        "model's standardised space), the optional extras and the pass-through columns.\n"
+        "The output is committed atomically: part-NNNNN.parquet + _manifest.json + _SUCCESS\n"
+        "(last); a prefix without _SUCCESS is incomplete and a re-run replaces it.\n\n"
+        "Example (scheduled, one partition per day):\n"
+        "  clam-dist assign --input 's3://b/events/{partition}' --output 's3://b/clusters/{partition}' \\\n"
+        "    --model s3://b/models/v3 --partition date=2026-05-01 --id-column event_id \\\n"
+        "    --endpoint-url http://127.0.0.1:9000 --summary summary.json"
     )
     parser.add_argument(
-        "--model", required=True, help="model artifact directory (model.json + model.safetensors)"
-    )
-    parser.add_argument("--vector-column", default=None, help="list column holding the vectors")
-    parser.add_argument(
-        "--feature-columns", default=None, help="comma-separated names or one glob, e.g. 'f*'"
-    )
-    parser.add_argument("--id-column", default=None, help="id column (default: '<file>:<row>' ids)")
-    parser.add_argument(
-        "--passthrough", default="", help="comma-separated input columns copied to the output"
-    )
-    parser.add_argument("--outputs", default="", help="extra outputs: energy,margin,probs")
-    parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint (credentials: standard AWS chain)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
-    parser.add_argument(
-        "--concurrency", type=int, default=2, help="actors, each holding the model once"
+        "--config", default=None, help="TOML/YAML/JSON file with AssignConfig fields"
     )
     parser.add_argument(
-        "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0 = CPU)"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any config field, e.g. --set concurrency=8 --set outputs=energy,margin",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a committed output")
+    parser.add_argument("--input", default=None, help="Parquet prefix or file (any fsspec URL)")
     parser.add_argument(
-        "--summary", default=None, help="write a JSON summary here (rows, rows/s, drift)"
+        "--output",
+        default=None,
+        help="output prefix (dedicated to this output; files of other origin are refused)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model artifact directory (model.json + model.safetensors), any fsspec URL",
+    )
+    parser.add_argument(
+        "--partition",
+        default=None,
+        help="fills '{partition}' in --input/--output, e.g. date=2026-05-01",
+    )
+    parser.add_argument(
+        "--vector-column", default=None, help="list column holding the vectors (default: auto)"
+    )
+    parser.add_argument(
+        "--feature-columns",
+        default=None,
+        help="comma-separated numeric columns, or one glob such as 'f*' (instead of a vector column)",
+    )
+    parser.add_argument(
+        "--id-column", default=None, help="id column (default: generated '<file>:<row>' ids)"
+    )
+    parser.add_argument("--label-column", default=None, help="ground-truth label column, if any")
+    parser.add_argument(
+        "--passthrough", default=None, help="comma-separated input columns copied to the output"
+    )
+    parser.add_argument(
+        "--outputs",
+        default=None,
+        help="comma-separated extras: energy (AM energy, a novelty score: high = far from "
+        "every memory), margin (2nd-best minus best squared distance), probs (soft "
+        "assignment probabilities, a k-wide list)",
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint for s3:// URLs (credentials: the standard AWS chain)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per model call (default 0 = auto)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="actors, each holding the model once (2)"
+    )
+    parser.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs per actor (1)")
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=None, help="GPUs per actor (0 = run on CPU)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output that is already committed"
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
+    )
+    parser.add_argument(
+        "--summary", default=None, help="also write the JSON summary (rows, rows/s, drift) here"
     )
 
 
-def _split(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def config_from_args(args: argparse.Namespace):
+    """AssignConfig from --config, --set and flags; raises ConfigError naming the field."""
+    from clam_dist.assign.pipeline import AssignConfig
+
+    overrides = list(args.overrides)
+    for dest, name in _FLAG_FIELDS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest in ("passthrough", "outputs"):
+            value = _split(value)
+        elif dest == "feature_columns":
+            cols = _split(value)
+            value = cols[0] if len(cols) == 1 and any(ch in cols[0] for ch in "*?[") else cols
+        overrides.append(f"{name}={json.dumps(value)}")
+    if args.endpoint_url:
+        overrides.append(
+            f"storage_options.client_kwargs.endpoint_url={json.dumps(args.endpoint_url)}"
+        )
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    return load_config(AssignConfig, args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    feature_columns = _split(args.feature_columns)
-    cfg = AssignConfig(
-        input=args.input,
-        output=args.output,
-        model=args.model,
-        vector_column=args.vector_column,
-        feature_columns=(
-            feature_columns[0]
-            if len(feature_columns) == 1 and "*" in feature_columns[0]
-            else feature_columns
-        )
-        or None,
-        id_column=args.id_column,
-        passthrough=_split(args.passthrough),
-        outputs=_split(args.outputs),
-        storage_options={"client_kwargs": {"endpoint_url": args.endpoint_url}}
-        if args.endpoint_url
-        else None,
-        batch_size=args.batch_size,
-        concurrency=args.concurrency,
-        num_gpus_per_actor=args.gpus_per_actor,
-        overwrite=args.overwrite,
-    )
-    res = run_assignment(cfg)
-    summary = {
-        "output": res.output,
-        "rows": res.rows,
-        "files": res.files,
-        "seconds": res.seconds,
-        "rows_per_second": res.rows_per_second,
-        "drift_share_above_train_energy_p99": res.drift_share,
-    }
-    print(json.dumps(summary, indent=2))
+    try:
+        config = config_from_args(args)  # validated before any work starts
+    except ConfigError as exc:
+        print(f"config error: {exc}")
+        return 2
+    import ray
+
+    from clam_dist.artifacts import ArtifactError
+    from clam_dist.assign.commit import CommitError, ForeignOutputError, OutputExistsError
+    from clam_dist.assign.pipeline import run_assignment
+    from clam_dist.data.errors import DataError
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
+    try:
+        res = run_assignment(config)
+    except (
+        ArtifactError,
+        DataError,
+        OutputExistsError,
+        ForeignOutputError,
+        PermissionError,
+        CommitError,
+    ) as exc:
+        # Bad input: one clear line, no traceback (the message names the file/column/count).
+        print(f"assign failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    summary = res.to_dict()
+    summary.pop("manifest")
+    print(json.dumps(summary, indent=2, default=str))
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+        from clam_dist.data.source import open_filesystem
+
+        fs, path = open_filesystem(args.summary, config.storage_options)
+        fs.pipe(path, json.dumps(summary, indent=2, default=str).encode())
     return 0

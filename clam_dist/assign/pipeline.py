@@ -1,51 +1,133 @@
-"""Cluster assignment at scale: Ray Data read -> map_batches (actor pool, model loaded
-once per actor) -> write Parquet to staging -> verify row count -> commit."""
+"""Cluster assignment at scale: Ray Data read -> map_batches (actor pool, model loaded once
+per actor) -> Parquet written to a staging prefix -> row count verified -> commit.
+
+Everything that can be checked before Ray starts is checked first (config, model artifact,
+input schema vs model width, pass-through columns, output prefix state and writability),
+so bad input fails in seconds with a message naming the problem, and never leaves a
+half-written output.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from clam_dist.artifacts import load_artifact
-from clam_dist.assign.commit import OutputPrefix
+from clam_dist.artifacts import ArtifactError, ModelArtifact, load_artifact
+from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignments
+from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
-from clam_dist.data.ray_dataset import to_ray_dataset
-from clam_dist.data.source import VectorSource, open_filesystem
+from clam_dist.data.source import VectorSource, open_filesystem, redact
+
+OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
+BASE_COLUMNS = ("id", "cluster", "distance")
+# Crash injection for recovery tests and drills (see AssignConfig.fail_after_batches).
+FAIL_AFTER_ENV = "CLAM_DIST_ASSIGN_FAIL_AFTER_BATCHES"
+CRASH_BEFORE_COMMIT_ENV = "CLAM_DIST_ASSIGN_CRASH_BEFORE_COMMIT"
+
+__all__ = [
+    "AssignConfig",
+    "AssignResult",
+    "ClusterAssigner",
+    "InjectedCrash",
+    "auto_batch_size",
+    "iter_assignments",
+    "read_assignments",
+    "run_assignment",
+]
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by the crash-injection hooks; never raised in normal operation."""
 
 
 @dataclass
 class AssignConfig:
-    input: str
-    output: str
-    model: str
+    """What `clam-dist assign` reads from TOML/YAML (top-level keys) and flags.
+
+    ``input``/``output`` may contain ``{partition}``, filled from ``partition``, so one
+    scheduled config assigns each new partition (e.g. ``date=2026-05-01``) with an
+    existing model: ``input = "s3://b/events/{partition}"``,
+    ``output = "s3://b/clusters/{partition}"``.
+    """
+
+    input: str = ""
+    output: str = ""
+    model: str = ""
+    partition: str | None = None
     vector_column: str | None = None
-    feature_columns: list[str] | None = None
-    id_column: str | None = None
+    feature_columns: list[str] | str | None = None  # names, or one glob such as "f*"
+    id_column: str | None = None  # default: stable generated '<file>:<row>' ids
     label_column: str | None = None
-    passthrough: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)  # energy, margin, probs
-    storage_options: dict | None = None
-    batch_size: int = 8192
-    concurrency: int = 1
+    passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+    outputs: list[str] = field(default_factory=list)  # extras: energy, margin, probs
+    storage_options: dict | None = None  # fsspec options for input, output AND model
+    batch_size: int = 0  # rows per model call; 0 = auto_batch_size(d, k)
+    concurrency: int = 2  # actors in the pool, each holding the model once
     num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
-    overwrite: bool = False
-    # Failure injection for recovery tests: each actor raises after this many batches.
+    num_gpus_per_actor: float = 0.0  # > 0: each actor runs the model on a GPU
+    overwrite: bool = False  # replace a committed result at `output`
+    # Crash injection (tests, recovery drills): every actor raises after this many batches;
+    # or the driver stops after the staged write, before the commit. Also settable through
+    # the environment (CLAM_DIST_ASSIGN_FAIL_AFTER_BATCHES, ..._CRASH_BEFORE_COMMIT=1).
     fail_after_batches: int = 0
+    crash_before_commit: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "model"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required (a path or fsspec URL)")
+        unknown = [o for o in self.outputs if o not in OPTIONAL_OUTPUTS]
+        if unknown:
+            raise ConfigError(f"outputs: unknown {unknown}; choose from {list(OPTIONAL_OUTPUTS)}")
+        clash = [c for c in self.passthrough if c in BASE_COLUMNS + OPTIONAL_OUTPUTS]
+        if clash:
+            raise ConfigError(
+                f"passthrough: {clash} would collide with output columns "
+                f"{list(BASE_COLUMNS + OPTIONAL_OUTPUTS)}"
+            )
+        checks = [
+            ("batch_size", self.batch_size >= 0, "an integer >= 0 (0 = auto)"),
+            ("concurrency", self.concurrency >= 1, "an integer >= 1"),
+            ("num_cpus_per_actor", self.num_cpus_per_actor >= 0, "a number >= 0"),
+            ("num_gpus_per_actor", self.num_gpus_per_actor >= 0, "a number >= 0"),
+            ("fail_after_batches", self.fail_after_batches >= 0, "an integer >= 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        if self.vector_column is not None and self.feature_columns is not None:
+            raise ConfigError("vector_column and feature_columns: give one, not both")
+        has_slot = "{partition}" in self.input or "{partition}" in self.output
+        if self.partition is not None and not has_slot:
+            raise ConfigError(
+                "partition: given, but neither input nor output contains '{partition}'"
+            )
+        if self.partition is None and has_slot:
+            raise ConfigError("partition: input/output contain '{partition}'; set partition")
+
+    @property
+    def input_url(self) -> str:
+        return self.input.replace("{partition}", self.partition or "")
+
+    @property
+    def output_url(self) -> str:
+        return self.output.replace("{partition}", self.partition or "")
 
     def source(self) -> VectorSource:
         return VectorSource(
-            self.input,
+            self.input_url,
             vector_column=self.vector_column,
             feature_columns=self.feature_columns,
             id_column=self.id_column,
             label_column=self.label_column,
             storage_options=self.storage_options,
+            nan_policy="error",  # exactly one output row per input row: never drop rows
         )
 
 
@@ -54,11 +136,28 @@ class AssignResult:
     output: str
     rows: int
     files: int
-    seconds: float
+    seconds: float  # wall time of the whole job (checks, actors, read, model, write, commit)
     rows_per_second: float
-    drift_share: float | None = None
-    energy_p99: float | None = None
+    batch_size: int = 0
+    drift: dict = field(default_factory=dict)  # energy_p99, rows_above, share_above | note
     manifest: dict = field(default_factory=dict)
+
+    @property
+    def drift_share(self) -> float | None:
+        """Share of rows whose AM energy exceeds the training data's 99th percentile."""
+        return self.drift.get("share_above")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"drift_share": self.drift_share}
+
+
+def auto_batch_size(d: int, k: int) -> int:
+    """Rows per model call: ~2^24 floats for the widest (rows x max(d, k)) block, within
+    [4096, 65536]. Per-call overhead dominates small batches (measured at d = k = 64 by
+    jobs/bench_assign.py --batch-sizes: 1,024 rows/call ran 9x slower than 65,536), while
+    a probs output (rows x k floats) must stay at tens of MB per actor."""
+    rows = (1 << 24) // max(1, d, k)
+    return int(min(65_536, max(4_096, 1 << (rows.bit_length() - 1))))
 
 
 class ClusterAssigner:
@@ -71,10 +170,12 @@ class ClusterAssigner:
         outputs: list[str],
         passthrough: list[str],
         fail_after_batches: int = 0,
+        device: str = "cpu",
     ):
         from clam_dist.models.predictor import ClusterPredictor
 
-        self.predictor = ClusterPredictor.from_artifact(load_artifact(model_url, storage_options))
+        artifact = load_artifact(model_url, storage_options)
+        self.predictor = ClusterPredictor.from_artifact(artifact, device=device)
         self.outputs = list(outputs)
         self.passthrough = list(passthrough)
         self.batches = 0
@@ -83,7 +184,7 @@ class ClusterAssigner:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
         if self.fail_after and self.batches > self.fail_after:
-            raise RuntimeError(f"injected failure after {self.fail_after} batches")
+            raise InjectedCrash(f"injected failure after {self.fail_after} batches")
         pred = self.predictor.predict(batch["x"], self.outputs)
         cols: dict[str, pa.Array] = {
             "id": pa.array(batch["id"]),
@@ -94,7 +195,7 @@ class ClusterAssigner:
             if name in pred:
                 cols[name] = pa.array(pred[name])
         if "probs" in pred:
-            probs = pred["probs"]
+            probs = np.ascontiguousarray(pred["probs"], dtype=np.float32)
             cols["probs"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(probs.reshape(-1)), probs.shape[1]
             )
@@ -103,87 +204,152 @@ class ClusterAssigner:
         return pa.table(cols)
 
 
-def _check_model_matches(source: VectorSource, artifact, model_url: str) -> None:
+def _check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArtifact) -> None:
+    """Schema vs model and pass-through columns, on the driver before any Ray work."""
     d = source.dim()
     if d != artifact.n_features:
         raise DataError(
-            f"input {source.url} has vectors of width {d}, but model {model_url} expects {artifact.n_features} features"
+            f"input {config.input_url} has vectors of width {d}, but model {config.model} "
+            f"expects {artifact.n_features} features"
+        )
+    names = source.schema.names
+    for what, cols in (
+        ("pass-through column(s)", config.passthrough),
+        ("id column", [config.id_column] if config.id_column else []),
+        ("label column", [config.label_column] if config.label_column else []),
+    ):
+        missing = [c for c in cols if c not in names]
+        if missing:
+            raise DataError(
+                f"input {config.input_url}: {what} {missing} not found; columns: {names}"
+            )
+
+
+def _check_disjoint(config: AssignConfig) -> None:
+    """Output inside the input (or vice versa) would make the next read see the outputs."""
+    fs_in, p_in = open_filesystem(config.input_url, config.storage_options)
+    fs_out, p_out = open_filesystem(config.output_url, config.storage_options)
+    if type(fs_in) is not type(fs_out):
+        return
+    a, b = p_in.rstrip("/") + "/", p_out.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise DataError(
+            f"output {config.output_url} and input {config.input_url} overlap; "
+            "write the assignments to a separate prefix"
         )
 
 
+def _load_model(config: AssignConfig) -> ModelArtifact:
+    try:
+        return load_artifact(config.model, config.storage_options)
+    except ArtifactError:
+        raise
+    except (OSError, ValueError) as exc:  # unreachable store, garbage bytes, ...
+        raise ArtifactError(f"cannot load model artifact {config.model}: {exc}") from exc
+
+
+def _drift(prefix: OutputPrefix, staging: str, energy_p99: float | None) -> dict:
+    """Share of rows whose energy exceeds the training 99th percentile (issue 7)."""
+    if energy_p99 is None:
+        return {
+            "note": "skipped: the model artifact's meta has no 'energy_p99' (training-data "
+            "energy 99th percentile), so drift cannot be measured"
+        }
+    above = total = 0
+    for f in prefix.staged_files(staging):
+        with prefix.fs.open(f, "rb") as handle:
+            e = pq.read_table(handle, columns=["energy"]).column(0).to_numpy()
+        above += int((e > energy_p99).sum())
+        total += int(e.size)
+    return {
+        "energy_p99": float(energy_p99),
+        "rows_above": above,
+        "rows": total,
+        "share_above": above / total if total else 0.0,
+        "expected_share_without_drift": 0.01,
+    }
+
+
 def run_assignment(config: AssignConfig) -> AssignResult:
-    """Assign every input row; exactly one committed output row per input row."""
+    """Assign every input row; exactly one committed output row per input row.
+
+    Uses the running Ray instance, or starts a local one. Raises ArtifactError (model
+    missing / not ours / corrupt), DataError (input schema vs model, overlap),
+    OutputExistsError (committed output, overwrite not set), ForeignOutputError,
+    PermissionError (unwritable output), CommitError (row counts differ).
+    """
     import ray
 
     t0 = time.perf_counter()
-    artifact = load_artifact(config.model, config.storage_options)
+    artifact = _load_model(config)
     source = config.source()
-    _check_model_matches(source, artifact, config.model)
+    _check_inputs(config, source, artifact)
+    _check_disjoint(config)
     expected = source.num_rows()
-    prefix = OutputPrefix(config.output, config.storage_options)
+    prefix = OutputPrefix(config.output_url, config.storage_options)
     staging = prefix.prepare(config.overwrite)
 
     energy_p99 = artifact.meta.get("energy_p99")
+    # Drift needs every row's energy, so it is added to the outputs when measurable.
     outputs = list(dict.fromkeys(config.outputs + (["energy"] if energy_p99 is not None else [])))
+    batch_size = config.batch_size or auto_batch_size(artifact.n_features, artifact.k)
+    fail_after = config.fail_after_batches or int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     if not ray.is_initialized():
-        ray.init()
+        ray.init()  # under `ray job submit` this joins the job's cluster
+    from clam_dist.data.ray_dataset import to_ray_dataset
+
     ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
     labelled = ds.map_batches(
         ClusterAssigner,
-        fn_constructor_args=(
-            config.model,
-            config.storage_options,
-            outputs,
-            config.passthrough,
-            config.fail_after_batches,
-        ),
-        batch_size=config.batch_size,
+        fn_constructor_kwargs={
+            "model_url": config.model,
+            "storage_options": config.storage_options,
+            "outputs": outputs,
+            "passthrough": config.passthrough,
+            "fail_after_batches": fail_after,
+            "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
+        },
+        batch_size=batch_size,
         batch_format="numpy",
+        # Ray 2.51+ spelling of a fixed-size actor pool (`concurrency=` is deprecated).
         compute=ray.data.ActorPoolStrategy(size=config.concurrency),
         num_cpus=config.num_cpus_per_actor,
         num_gpus=config.num_gpus_per_actor or None,
     )
-    fs = prefix.fs
-    _, spath = open_filesystem(staging, config.storage_options)
-    labelled.write_parquet(spath, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)))
+    # Ray writes through a pyarrow view of the same fsspec filesystem (custom endpoints,
+    # credentials and all), into this attempt's staging folder.
+    labelled.write_parquet(
+        prefix.staging_path(staging), filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(prefix.fs))
+    )
+    if config.crash_before_commit or os.environ.get(CRASH_BEFORE_COMMIT_ENV) == "1":
+        raise InjectedCrash("injected crash after the staged write, before the commit")
 
-    drift = None
-    staged = prefix.staged_files(staging)
-    if energy_p99 is not None and staged:
-        above = total = 0
-        for f in staged:
-            e = pq.read_table(fs.open(f, "rb"), columns=["energy"]).column(0).to_numpy()
-            above += int((e > energy_p99).sum())
-            total += e.size
-        drift = above / max(1, total)
+    drift = _drift(prefix, staging, energy_p99)
     manifest = prefix.commit(
         staging,
         expected,
         {
-            "input": str(config.input),
+            "input": config.input_url,
+            "input_files": len(source.files()),
+            "partition": config.partition,
             "model": config.model,
-            "columns": ["id", "cluster", "distance", *outputs, *config.passthrough],
-            "drift_share_above_train_energy_p99": drift,
+            "model_method": artifact.method,
+            "k": artifact.k,
+            "columns": [*BASE_COLUMNS, *outputs, *config.passthrough],
+            "storage_options": redact(config.storage_options),
+            "batch_size": batch_size,
+            "concurrency": config.concurrency,
+            "drift": drift,
         },
     )
     seconds = time.perf_counter() - t0
     return AssignResult(
-        output=config.output,
+        output=config.output_url,
         rows=manifest["rows"],
         files=len(manifest["files"]),
         seconds=seconds,
         rows_per_second=manifest["rows"] / seconds if seconds > 0 else float("nan"),
-        drift_share=drift,
-        energy_p99=energy_p99,
+        batch_size=batch_size,
+        drift=drift,
         manifest=manifest,
     )
-
-
-def read_assignments(
-    url: str, storage_options: dict | None = None, columns: list[str] | None = None
-) -> pa.Table:
-    """The committed assignment table; refuses a prefix without _SUCCESS."""
-    prefix = OutputPrefix(url, storage_options)
-    files = prefix.committed_files()
-    tables = [pq.read_table(prefix.fs.open(f, "rb"), columns=columns) for f in files]
-    return pa.concat_tables(tables) if tables else pa.table({})

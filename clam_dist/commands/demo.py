@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", default="ecoli", choices=CLAM_PAPER_DATASETS, help="bundled data set"
     )
     parser.add_argument(
-        "--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)"
+        "--clam-seeds", type=int, default=5, help="ClAM restarts (best Silhouette kept)"
     )
     parser.add_argument(
         "--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)"

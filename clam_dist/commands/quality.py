@@ -1,10 +1,15 @@
 """ClAM vs k-means on the seven ClAM-paper data sets (the quality benchmark).
 
 Protocol: features standardised (as the paper); k = number of classes; labels used only
-for NMI/ARI/ACC. k-means: scikit-learn convention, best of ``--kmeans-seeds`` restarts
-by inertia. ClAM: default settings (auto beta), ``--clam-seeds`` restarts, best by its own
-training loss (unsupervised selection: no labels, no Silhouette). Silhouette is compared
-at the number of non-empty clusters each method returns (reported beside it).
+for NMI/ARI/ACC. k-means: best of ``--kmeans-seeds`` k-means++ restarts by inertia (the
+paper's and scikit-learn's selection). ClAM: estimator defaults (auto beta, 15 epochs),
+``--clam-seeds`` restarts, each from its own single k-means++ + Lloyd start
+(``init_restarts=1``, so restarts differ), and the restart with the highest Silhouette is
+kept: the paper's protocol (selection by Silhouette for ClAM, by inertia for k-means).
+Because that selection alone favours ClAM, two reference figures sit beside it: ClAM's
+restart with the lowest training loss (fully unsupervised), and k-means' restart with the
+highest Silhouette among the same ``--kmeans-seeds`` runs. Silhouette is compared at the
+number of non-empty clusters each method returns (reported beside it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kmeans-seeds", type=int, default=10, help="k-means restarts (best inertia kept)"
     )
     parser.add_argument(
-        "--clam-seeds", type=int, default=3, help="ClAM restarts (best training loss kept)"
+        "--clam-seeds", type=int, default=5, help="ClAM restarts (best Silhouette kept)"
     )
     parser.add_argument(
         "--epochs", type=int, default=None, help="ClAM epochs (default: the estimator's)"
@@ -42,44 +47,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_dataset(
     name: str, kmeans_seeds: int, clam_seeds: int, epochs: int | None = None
 ) -> dict:
-    from clam_dist.estimator import ClAM, KMeans
-    from clam_dist.metrics import clustering_report
+    import torch
 
+    from clam_dist.estimator import ClAM, KMeans
+    from clam_dist.metrics import clustering_report, silhouette
+
+    if kmeans_seeds < 1 or clam_seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got k-means {kmeans_seeds}, ClAM {clam_seeds}")
+    # One thread: the machine is shared and these problems are too small to gain from more.
+    torch.set_num_threads(1)
     x_raw, y = load_clam_paper(name)
     x = standardize(x_raw).astype(np.float32)
     k = int(np.unique(y).size)
     row: dict = {"dataset": name, "n": int(x.shape[0]), "d": int(x.shape[1]), "k": k}
+
     t0 = time.perf_counter()
-    km = KMeans(n_clusters=k, n_init=kmeans_seeds, random_state=0).fit(x)
+    kms = [KMeans(n_clusters=k, n_init=1, random_state=s).fit(x) for s in range(kmeans_seeds)]
     row["kmeans_time_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    km = min(kms, key=lambda m: m.inertia_)
+    row["kmeans_silsel_silhouette"] = max(silhouette(x, m.labels_) for m in kms)
+
     extra = {} if epochs is None else {"epochs": epochs}
-    clam = ClAM(n_clusters=k, n_init=clam_seeds, random_state=0, **extra).fit(x)
+    t0 = time.perf_counter()
+    clams = [
+        ClAM(n_clusters=k, init_restarts=1, random_state=s, **extra).fit(x)
+        for s in range(clam_seeds)
+    ]
     row["clam_time_s"] = time.perf_counter() - t0
+    sils = [silhouette(x, m.labels_) for m in clams]
+    clam = clams[int(np.argmax(sils))]
+    by_loss = min(range(clam_seeds), key=lambda i: min(clams[i].loss_history_))
+    row["clam_losssel_silhouette"] = sils[by_loss]
     row["clam_beta"] = clam.beta_
+
     for prefix, est in (("kmeans", km), ("clam", clam)):
         rep = clustering_report(x, est.labels_, est.cluster_centers_, y_true=y)
         for key in ("silhouette", "n_nonempty", "nmi", "ari", "acc"):
             row[f"{prefix}_{key}"] = rep[key]
     row["clam_wins"] = bool(row["clam_silhouette"] >= row["kmeans_silhouette"])
+    row["clam_losssel_wins"] = bool(row["clam_losssel_silhouette"] >= row["kmeans_silhouette"])
     return row
 
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'data set':16s} {'n':>5s} {'d':>5s} {'k':>3s} | {'Sil KM':>7s} {'Sil ClAM':>8s} {'ne KM/ClAM':>10s} | "
-        f"{'NMI KM':>6s} {'NMI ClAM':>8s} | {'ARI KM':>6s} {'ARI ClAM':>8s} | {'t KM':>6s} {'t ClAM':>7s}"
+        f"{'data set':16s} {'n':>5s} {'d':>5s} {'k':>3s} | {'Sil KM':>6s} {'ClAM':>6s} "
+        f"{'ClAM-L':>6s} {'KM-S':>6s} {'ne KM/ClAM':>10s} | {'NMI KM':>6s} {'ClAM':>6s} | "
+        f"{'ARI KM':>6s} {'ClAM':>6s} | {'ACC KM':>6s} {'ClAM':>6s} | {'t KM':>6s} {'t ClAM':>7s}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['dataset']:16s} {r['n']:5d} {r['d']:5d} {r['k']:3d} | {r['kmeans_silhouette']:7.3f} "
-            f"{r['clam_silhouette']:8.3f} {r['kmeans_n_nonempty']:>4d}/{r['clam_n_nonempty']:<5d} | "
-            f"{r['kmeans_nmi']:6.3f} {r['clam_nmi']:8.3f} | {r['kmeans_ari']:6.3f} {r['clam_ari']:8.3f} | "
+            f"{r['dataset']:16s} {r['n']:5d} {r['d']:5d} {r['k']:3d} | "
+            f"{r['kmeans_silhouette']:6.3f} {r['clam_silhouette']:6.3f} "
+            f"{r['clam_losssel_silhouette']:6.3f} {r['kmeans_silsel_silhouette']:6.3f} "
+            f"{r['kmeans_n_nonempty']:>4d}/{r['clam_n_nonempty']:<5d} | "
+            f"{r['kmeans_nmi']:6.3f} {r['clam_nmi']:6.3f} | {r['kmeans_ari']:6.3f} "
+            f"{r['clam_ari']:6.3f} | {r['kmeans_acc']:6.3f} {r['clam_acc']:6.3f} | "
             f"{r['kmeans_time_s']:5.1f}s {r['clam_time_s']:6.1f}s"
         )
     wins = sum(r["clam_wins"] for r in rows)
-    lines.append(f"ClAM Silhouette >= k-means on {wins} of {len(rows)} data sets")
+    wins_l = sum(r["clam_losssel_wins"] for r in rows)
+    lines += [
+        "Sil KM: k-means best inertia; ClAM: best Silhouette of the ClAM restarts (paper "
+        "protocol); ClAM-L: ClAM restart with the lowest training loss; KM-S: best Silhouette "
+        "of the k-means restarts (reference for the selection effect).",
+        f"ClAM Silhouette >= k-means on {wins} of {len(rows)} data sets "
+        f"(loss-selected ClAM: {wins_l} of {len(rows)})",
+    ]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource
+from clam_dist.data.source import VectorSource, record_batches
 from clam_dist.data.stream import (
     VectorBatch,
     generated_or_column_ids,
@@ -182,14 +182,15 @@ def _scan_file(pf, source: VectorSource, file: str):
     width, rows, bad_rows, by_feature, ids = None, 0, 0, None, []
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
-    for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+    for rb in record_batches(pf, BATCH_ROWS, wanted):
         table = pa.Table.from_batches([rb])
         x = table_to_matrix(table, source, file)
         width = x.shape[1]
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())
         by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
-        ids.append(generated_or_column_ids(table, source, file, rows))
+        if source.id_column:  # generated ids are unique by construction: keep none
+            ids.append(generated_or_column_ids(table, source, file, rows))
         rows += table.num_rows
     return width, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
 

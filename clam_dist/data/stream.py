@@ -3,7 +3,6 @@ file so that worker i of N reads a disjoint, covering subset."""
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource
+from clam_dist.data.source import VectorSource, record_batches
 
 
 @dataclass
@@ -84,10 +83,14 @@ def generated_or_column_ids(
             raise DataError(
                 f"{file}: id column {source.id_column!r} not found; columns: {table.column_names}"
             )
-        return table.column(source.id_column).to_numpy(zero_copy_only=False)
-    # Generated ids: file name + row number, stable across runs as long as files are.
-    base = posixpath.basename(file)
-    return np.array([f"{base}:{row0 + i}" for i in range(table.num_rows)], dtype=object)
+        ids = table.column(source.id_column)
+        if ids.null_count:
+            raise DataError(f"{file}: id column {source.id_column!r} has {ids.null_count} nulls")
+        return ids.to_numpy(zero_copy_only=False)
+    # Generated ids: "<path relative to the dataset root>:<row in file>", counted before
+    # any NaN drop, so they are stable across runs, machines and shardings.
+    key = source.file_key(file)
+    return np.array([f"{key}:{row0 + i}" for i in range(table.num_rows)], dtype=object)
 
 
 def _check_finite(x: np.ndarray, file: str, row0: int, policy: str) -> np.ndarray | None:
@@ -126,7 +129,7 @@ def _batches_of(
             wanted.append(extra)
     row0 = 0
     try:
-        for record_batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+        for record_batch in record_batches(pf, batch_rows, wanted):
             table = pa.Table.from_batches([record_batch])
             x = table_to_matrix(table, source, file)
             ids = generated_or_column_ids(table, source, file, row0)
@@ -147,9 +150,9 @@ def _batches_of(
                 extras = {c: v[keep] for c, v in extras.items()}
             row0 += table.num_rows
             yield VectorBatch(ids, x, labels, file, extras or None, dropped)
+    except PermissionError as exc:
+        raise DataError(f"{file}: access denied after row {row0} ({exc})") from exc
     except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, DataError):
-            raise
         raise DataError(
             f"{file}: failed reading after row {row0} (corrupt or truncated?): {exc}"
         ) from exc

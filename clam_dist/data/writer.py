@@ -36,12 +36,19 @@ def vectors_table(
 
 
 def write_table(table: pa.Table, url: str, storage_options: dict | None = None) -> str:
+    """Write one Parquet file. Readers never see a half-written file: object stores publish
+    an object only when its upload completes, and on local disks we write a hidden
+    temporary file (skipped by readers) and rename it into place."""
     fs, path = open_filesystem(url, storage_options)
     parent = path.rsplit("/", 1)[0]
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    target = f"{parent}/.{path.rsplit('/', 1)[-1]}.tmp" if local and parent else path
+    with fs.open(target, "wb") as f:
         pq.write_table(table, f, row_group_size=min(max(1, table.num_rows), 65_536))
+    if target != path:
+        fs.mv(target, path)
     return url
 
 
@@ -57,7 +64,15 @@ def write_vectors(
     prefix: str = "part",
 ) -> list[str]:
     """Write ``x`` (and ids/labels) as ``<url>/<prefix>-00000.parquet`` ...; returns the URLs."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a 2-D (n, d) array, got shape {x.shape}")
     n = x.shape[0]
+    for name, arr in (("ids", ids), ("labels", labels)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} entries but x has {n} rows")
+    if rows_per_file < 1:
+        raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
     out = []
     for i, r0 in enumerate(range(0, max(n, 1), rows_per_file)):
         r1 = min(n, r0 + rows_per_file)

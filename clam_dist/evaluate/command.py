@@ -1,45 +1,117 @@
-"""`clam-dist evaluate`: metrics JSON and an HTML/PNG report for committed assignments."""
+"""`clam-dist evaluate`: metrics JSON and an HTML/PNG report for committed assignments.
+
+Settings come from an optional TOML/YAML/JSON file (top-level keys = EvaluateConfig
+fields), then ``--set field=value`` overrides, then the flags below (a flag wins).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from clam_dist.data.source import VectorSource
-from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
-from clam_dist.evaluate.report import write_report
+from clam_dist.config import ConfigError, load_config
+
+_FLAG_FIELDS = (
+    "input",
+    "assignments",
+    "model",
+    "report_dir",
+    "vector_column",
+    "feature_columns",
+    "id_column",
+    "label_column",
+    "sample_size",
+    "seed",
+    "title",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="the Parquet prefix that was assigned")
-    parser.add_argument(
-        "--assignments", required=True, help="committed output of `clam-dist assign`"
-    )
-    parser.add_argument("--model", required=True, help="model artifact directory")
-    parser.add_argument(
-        "--report-dir", required=True, help="local directory for metrics.json, PNGs, index.html"
-    )
-    parser.add_argument("--vector-column", default=None)
-    parser.add_argument("--label-column", default=None, help="enables NMI/ARI/ACC (on the sample)")
-    parser.add_argument(
-        "--sample-size", type=int, default=10_000, help="rows sampled for Silhouette"
+    parser.epilog = (
+        "Writes metrics.json, cluster_sizes.json, cluster_sizes.png, projection.png, "
+        "energy.png, training.png (when the model carries a loss history) and index.html."
     )
     parser.add_argument(
-        "--endpoint-url", default=None, help="S3 endpoint (credentials: standard AWS chain)"
+        "--config", default=None, help="TOML/YAML/JSON file with EvaluateConfig fields"
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any config field, e.g. --set sample_size=20000",
+    )
+    parser.add_argument("--input", default=None, help="the Parquet prefix that was assigned")
+    parser.add_argument(
+        "--assignments", default=None, help="committed output prefix of `clam-dist assign`"
+    )
+    parser.add_argument("--model", default=None, help="model artifact directory")
+    parser.add_argument(
+        "--report-dir", default=None, help="folder or fsspec URL for the metrics and report"
+    )
+    parser.add_argument("--vector-column", default=None, help="list column holding the vectors")
+    parser.add_argument(
+        "--feature-columns", default=None, help="comma-separated numeric columns or one glob"
+    )
+    parser.add_argument(
+        "--id-column", default=None, help="id column, as given to assign (default: generated)"
+    )
+    parser.add_argument(
+        "--label-column",
+        default=None,
+        help="ground-truth labels: NMI/ARI/ACC over every row when assign passed it through, "
+        "else on the sample",
+    )
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        default=None,
+        help="uniform sample for the Silhouette and the projection (default 10000)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (0)")
+    parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument(
+        "--endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs"
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    from clam_dist.evaluate.run import EvaluateConfig
+
+    overrides = list(args.overrides)
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name == "feature_columns":
+            cols = [c.strip() for c in value.split(",") if c.strip()]
+            value = cols[0] if len(cols) == 1 and any(ch in cols[0] for ch in "*?[") else cols
+        overrides.append(f"{name}={json.dumps(value)}")
+    if args.endpoint_url:
+        overrides.append(
+            f"storage_options.client_kwargs.endpoint_url={json.dumps(args.endpoint_url)}"
+        )
+    return load_config(EvaluateConfig, args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
-    source = VectorSource(
-        args.input,
-        vector_column=args.vector_column,
-        label_column=args.label_column,
-        storage_options=opts,
-    )
-    metrics, plots = evaluate_run(
-        EvalConfig(source, args.assignments, args.model, args.sample_size, 0, opts)
-    )
-    write_report(args.report_dir, metrics, plots)
-    print(json.dumps(metrics, indent=2))
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}")
+        return 2
+    from clam_dist.artifacts import ArtifactError
+    from clam_dist.assign.commit import IncompleteOutputError
+    from clam_dist.data.errors import DataError
+    from clam_dist.evaluate.run import run_evaluation
+
+    try:
+        res = run_evaluation(config)
+    except (ArtifactError, DataError, IncompleteOutputError) as exc:
+        print(f"evaluate failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(res.metrics, indent=2, default=str))
+    print(f"report: {res.index_html}")
     return 0

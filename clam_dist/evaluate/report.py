@@ -1,77 +1,175 @@
-"""PNG plots and a small HTML page for a run's metrics (matplotlib, Agg backend)."""
+"""PNG plots and a small HTML page for a run's metrics (matplotlib, Agg backend).
+
+Files: metrics.json, cluster_sizes.png, projection.png (PCA of a sample coloured by
+cluster), energy.png (sampled AM energy, with the training 99th percentile when known),
+training.png (when a loss history exists) and index.html showing them all.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 
-def _pca_2d(z: np.ndarray) -> np.ndarray:
-    zc = z - z.mean(0)
+def pca_2d(z: np.ndarray) -> np.ndarray:
+    """First two principal components of the rows of z (zero-padded below 2 columns)."""
+    zc = np.asarray(z, dtype=np.float64)
+    zc = zc - zc.mean(0) if len(zc) else zc
     if zc.shape[1] <= 2:
         return np.pad(zc, ((0, 0), (0, 2 - zc.shape[1])))
     _, _, vt = np.linalg.svd(zc, full_matrices=False)
     return zc @ vt[:2].T
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_sizes(sizes: np.ndarray, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    s = np.sort(np.asarray(sizes))[::-1]
+    ax.bar(np.arange(s.size), s, color="#4477aa", width=1.0 if s.size > 64 else 0.8)
+    ax.set(xlabel="cluster (sorted by size)", ylabel="rows", title=f"Cluster sizes (k = {s.size})")
+    _save(fig, path)
+
+
+def _plot_projection(z: np.ndarray, clusters: np.ndarray, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    xy = pca_2d(z)
+    ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(clusters) % 20, s=4, cmap="tab20")
+    ax.set(title=f"Sample of {len(xy)} rows, PCA of model space", xlabel="PC 1", ylabel="PC 2")
+    _save(fig, path)
+
+
+def _plot_energy(energy: np.ndarray, p99: float | None, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    e = np.asarray(energy, dtype=np.float64)
+    ax.hist(e[np.isfinite(e)], bins=60, color="#228833")
+    if p99 is not None:
+        ax.axvline(p99, color="#cc3311", linestyle="--", label="training 99th percentile")
+        ax.legend()
+    ax.set(
+        xlabel="AM energy (high = far from every memory)", ylabel="rows", title="Energy (sample)"
+    )
+    _save(fig, path)
+
+
+def _plot_training(history, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    series = history if isinstance(history, dict) else {"training loss": history}
+    for name, values in series.items():
+        ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=str(name))
+    if len(series) > 1:
+        ax.legend()
+    ax.set(xlabel="epoch", ylabel="loss", title="Training curve")
+    _save(fig, path)
+
+
+def _has_history(history) -> bool:
+    if isinstance(history, dict):
+        return any(len(v) for v in history.values())
+    return bool(history)
+
+
 def write_report(
-    out_dir: str | Path, metrics: dict, plots: dict, title: str = "clam-dist run"
+    out_dir: str | Path,
+    metrics: dict,
+    plots: dict,
+    title: str = "clam-dist run",
+    storage_options: dict | None = None,
 ) -> list[str]:
-    """Write metrics.json, cluster_sizes.png, projection.png, training.png (when a loss
-    history exists) and index.html into out_dir; returns the file names."""
+    """Write the report into ``out_dir`` (a local folder or any fsspec URL); returns the
+    file names. ``plots`` keys: sizes, sample_z, sample_clusters, and optionally
+    sample_energy, energy_p99, loss_history (a list, or a dict of named lists)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    url = str(out_dir)
+    remote = "://" in url and not url.startswith("file://")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) if remote else Path(url.removeprefix("file://"))
+        out.mkdir(parents=True, exist_ok=True)
+        written = _write_files(out, metrics, plots, title)
+        if remote:
+            from clam_dist.data.source import open_filesystem
+
+            fs, path = open_filesystem(url, storage_options)
+            fs.makedirs(path, exist_ok=True)
+            for name in written:
+                fs.put_file(str(out / name), f"{path.rstrip('/')}/{name}")
+    return written
+
+
+def _write_files(out: Path, metrics: dict, plots: dict, title: str) -> list[str]:
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
     written = ["metrics.json"]
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    sizes = np.sort(np.asarray(plots["sizes"]))[::-1]
-    ax.bar(np.arange(sizes.size), sizes, color="#4477aa")
-    ax.set(xlabel="cluster (sorted by size)", ylabel="rows", title="Cluster sizes")
-    fig.tight_layout()
-    fig.savefig(out / "cluster_sizes.png", dpi=100)
-    plt.close(fig)
-    written.append("cluster_sizes.png")
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    xy = _pca_2d(np.asarray(plots["sample_z"], dtype=np.float64))
-    ax.scatter(xy[:, 0], xy[:, 1], c=plots["sample_clusters"], s=4, cmap="tab20")
-    ax.set(title=f"Sample ({len(xy)} rows), PCA of model space", xlabel="PC 1", ylabel="PC 2")
-    fig.tight_layout()
-    fig.savefig(out / "projection.png", dpi=100)
-    plt.close(fig)
-    written.append("projection.png")
-
-    if plots.get("loss_history"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(plots["loss_history"], marker=".")
-        ax.set(xlabel="epoch", ylabel="training loss", title="Training curve")
-        fig.tight_layout()
-        fig.savefig(out / "training.png", dpi=100)
-        plt.close(fig)
-        written.append("training.png")
+    sizes = np.asarray(plots["sizes"])
+    (out / "cluster_sizes.json").write_text(json.dumps([int(s) for s in sizes]))
+    written.append("cluster_sizes.json")
+    figures = [("cluster_sizes.png", "Rows per cluster, largest first")]
+    _plot_sizes(sizes, out / "cluster_sizes.png")
+    _plot_projection(plots["sample_z"], plots["sample_clusters"], out / "projection.png")
+    figures.append(("projection.png", "2-D PCA projection of the evaluation sample"))
+    if plots.get("sample_energy") is not None:
+        _plot_energy(plots["sample_energy"], plots.get("energy_p99"), out / "energy.png")
+        figures.append(("energy.png", "AM energy of the sample (novelty score)"))
+    if _has_history(plots.get("loss_history")):
+        _plot_training(plots["loss_history"], out / "training.png")
+        figures.append(("training.png", "Training curve"))
+    written += [name for name, _ in figures]
 
     rows = "\n".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in sorted(metrics.items())
     )
     images = "\n".join(
-        f'<p><img src="{name}" alt="{name}"></p>' for name in written if name.endswith(".png")
+        f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in figures
     )
     (out / "index.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1><table border='1' cellpadding='4'>{rows}</table>{images}</body></html>\n"
+        "<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:2px 10px}"
+        "figure{display:inline-block;margin:1em}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n<h2>Metrics</h2>\n<table>{rows}</table>\n"
+        f"<h2>Plots</h2>\n{images}\n"
+        '<p>All numbers: <a href="metrics.json">metrics.json</a>; sizes: '
+        '<a href="cluster_sizes.json">cluster_sizes.json</a>.</p>\n</body></html>\n'
     )
     written.append("index.html")
     return written
+
+
+def _jsonable(value):
+    """NaN/inf become null (strict JSON), numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _fmt(v) -> str:

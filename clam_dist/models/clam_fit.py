@@ -41,6 +41,9 @@ class ClAMConfig:
     plateau_patience: int = 5
     reseed_dead_every: int = 0  # epochs; 0 disables re-seeding of dead prototypes
     seed: int = 0
+    # init="kmeans": best of this many k-means runs by inertia (the estimator uses 10; 1
+    # here keeps the Ray Tune stepper, which seeds with one run, identical to this loop).
+    kmeans_restarts: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
@@ -49,6 +52,10 @@ class ClAMConfig:
             raise ValueError(f"init must be 'kmeans', 'kmeans++' or 'gaussian', got {self.init!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.kmeans_restarts, (int, np.integer)) or self.kmeans_restarts < 1:
+            raise ValueError(
+                f"kmeans_restarts must be an integer >= 1, got {self.kmeans_restarts!r}"
+            )
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
@@ -67,13 +74,20 @@ class ClAMFitResult:
 
 
 def init_prototypes(
-    x: torch.Tensor, k: int, init: Init, generator: torch.Generator
+    x: torch.Tensor, k: int, init: Init, generator: torch.Generator, kmeans_restarts: int = 1
 ) -> torch.Tensor:
     """k-means++ seeding (optionally refined by Lloyd), or the authors' Gaussian."""
     if init == "kmeans++":
         return kmeans_plus_plus(x, k, generator)
     if init == "kmeans":
-        return lloyd(x, kmeans_plus_plus(x, k, generator), max_iter=100).centers
+        # Best of several k-means++ + Lloyd restarts by inertia: a poor local optimum at
+        # the start is rarely escaped by the (slow, local) prototype training.
+        best = None
+        for _ in range(max(1, kmeans_restarts)):
+            res = lloyd(x, kmeans_plus_plus(x, k, generator), max_iter=100)
+            if best is None or res.inertia < best.inertia:
+                best = res
+        return best.centers
     mean, std = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[1])
     return mean + std * torch.randn((k, x.shape[1]), generator=generator, dtype=x.dtype)
 
@@ -125,7 +139,7 @@ def fit_clam(
     protos0 = (
         init_prototypes_
         if init_prototypes_ is not None
-        else init_prototypes(x, k, config.init, gen)
+        else init_prototypes(x, k, config.init, gen, config.kmeans_restarts)
     )
     am = config.am
     if am.beta is None:

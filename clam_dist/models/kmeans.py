@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from clam_dist.models.am import Metric, nearest_prototypes, normalize_rows
+from clam_dist.models.am import Metric, nearest_prototypes, normalize_rows, squared_distances
+
+# Rows per block when scoring k-means++ candidates (bounded memory for any n).
+_PP_ROW_CHUNK = 65_536
 
 
 @dataclass
@@ -55,16 +58,14 @@ def kmeans_plus_plus(
         else:
             idx = torch.multinomial(closest / total, trials, replacement=True, generator=generator)
         cand = x[idx]
-        # Potential of each candidate = sum of min(closest, dist to candidate).
-        cand_d2 = torch.cdist(x, cand).pow(2) if n * trials <= 1 << 24 else None
-        if cand_d2 is None:
-            pots = torch.stack([torch.minimum(closest, ((x - c) ** 2).sum(1)).sum() for c in cand])
-            best = int(pots.argmin())
-            closest = torch.minimum(closest, ((x - cand[best]) ** 2).sum(1))
-        else:
-            pots = torch.minimum(closest.unsqueeze(1), cand_d2).sum(0)
-            best = int(pots.argmin())
-            closest = torch.minimum(closest, cand_d2[:, best])
+        # Potential of each candidate = sum of min(closest, dist to candidate); rows are
+        # chunked so memory stays O(chunk x trials) whatever n is.
+        pots = torch.zeros(trials, dtype=torch.float64)
+        for r0 in range(0, n, _PP_ROW_CHUNK):
+            d2 = squared_distances(x[r0 : r0 + _PP_ROW_CHUNK], cand)
+            pots += torch.minimum(closest[r0 : r0 + _PP_ROW_CHUNK, None], d2).sum(0).double()
+        best = int(pots.argmin())
+        closest = torch.minimum(closest, squared_distances(x, cand[best : best + 1])[:, 0])
         centers.append(cand[best])
     return torch.stack(centers).clone()
 
@@ -123,7 +124,7 @@ def _weighted_kmeans_pp(points, weights, k, generator, lloyd_iters: int = 20) ->
             chosen.append(next(i for i in range(points.shape[0]) if i not in taken))
             continue
         cand = torch.multinomial(score / score.sum(), trials, replacement=True, generator=generator)
-        cand_d2 = torch.cdist(points, points[cand]).pow(2)
+        cand_d2 = squared_distances(points, points[cand])
         pots = (weights[:, None] * torch.minimum(closest[:, None], cand_d2)).sum(0)
         best = int(pots.argmin())
         chosen.append(int(cand[best]))
@@ -177,6 +178,26 @@ def apply_minibatch(
     if metric == "spherical":
         new_centers = normalize_rows(new_centers)
     return new_centers, new_total
+
+
+# The name the distributed trainer and the docs use for the all-reduced mini-batch update.
+apply_sums_counts = apply_minibatch
+
+
+@torch.no_grad()
+def minibatch_update(
+    centers: torch.Tensor,
+    total_counts: torch.Tensor,
+    batch: torch.Tensor,
+    metric: Metric = "euclidean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One single-process mini-batch step: ``batch_sums_counts`` then ``apply_sums_counts``.
+
+    A distributed step is the same two calls with an all-reduce of (sums, counts) between.
+    Returns (new centres, new running counts).
+    """
+    sums, counts, _ = batch_sums_counts(batch, centers, metric)
+    return apply_sums_counts(centers, total_counts, sums, counts, metric)
 
 
 @torch.no_grad()
@@ -256,8 +277,7 @@ def minibatch_kmeans(
     n = x.shape[0]
     for _ in range(max_steps):
         idx = torch.randint(n, (min(batch_size, n),), generator=generator)
-        sums, counts, _ = batch_sums_counts(x[idx], centers, metric)
-        centers, total = apply_minibatch(centers, total, sums, counts, metric)
+        centers, total = minibatch_update(centers, total, x[idx], metric)
     _, counts, labels = batch_sums_counts(x, centers, metric)
     centers = _reseed_empty(x, centers, labels, counts)
     _, _, labels = batch_sums_counts(x, centers, metric)

@@ -7,12 +7,14 @@ same AM core, so both give the same labels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from clam_dist.models.am import (
+    DEFAULT_BLOCK_ELEMS,
     assign,
     energy,
     nearest_prototypes,
@@ -21,7 +23,10 @@ from clam_dist.models.am import (
 )
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
-ROW_CHUNK = 65_536
+ROW_CHUNK = 65_536  # rows per chunk at most
+# (rows x prototypes) entries per chunk at most: the (rows, k) score and probability
+# blocks stay within ~64 MiB whatever k is (the AM core chunks its own work the same way).
+BLOCK_ELEMS = DEFAULT_BLOCK_ELEMS
 
 
 class ClusterPredictor:
@@ -41,8 +46,15 @@ class ClusterPredictor:
         encoder: torch.nn.Module | None = None,
         score: str = "distance",
     ):
+        if method not in ("clam", "dcam", "kmeans", "attention"):
+            raise ValueError(f"unknown method {method!r}")
+        if score not in ("distance", "dot"):
+            raise ValueError(f"attention score must be 'distance' or 'dot', got {score!r}")
         self.method = method
         self.prototypes = prototypes.float()
+        self.device = self.prototypes.device
+        # What the dynamics use (unit rows for the spherical metric), prepared once.
+        self.model_prototypes = prepare_prototypes(self.prototypes, metric)
         self.n_features = int(n_features)
         self.beta, self.alpha, self.steps, self.metric = (
             float(beta),
@@ -51,12 +63,16 @@ class ClusterPredictor:
             metric,
         )
         self.mean = (
-            None if scaler_mean is None else torch.as_tensor(scaler_mean, dtype=torch.float32)
+            None
+            if scaler_mean is None
+            else torch.as_tensor(scaler_mean, dtype=torch.float32, device=self.device)
         )
         self.scale = (
-            None if scaler_scale is None else torch.as_tensor(scaler_scale, dtype=torch.float32)
+            None
+            if scaler_scale is None
+            else torch.as_tensor(scaler_scale, dtype=torch.float32, device=self.device)
         )
-        self.encoder = encoder.eval() if encoder is not None else None
+        self.encoder = encoder.to(self.device).eval() if encoder is not None else None
         self.score = score
 
     @property
@@ -104,7 +120,11 @@ class ClusterPredictor:
     @torch.no_grad()
     def to_model_space(self, x: np.ndarray) -> torch.Tensor:
         """Standardise and (for DCAM) encode validated rows."""
-        t = torch.from_numpy(x)
+        with warnings.catch_warnings():
+            # Arrow hands over read-only buffers; nothing here writes into the input, so
+            # sharing it is safe and saves a copy per batch.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(x).to(self.device)
         if self.mean is not None:
             t = t - self.mean
         if self.scale is not None:
@@ -123,9 +143,10 @@ class ClusterPredictor:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OPTIONAL_OUTPUTS}")
         x = self._validate(x)
         parts: dict[str, list[np.ndarray]] = {}
-        for r0 in range(0, x.shape[0], ROW_CHUNK):
+        rows = max(1, min(ROW_CHUNK, BLOCK_ELEMS // self.k))
+        for r0 in range(0, x.shape[0], rows):
             for name, value in self._predict_chunk(
-                self.to_model_space(x[r0 : r0 + ROW_CHUNK]), outputs
+                self.to_model_space(x[r0 : r0 + rows]), outputs
             ).items():
                 parts.setdefault(name, []).append(value)
         if not parts:  # zero rows
@@ -137,31 +158,34 @@ class ClusterPredictor:
         return {name: np.concatenate(values) for name, values in parts.items()}
 
     def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        protos = prepare_prototypes(self.prototypes, self.metric)
+        protos = self.model_prototypes
         zm = normalize_rows(z) if self.metric == "spherical" else z
         if self.method in ("clam", "dcam"):
             labels, dist = assign(z, protos, self.beta, self.alpha, self.steps, self.metric)
         elif self.method == "attention" and self.score == "dot":
-            labels = torch.argmax(z @ protos.t(), dim=1)
+            from clam_dist.models.attention import attention_assign
+
+            labels = attention_assign(z, protos, self.beta, "dot")
             dist = ((zm - protos[labels]) ** 2).sum(1)
         else:  # kmeans, distance-score attention: nearest prototype
             d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
             labels, dist = idx[:, 0], d2[:, 0]
-        out = {
-            "cluster": labels.numpy().astype(np.int64),
-            "distance": dist.numpy().astype(np.float32),
-        }
+        out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}
         if "energy" in outputs:
-            out["energy"] = energy(z, protos, self.beta, self.metric).numpy().astype(np.float32)
+            out["energy"] = _np(energy(z, protos, self.beta, self.metric), np.float32)
         if "margin" in outputs:
             d2, _ = nearest_prototypes(z, protos, self.metric, top=2)
             margin = (
                 d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
             )
-            out["margin"] = margin.numpy().astype(np.float32)
+            out["margin"] = _np(margin, np.float32)
         if "probs" in outputs:
             d2 = (
                 (zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)
             ).clamp_min(0)
-            out["probs"] = torch.softmax(-0.5 * self.beta * d2, dim=1).numpy().astype(np.float32)
+            out["probs"] = _np(torch.softmax(-0.5 * self.beta * d2, dim=1), np.float32)
         return out
+
+
+def _np(t: torch.Tensor, dtype) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype, copy=False)

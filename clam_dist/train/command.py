@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from clam_dist.train.trainer import run_training
 
     ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
-    result = run_training(config)
+    try:
+        result = run_training(config)
+    except (ConfigError, ValueError, PermissionError) as exc:  # the fail-fast checks
+        print(f"train error: {exc}")
+        return 2
     summary = {
         "artifact": result.artifact_url,
         "checkpoint": result.checkpoint_path,

@@ -17,6 +17,12 @@ class TrainData:
     nan_policy: Literal["error", "drop"] = "error"
     standardize: bool = True
     init_sample: int = 50_000  # rows sampled (Dask) for initialisation and beta
+    # Files are dealt to this many "lanes" (0 = one per worker); each worker reads the lanes
+    # rank, rank + W, ... and every step takes the same number of rows from every lane. The
+    # global batch of a step is then a function of (lanes, epoch, seed) alone, so 1 worker
+    # and 2 workers with the same lanes train on exactly the same rows (must be a multiple
+    # of the worker count).
+    lanes: int = 0
 
 
 @dataclass
@@ -40,7 +46,14 @@ class TrainModel:
 class TrainOptim:
     lr: float = 0.01
     epochs: int = 5
+    max_steps: int = 0  # 0 = no step budget (epochs decide); else stop after this many steps
     batch_size: int = 1024  # rows per worker per step; 0 = the whole shard (full batch)
+    # "plateau": x plateau_factor when the epoch loss has not improved for plateau_patience
+    # epochs (the ClAM authors'); "cosine": per-step cosine decay to lr * min_lr_factor;
+    # "constant". warmup_steps ramps linearly from 0 for cosine/constant.
+    schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    warmup_steps: int = 0
+    min_lr_factor: float = 0.0
     plateau_factor: float = 0.8
     plateau_patience: int = 5
 
@@ -52,11 +65,16 @@ class TrainRun:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    checkpoint_every: int = 1  # epochs
+    checkpoint_every: int = 1  # epochs (0 = only at the end)
+    checkpoint_every_steps: int = 0  # also every this many global steps (0 = off)
+    report_every: int = 50  # steps per metrics window (also reported at every epoch end)
     max_failures: int = 1
     resume_from: str | None = None  # a checkpoint directory from another run
     seed: int = 0
-    fail_at_epoch: int | None = None  # failure injection (tests): rank 0 dies once there
+    verify_every: int = 1  # steps between cross-worker prototype fingerprint checks (0 = off)
+    barrier_timing: bool = False  # time the wait for stragglers apart from the all-reduce
+    fail_at_epoch: int | None = None  # failure injection (tests): one worker dies once there
+    fail_at_step: int | None = None  # ... or before this global step (0-based)
 
 
 @dataclass

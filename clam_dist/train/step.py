@@ -1,18 +1,25 @@
-"""The per-worker step math, free of Ray so it is unit-testable.
+"""The per-worker step math and data plan, free of Ray so it is unit-testable.
 
-Two things make N workers equal to one worker with the same global batch:
+Three things make N workers equal to one worker with the same global batch:
+- the global batch of a step is fixed by the LANES (files dealt to ``lanes`` streams per
+  epoch; every step takes ``lane_batch`` rows from every lane), and a worker reads lanes
+  rank, rank + W, ...: 1 worker reading lanes {0, 1} sees the rows that 2 workers reading
+  {0} and {1} see together;
 - masks are a function of (row id, epoch, seed), never of which worker reads the row;
-- each worker's loss is its rows' SUM scaled by world_size / global_rows, so DDP's
-  gradient AVERAGE over workers is exactly the gradient of the global-batch mean.
+- each worker's loss is its rows' SUM scaled by world_size / global_rows, so the gradient
+  AVERAGE over workers (what DDP's all-reduce computes) is exactly the gradient of the
+  global-batch mean.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 import torch
 
+from clam_dist.data.stream import read_table_batches, shard_files
 from clam_dist.models.clam import clam_loss, hidden_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -78,3 +85,165 @@ def scaled_local_loss(
         return (prototypes * 0).sum()  # keep the graph so DDP still all-reduces
     mean = clam_loss(x, prototypes, beta, alpha, steps, metric, mask, fill)
     return mean * x.shape[0] * world_size / global_rows
+
+
+def batch_mask(
+    ids: np.ndarray,
+    d: int,
+    ratio: float,
+    shared_every: int,
+    epoch: int,
+    step: int,
+    seed: int,
+) -> torch.Tensor | None:
+    """The mask of this worker's rows at (epoch, step); None for the unmasked ablation.
+    Every ``shared_every``-th epoch (counted from 1) the whole global batch shares one."""
+    if ratio <= 0:
+        return None
+    if shared_every and (epoch + 1) % shared_every == 0:
+        return shared_mask(len(ids), d, ratio, epoch, step, seed)
+    return row_masks(row_keys(ids), d, ratio, epoch, seed)
+
+
+# --------------------------------------------------------------------------- data plan
+
+
+def resolve_lanes(lanes: int, world: int, batch_size: int) -> tuple[int, int]:
+    """(number of lanes, rows per lane per step); batch_size is rows per WORKER per step
+    (0 = whole shard). Raises ValueError with the numbers when they do not divide."""
+    n_lanes = lanes or world
+    if n_lanes % world:
+        raise ValueError(f"data.lanes={n_lanes} must be a multiple of run.num_workers={world}")
+    if batch_size <= 0:
+        return n_lanes, 1 << 40  # full batch: a step takes every row of every lane
+    per_worker_lanes = n_lanes // world
+    if batch_size % per_worker_lanes:
+        raise ValueError(
+            f"optim.batch_size={batch_size} rows per worker must split evenly over its "
+            f"{per_worker_lanes} lanes (data.lanes={n_lanes}, run.num_workers={world})"
+        )
+    return n_lanes, batch_size // per_worker_lanes
+
+
+def worker_lanes(rank: int, world: int, n_lanes: int) -> list[int]:
+    return list(range(rank, n_lanes, world))
+
+
+def steps_in_epoch(
+    files: list[str],
+    row_counts: dict[str, int],
+    n_lanes: int,
+    lane_batch: int,
+    epoch: int,
+    seed: int,
+) -> int:
+    """Global steps of one epoch: the longest lane's rows / lane_batch, rounded up."""
+    longest = max(
+        sum(row_counts[f] for f in shard_files(files, lane, n_lanes, epoch, seed, True))
+        for lane in range(n_lanes)
+    )
+    return math.ceil(longest / lane_batch) if longest else 0
+
+
+class LaneStream:
+    """The rows of one lane (its files in this epoch's order), handed out in exact counts.
+
+    ``skip_rows`` resumes mid-epoch: whole files are skipped by their footer row counts
+    when no rows can be dropped (nan_policy "error"), the rest is read and discarded, so
+    a resumed run sees exactly the rows an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        source,
+        lane: int,
+        n_lanes: int,
+        epoch: int,
+        seed: int,
+        read_rows: int = 65_536,
+        skip_rows: int = 0,
+        row_counts: dict[str, int] | None = None,
+    ):
+        files = shard_files(source.files(), lane, n_lanes, epoch, seed, True)
+        if row_counts is not None and source.nan_policy == "error":
+            while files and row_counts[files[0]] <= skip_rows:
+                skip_rows -= row_counts[files[0]]
+                files = files[1:]
+        self._source, self._files, self._read_rows = source, files, read_rows
+        self._batches = self._iterate()
+        self._buf_x: list[np.ndarray] = []
+        self._buf_ids: list[np.ndarray] = []
+        self._have = 0
+        while skip_rows > 0:
+            got, _ = self.take(min(skip_rows, 1 << 20))
+            if len(got) == 0:
+                break
+            skip_rows -= len(got)
+
+    def _iterate(self):
+        d = self._source.dim()
+        for file in self._files:
+            for b in read_table_batches(self._source, file, self._read_rows):
+                if len(b) and b.x.shape[1] != d:
+                    raise ValueError(f"{file}: vectors have width {b.x.shape[1]}, expected {d}")
+                yield b
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``rows`` rows (fewer only when the lane is exhausted)."""
+        while self._have < rows:
+            b = next(self._batches, None)
+            if b is None:
+                break
+            if len(b):
+                self._buf_x.append(b.x)
+                self._buf_ids.append(b.ids)
+                self._have += len(b)
+        if not self._buf_x:
+            return np.zeros((0, self._source.dim()), np.float32), np.zeros(0, dtype=object)
+        x, ids = np.concatenate(self._buf_x), np.concatenate(self._buf_ids)
+        self._buf_x, self._buf_ids = ([x[rows:]], [ids[rows:]]) if len(x) > rows else ([], [])
+        self._have = max(0, len(x) - rows)
+        return x[:rows], ids[:rows]
+
+
+def take_step(streams: list[LaneStream], lane_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """This worker's rows of one step: ``lane_batch`` rows from each of its lanes."""
+    parts = [s.take(lane_batch) for s in streams]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# --------------------------------------------------------------------------- schedule, checks
+
+
+def lr_factor(
+    step: int, total_steps: int, schedule: str, warmup_steps: int = 0, min_factor: float = 0.0
+) -> float:
+    """Multiplier of the base lr at global ``step`` for the per-step schedules
+    ("plateau" is per epoch and returns 1 here)."""
+    if schedule == "plateau":
+        return 1.0
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        t = min(1.0, (step - warmup_steps) / span)
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"optim.schedule must be plateau, cosine or constant, got {schedule!r}")
+
+
+_MIX = None
+
+
+def fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash of a float32 tensor's exact bits, as a (2,) int64 tensor [h, -h] so ONE
+    all-reduce(MAX) yields both the max and (negated) min over workers: equal iff all agree
+    (up to hash collisions)."""
+    global _MIX
+    bits = t.detach().float().contiguous().view(torch.int32).reshape(-1).to(torch.int64).cpu()
+    if _MIX is None or _MIX.numel() < bits.numel():
+        g = torch.Generator().manual_seed(0x5EED)
+        _MIX = torch.randint(1, 2**62, (max(bits.numel(), 1024),), generator=g) | 1
+    h = int((bits * _MIX[: bits.numel()]).sum())  # int64 arithmetic wraps: a fine hash
+    return torch.tensor([h, -h], dtype=torch.int64)

@@ -1,0 +1,84 @@
+"""`run_evaluation(config) -> EvalResult`: metrics JSON + report for committed assignments.
+
+The typed config is what `clam-dist evaluate --config` reads (top-level keys) and what a
+pipeline builds; no Ray is needed (one streamed pass over the output, one Dask sample).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from clam_dist.config import ConfigError
+from clam_dist.data.source import VectorSource
+from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
+from clam_dist.evaluate.report import write_report
+
+
+@dataclass
+class EvaluateConfig:
+    input: str = ""  # the Parquet prefix that was assigned
+    assignments: str = ""  # committed output of `clam-dist assign`
+    model: str = ""  # model artifact directory
+    report_dir: str = ""  # local folder or fsspec URL for metrics.json, PNGs, index.html
+    vector_column: str | None = None
+    feature_columns: list[str] | str | None = None
+    id_column: str | None = None
+    label_column: str | None = None  # enables NMI/ARI/ACC
+    sample_size: int = 10_000  # rows sampled for the Silhouette (stated in the output)
+    seed: int = 0
+    storage_options: dict | None = None
+    title: str = "clam-dist run"
+
+    def __post_init__(self) -> None:
+        for name in ("input", "assignments", "model", "report_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required (a path or fsspec URL)")
+        if self.sample_size < 2:
+            raise ConfigError(f"sample_size: expected an integer >= 2, got {self.sample_size}")
+        if self.vector_column is not None and self.feature_columns is not None:
+            raise ConfigError("vector_column and feature_columns: give one, not both")
+
+    def source(self) -> VectorSource:
+        return VectorSource(
+            self.input,
+            vector_column=self.vector_column,
+            feature_columns=self.feature_columns,
+            id_column=self.id_column,
+            label_column=self.label_column,
+            storage_options=self.storage_options,
+        )
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    report_dir: str
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def index_html(self) -> str:
+        return f"{self.report_dir.rstrip('/')}/index.html"
+
+
+def run_evaluation(config: EvaluateConfig) -> EvalResult:
+    t0 = time.perf_counter()
+    metrics, plots = evaluate_run(
+        EvalConfig(
+            config.source(),
+            config.assignments,
+            config.model,
+            config.sample_size,
+            config.seed,
+            config.storage_options,
+        )
+    )
+    files = write_report(
+        config.report_dir,
+        metrics,
+        plots,
+        title=config.title,
+        storage_options=config.storage_options,
+    )
+    return EvalResult(metrics, config.report_dir, files, time.perf_counter() - t0)

@@ -1,0 +1,95 @@
+"""`clam-dist tune`: hyper-parameter search with Ray Tune (see clam_dist/tune/search.py).
+
+clam-dist tune --dataset ecoli --set budget.num_samples=24 --output runs/tune/best.toml
+clam-dist train --config runs/tune/best.toml --data s3://bucket/prefix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clam_dist.config import ConfigError, load_config
+from clam_dist.tune.config import TuneJobConfig
+from clam_dist.tune.space import check_job_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="TOML/YAML/JSON tune config ([data], [model], [search], [budget], [score], [run])",
+    )
+    parser.add_argument("--dataset", default=None, help="shortcut for --set data.dataset=...")
+    parser.add_argument("--data", default=None, help="shortcut for --set data.url=...")
+    parser.add_argument(
+        "--k", type=int, default=None, help="shortcut for --set model.n_clusters=..."
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="shortcut for --set budget.num_samples=..."
+    )
+    parser.add_argument(
+        "--output", default=None, help="shortcut for --set run.output=... (best config TOML)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any field, e.g. --set search.lr=[0.001,0.05] --set budget.max_epochs=20",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
+    )
+
+
+def load_tune_config(args: argparse.Namespace) -> TuneJobConfig:
+    overrides = list(args.overrides)
+    for flag, key in (
+        (args.dataset, "data.dataset"),
+        (args.data, "data.url"),
+        (args.k, "model.n_clusters"),
+        (args.samples, "budget.num_samples"),
+        (args.output, "run.output"),
+    ):
+        if flag is not None:
+            overrides.append(f"{key}={json.dumps(flag)}")
+    config = load_config(TuneJobConfig, args.config, overrides)
+    check_job_config(config)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_tune_config(args)  # every check that needs no data, before Ray starts
+    except ConfigError as exc:
+        print(f"config error: {exc}")
+        return 2
+    import ray
+
+    from clam_dist.tune.search import run_tune
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    summary = run_tune(config)
+    metric = summary["criterion"]["metric"]
+    print(
+        f"\n{'trial':>5} {'epochs':>6} {'beta_scale':>10} {'lr':>8} {'mask':>6} {'alpha':>6} {metric:>12}"
+    )
+    for rec in sorted(summary["trials"], key=lambda r: r["trial"]):
+        p = rec["point"]
+        mark = " (default)" if rec["is_default"] else ""
+        print(
+            f"{rec['trial']:>5} {rec['epochs']:>6} {p['beta_scale']:>10.3g} {p['lr']:>8.3g} "
+            f"{p['mask_ratio']:>6.3f} {p['alpha']:>6.3f} {rec['last'][metric]:>12.4f}{mark}"
+        )
+    fin = summary["final"]
+    print(
+        f"\nfull budget, same rows: search best {metric}={fin['search_best'][metric]:.4f} "
+        f"(all rows {fin['search_best']['silhouette_all_rows']:.4f}); default "
+        f"{metric}={fin['default'][metric]:.4f} (all rows {fin['default']['silhouette_all_rows']:.4f})"
+    )
+    print(f"chosen: {summary['chosen']}; config written to {summary['output']}")
+    print(f"TensorBoard: tensorboard --logdir {summary['tensorboard_logdir']}")
+    return 0

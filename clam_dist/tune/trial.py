@@ -1,0 +1,170 @@
+"""One tuning trial without Ray: ClAM trained epoch by epoch on an in-memory sample, scored
+after every epoch so an early-stopping scheduler can cut it short.
+
+The optimisation is the in-memory fit's (``clam_dist.models.clam_fit``): k-means init,
+data-derived beta times the trial's scale, Adam + reduce-on-plateau, best-epoch prototypes,
+dead prototypes re-seeded before scoring. It is written as a stepper here because the
+scheduler needs a score after every epoch, which ``fit_clam`` (one call, whole run) does
+not expose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clam_dist.metrics import silhouette
+from clam_dist.models.am import assign
+from clam_dist.models.clam import AMParams, beta_from_data, clam_loss, draw_mask, fill_vector
+from clam_dist.models.clam_fit import init_prototypes, reseed_dead_prototypes
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The searched knobs of one trial plus the fixed ones it needs."""
+
+    n_clusters: int
+    beta_scale: float = 1.0
+    lr: float = 0.01
+    mask_ratio: float = 0.2
+    alpha: float = 0.1
+    steps: int = 10
+    metric: str = "euclidean"
+    fill: str = "mean"
+    batch_size: int = 32
+    shared_every: int = 3
+    plateau_factor: float = 0.8
+    plateau_patience: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """The rows a trial trains on, the rows its Silhouette is measured on, and the held-out
+    rows (with fixed masks) its held-out loss is measured on. Shared by every trial."""
+
+    train: np.ndarray
+    score_rows: np.ndarray
+    holdout: np.ndarray
+    holdout_mask_seed: int = 12345
+
+
+def split_sample(x: np.ndarray, holdout: float, silhouette_sample: int, seed: int) -> TrialData:
+    """Hold out a fraction for the masked loss; Silhouette rows are a fixed subsample of
+    the training rows (Silhouette scores a clustering of the data, not a prediction)."""
+    x = np.asarray(x, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(x.shape[0])
+    n_hold = int(round(holdout * x.shape[0]))
+    hold, train = x[perm[:n_hold]], x[perm[n_hold:]]
+    m = min(silhouette_sample, train.shape[0])
+    score_rows = train[rng.choice(train.shape[0], m, replace=False)]
+    return TrialData(train=train, score_rows=score_rows, holdout=hold)
+
+
+class ClAMTrial:
+    """Train with ``step()`` (one epoch) and read the epoch's metrics from its return."""
+
+    def __init__(self, data: TrialData, params: TrialParams):
+        self.data, self.p = data, params
+        # A copy: arrays from the object store are read-only.
+        self.x = torch.from_numpy(np.array(data.train, dtype=np.float32))
+        n, d = self.x.shape
+        if n < params.n_clusters:
+            raise ValueError(f"{n} training rows, fewer than n_clusters={params.n_clusters}")
+        self.gen = torch.Generator().manual_seed(int(params.seed))
+        # Same seed -> same init in every trial: differences between trials are the knobs'.
+        protos0 = init_prototypes(self.x, params.n_clusters, "kmeans", self.gen)
+        self.beta_default = beta_from_data(self.x, protos0, params.metric)
+        self.am = AMParams(
+            beta=params.beta_scale * self.beta_default,
+            alpha=params.alpha,
+            steps=params.steps,
+            metric=params.metric,
+        )
+        stats = (self.x.mean(0), self.x.min(0).values, self.x.max(0).values)
+        self.fill = fill_vector(*stats, params.fill, d)
+        self.prototypes = torch.nn.Parameter(protos0.clone())
+        self.optim = torch.optim.Adam([self.prototypes], lr=params.lr)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optim, factor=params.plateau_factor, patience=params.plateau_patience
+        )
+        self.epoch = 0
+        self.best_loss, self.best = float("inf"), protos0.clone()
+        hold = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
+        g = torch.Generator().manual_seed(data.holdout_mask_seed)
+        self.holdout = hold
+        # Fixed masks: every trial and epoch is scored on the same hidden coordinates.
+        self.holdout_mask = (
+            draw_mask(hold.shape[0], d, params.mask_ratio, False, g) if hold.shape[0] else None
+        )
+
+    def step(self) -> dict:
+        p, x = self.p, self.x
+        n, d = x.shape
+        perm = torch.randperm(n, generator=self.gen)
+        shared = p.shared_every > 0 and (self.epoch + 1) % p.shared_every == 0
+        total = 0.0
+        for b0 in range(0, n, p.batch_size):
+            xb = x[perm[b0 : b0 + p.batch_size]]
+            mask = (
+                draw_mask(xb.shape[0], d, p.mask_ratio, shared, self.gen)
+                if p.mask_ratio > 0
+                else None
+            )
+            am = self.am
+            loss = clam_loss(
+                xb, self.prototypes, am.beta, am.alpha, am.steps, am.metric, mask, self.fill
+            )
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+            total += float(loss.detach()) * xb.shape[0]
+        epoch_loss = total / n
+        if not np.isfinite(epoch_loss):
+            raise FloatingPointError(f"ClAM loss became {epoch_loss} at epoch {self.epoch}")
+        self.sched.step(epoch_loss)
+        if epoch_loss < self.best_loss:
+            self.best_loss, self.best = epoch_loss, self.prototypes.detach().clone()
+        self.epoch += 1
+        return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
+
+    @torch.no_grad()
+    def final_prototypes(self) -> torch.Tensor:
+        """The best-loss prototypes with dead ones re-seeded (what the estimator returns),
+        so a configuration is scored at the k that was asked for."""
+        protos = self.best
+        for _ in range(self.p.n_clusters):
+            protos, moved = reseed_dead_prototypes(self.x, protos, self.am, self.gen)
+            if not moved:
+                break
+        return protos
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        am, protos = self.am, self.final_prototypes()
+        rows = torch.from_numpy(np.array(self.data.score_rows, dtype=np.float32))
+        labels, _ = assign(rows, protos, am.beta, am.alpha, am.steps, am.metric)
+        labels = labels.numpy()
+        sil = silhouette(rows.numpy(), labels, sample_size=rows.shape[0], metric=am.metric)
+        out = {
+            "silhouette": float(sil) if np.isfinite(sil) else -1.0,
+            "n_nonempty": int(np.unique(labels).size),
+            "beta": float(am.beta),
+        }
+        if self.holdout_mask is not None:
+            out["heldout_loss"] = float(
+                clam_loss(
+                    self.holdout,
+                    protos,
+                    am.beta,
+                    am.alpha,
+                    am.steps,
+                    am.metric,
+                    self.holdout_mask,
+                    self.fill,
+                )
+            )
+        return out

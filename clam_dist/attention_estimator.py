@@ -25,23 +25,24 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     """Attention layer with ``n_clusters`` heads whose vectors mu_h are the clusters.
 
     For a row x the layer outputs sum_h softmax_h(s(x, mu_h)) mu_h with scores
-    s = -beta/2 ||x - mu_h||^2 (``score='distance'``, one ClAM step with alpha = 1) or
-    beta x.mu_h (``score='dot'``). Training minimises the reconstruction risk
+    s = -beta/2 ||x - mu_h||^2 (``similarity='distance'``, one ClAM step with alpha = 1) or
+    beta x.mu_h (``similarity='dot'``). Training minimises the reconstruction risk
     E||x - layer(x)||^2 with Adam on minibatches and keeps the heads of the lowest-loss
     epoch; a row's cluster is the head with the highest attention weight.
 
     init: 'kmeans++' (seeding on the data) or 'random' (distinct random rows).
     beta=None derives the inverse temperature from the initial heads' distance scale.
     The estimator does not standardise: do it first if features have different units.
-    (There is no ``score()`` method: the parameter ``score`` names the attention scores;
-    ``score_samples`` gives the per-row negative reconstruction error.)
+    ``score_samples`` gives the per-row negative reconstruction error, ``score`` its mean.
+    (The score function is named ``similarity``, not ``score``: scikit-learn reserves
+    ``score`` for the method, and a parameter of that name would shadow it.)
     """
 
     def __init__(
         self,
         n_clusters: int = 8,
         *,
-        score: str = "distance",
+        similarity: str = "distance",
         beta: float | None = None,
         init: str = "kmeans++",
         lr: float = 0.05,
@@ -50,7 +51,7 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         random_state=None,
     ):
         self.n_clusters = n_clusters
-        self.score = score
+        self.similarity = similarity
         self.beta = beta
         self.init = init
         self.lr = lr
@@ -70,8 +71,8 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None) -> AttentionClustering:
         X = self._check_x(X, reset=True)
         check_n_clusters(self.n_clusters, X.shape[0])
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.similarity not in SCORES:
+            raise ValueError(f"similarity must be one of {SCORES}, got {self.similarity!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.beta is not None:
@@ -86,7 +87,9 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             mu0 = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
         beta = float(self.beta) if self.beta is not None else beta_from_data(x, mu0)
-        res = fit_attention(x, mu0, beta, self.score, self.lr, self.epochs, self.batch_size, gen)
+        res = fit_attention(
+            x, mu0, beta, self.similarity, self.lr, self.epochs, self.batch_size, gen
+        )
         self.cluster_centers_ = res.mu.numpy().astype(X.dtype)
         self.beta_ = res.beta
         self.loss_history_ = res.loss_history
@@ -101,7 +104,7 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
         return attention_assign(
-            self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.score
+            self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.similarity
         ).numpy()
 
     def fit_predict(self, X, y=None) -> np.ndarray:
@@ -115,7 +118,7 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             self._tensor(X).double(),
             self._tensor(self.cluster_centers_).double(),
             self.beta_,
-            self.score,
+            self.similarity,
         )
         return w.numpy()
 
@@ -125,11 +128,16 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         X = self._check_x(X, reset=False)
         mu = self._tensor(self.cluster_centers_).double()
         x = self._tensor(X).double()
-        recon = attention_weights(x, mu, self.beta_, self.score) @ mu
+        recon = attention_weights(x, mu, self.beta_, self.similarity) @ mu
         return -((x - recon) ** 2).sum(1).numpy()
 
+    def score(self, X, y=None) -> float:
+        """Mean of ``score_samples``: minus the reconstruction risk (higher = better)."""
+        return float(self.score_samples(X).mean())
+
     def to_artifact(self, scaler_mean=None, scaler_scale=None, meta: dict | None = None):
-        """The fitted heads as a ``ModelArtifact`` (method 'attention', meta['score'])."""
+        """The fitted heads as a ``ModelArtifact`` (method 'attention'; meta['score'] is
+        the ``similarity``, the name the predictor reads)."""
         from clam_dist.artifacts import ModelArtifact
 
         check_is_fitted(self, "cluster_centers_")
@@ -145,7 +153,7 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             scaler_scale=scaler_scale,
             meta=dict(
                 meta or {},
-                score=self.score,
+                score=self.similarity,
                 params={k: v for k, v in self.get_params().items() if k != "random_state"},
             ),
         )

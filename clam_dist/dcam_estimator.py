@@ -100,9 +100,27 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_x(self, X, reset: bool) -> np.ndarray:
         # validate_data rejects NaN/inf, non-numeric and empty input with clear messages
         # and, at predict time, a wrong number of features.
-        return validate_data(
-            self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
-        )
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) > 2:
+            raise ValueError(
+                f"X has shape {tuple(shape)}: DCAM takes one flat row per sample; pass images "
+                "as X.reshape(len(X), -1) (C-major, C*H*W values per row) with "
+                "encoder='conv' and image_shape=(C, H, W)"
+            )
+        try:
+            return validate_data(
+                self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
+            )
+        except ValueError as exc:
+            spec = getattr(self, "encoder_spec_", None)
+            if reset or spec is None or spec.kind != "conv" or not str(exc).startswith("X has"):
+                raise
+            c, h, w = spec.image_shape
+            raise ValueError(
+                f"{exc} The conv encoder was fitted on images of shape (C, H, W) = "
+                f"({c}, {h}, {w}), i.e. {spec.n_features} values per flattened row; resize "
+                "or pad the images to that shape"
+            ) from exc
 
     def _scaled(self, X: np.ndarray) -> torch.Tensor:
         x = np.asarray(X, dtype=np.float64)
@@ -131,6 +149,11 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
             check_dynamics(self.beta, self.alpha, self.steps)
         if self.fill not in FILL_VALUES:
             raise ValueError(f"fill must be one of {FILL_VALUES}, got {self.fill!r}")
+        if self.image_shape is not None and self.encoder == "mlp":
+            raise ValueError(
+                f"image_shape={self.image_shape!r} is only used by the conv encoder, but "
+                f"encoder={self.encoder!r}; pass encoder='conv' or drop image_shape"
+            )
         spec = self._spec(X.shape[1])
         if self.standardize:
             std = X.std(axis=0)

@@ -52,7 +52,7 @@ def methods(k: int, seed: int) -> dict:
         "ClAM": lambda x: ClAM(k, random_state=seed).fit(x).labels_,
         "attention (distance)": lambda x: AttentionClustering(k, random_state=seed).fit(x).labels_,
         "attention (dot)": lambda x: (
-            AttentionClustering(k, score="dot", random_state=seed).fit(x).labels_
+            AttentionClustering(k, similarity="dot", random_state=seed).fit(x).labels_
         ),
         "in-context quantization": lambda x: quantize_context(
             torch.as_tensor(x, dtype=torch.float32)

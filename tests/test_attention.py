@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from clam_dist import AttentionClustering
 from clam_dist.models.attention import (
@@ -163,6 +164,9 @@ def test_dot_score_identity_attention_collapses_directions():
 def test_context_too_large_is_refused_with_the_numbers():
     with pytest.raises(ValueError, match=r"context of 101 rows x 3 dims .* max_context=100"):
         identity_attention(torch.zeros(101, 3), 1.0, 1, max_context=100)
+    # quantize_context refuses before any quadratic work, with the cost in the message
+    with pytest.raises(ValueError, match=r"101 rows x 3 dims .* 1\.22e\+05 flops per step"):
+        quantize_context(torch.zeros(101, 3), max_context=100)
     with pytest.raises(ValueError, match="NaN/inf"):
         quantize_context(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="beta"):
@@ -186,8 +190,43 @@ def test_estimator_fit_predict_recovers_mixture_and_is_deterministic():
     w = a.transform(X[:5])
     assert w.shape == (5, 3) and np.allclose(w.sum(1), 1.0)
     assert (a.score_samples(X) <= 0).all()
-    dot = AttentionClustering(n_clusters=3, score="dot", epochs=10, random_state=0).fit(X)
+    dot = AttentionClustering(n_clusters=3, similarity="dot", epochs=10, random_state=0).fit(X)
     assert adjusted_rand_score(labels.numpy(), dot.labels_) == 1.0
+
+
+# Every check, for both score functions and both inits; no check is expected to fail
+# (check_array_api_input skips itself unless SCIPY_ARRAY_API is set).
+@parametrize_with_checks(
+    [
+        AttentionClustering(n_clusters=3, epochs=3, random_state=0),
+        AttentionClustering(
+            n_clusters=3, similarity="dot", init="random", epochs=3, random_state=0
+        ),
+    ]
+)
+def test_sklearn_check_estimator(estimator, check):
+    check(estimator)
+
+
+def test_defaults_fit_predict_transform_score():
+    """AttentionClustering(n_clusters=..., random_state=...) from the top-level package."""
+    import clam_dist
+
+    x, _, labels = mixture(3, 4, 60, 8.0, seed=18)
+    X = x.numpy()
+    model = clam_dist.AttentionClustering(n_clusters=3, random_state=0)
+    assert model.fit(X) is model
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(labels.numpy(), model.labels_) == 1.0
+    np.testing.assert_array_equal(model.predict(X), model.labels_)
+    again = clam_dist.AttentionClustering(n_clusters=3, random_state=0).fit_predict(X)
+    np.testing.assert_array_equal(again, model.labels_)
+    w = model.transform(X)
+    assert w.shape == (180, 3) and np.allclose(w.sum(1), 1.0)
+    np.testing.assert_array_equal(w.argmax(1), model.labels_)  # highest attention weight
+    assert model.score(X) == pytest.approx(float(model.score_samples(X).mean()))
+    assert model.score(X) <= 0
 
 
 @pytest.mark.parametrize(
@@ -201,7 +240,7 @@ def test_estimator_fit_predict_recovers_mixture_and_is_deterministic():
         (np.zeros((4, 2)), {"n_clusters": 0}, "n_clusters must be an integer >= 1"),
         (np.zeros((4, 2)), {"beta": 0.0}, "beta must be a finite number > 0"),
         (np.zeros((4, 2)), {"beta": -1.0}, "beta must be a finite number > 0"),
-        (np.zeros((4, 2)), {"score": "cosine"}, "score must be one of"),
+        (np.zeros((4, 2)), {"similarity": "cosine"}, "similarity must be one of"),
         (np.zeros((4, 2)), {"init": "foo"}, "init must be one of"),
     ],
 )
@@ -225,7 +264,7 @@ def test_artifact_roundtrip_gives_the_same_labels(tmp_path):
     x, _, _ = mixture(3, 4, 30, 6.0, seed=15)
     X = x.numpy()
     for score in ("distance", "dot"):
-        model = AttentionClustering(n_clusters=3, score=score, epochs=3, random_state=0).fit(X)
+        model = AttentionClustering(n_clusters=3, similarity=score, epochs=3, random_state=0).fit(X)
         url = save_artifact(model.to_artifact(), str(tmp_path / score))
         predictor = ClusterPredictor.from_artifact(load_artifact(url))
         np.testing.assert_array_equal(predictor.predict(X)["cluster"], model.predict(X))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from clam_dist import DCAM
 from clam_dist.models.am import am_evolve
@@ -218,6 +219,33 @@ def test_artifact_roundtrip_encoder_and_predictor(tmp_path):
         encoder_from_artifact(art)
 
 
+# -- the scikit-learn estimator contract ------------------------------------------------------
+
+# Tiny network and few epochs so every check runs in well under a second; no check is
+# expected to fail (check_array_api_input skips itself unless SCIPY_ARRAY_API is set).
+CHECKED = DCAM(n_clusters=3, pretrain_epochs=2, epochs=2, hidden=(8,), latent_dim=2, random_state=0)
+
+
+@parametrize_with_checks([CHECKED])
+def test_sklearn_check_estimator(estimator, check):
+    check(estimator)
+
+
+def test_defaults_fit_predict_transform():
+    """DCAM(n_clusters=..., random_state=...) from the top-level package, nothing else set."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import clam_dist
+
+    x, y = blobs(seed=5)
+    model = clam_dist.DCAM(n_clusters=3, random_state=0)
+    labels = model.fit_predict(x)  # one default fit (determinism: the FAST test above)
+    assert adjusted_rand_score(y, labels) > 0.9
+    np.testing.assert_array_equal(model.predict(x), labels)
+    z = model.transform(x)
+    assert z.shape == (120, model.latent_dim) and np.isfinite(z).all()
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -240,6 +268,19 @@ def test_artifact_roundtrip_encoder_and_predictor(tmp_path):
             "does not fit the conv encoder",
         ),
         (np.zeros((4, 2)), {"recon_bound": "maybe"}, "recon_bound must be one of"),
+        # image shapes that do not fit the conv encoder, named in the message
+        (np.zeros((4, 50)), {"encoder": "conv"}, "cannot infer an image shape from 50 features"),
+        (
+            np.zeros((4, 64)),
+            {"encoder": "conv", "image_shape": (1, 8, 4)},
+            r"image_shape \(1, 8, 4\) has 32 values but the input has 64 features",
+        ),
+        (
+            np.zeros((4, 8, 8)),
+            {"encoder": "conv"},
+            r"X has shape \(4, 8, 8\): DCAM takes one flat row per sample",
+        ),
+        (np.zeros((4, 64)), {"image_shape": (1, 8, 8)}, "only used by the conv encoder"),
     ],
 )
 def test_estimator_bad_input(X, kwargs, match):
@@ -253,3 +294,13 @@ def test_predict_wrong_number_of_features():
     model = DCAM(n_clusters=2, random_state=0, pretrain_epochs=1, epochs=1, latent_dim=2).fit(x)
     with pytest.raises(ValueError, match="10 features"):
         model.predict(np.zeros((3, 4)))
+
+
+def test_conv_predict_names_the_fitted_image_shape():
+    x = np.random.default_rng(6).random((12, 64))
+    model = DCAM(n_clusters=2, encoder="conv", hidden=(2, 4), latent_dim=2, pretrain_epochs=1,
+                 epochs=1, random_state=0).fit(x)  # fmt: skip
+    with pytest.raises(ValueError, match=r"images of shape \(C, H, W\) = \(1, 8, 8\)"):
+        model.predict(np.zeros((3, 784)))  # 28x28 images into an 8x8 model
+    with pytest.raises(ValueError, match=r"X has shape \(3, 8, 8\)"):
+        model.transform(np.zeros((3, 8, 8)))  # unflattened images

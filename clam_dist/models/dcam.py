@@ -305,8 +305,14 @@ class DCAMModel(nn.Module):
         return self.autoencoder.decoder
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, phase: str = "joint"
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        phase: str = "joint",
+        latent_fill: torch.Tensor | None = None,
     ) -> dict:
+        """``latent_fill`` overrides the batch's own fill of hidden latent coordinates (a
+        distributed trainer passes the GLOBAL batch's, so N workers match one)."""
         z = self.encoder(x)
         recon = ((self.decoder(z) - x) ** 2).sum(dim=1).mean()
         if phase == "pretrain":
@@ -316,7 +322,7 @@ class DCAMModel(nn.Module):
         if mask is None:
             z_t = am_evolve(z, self.prototypes, self.beta, self.alpha, self.steps, self.metric)
         else:
-            fill = _latent_fill(z, self.fill)
+            fill = _latent_fill(z, self.fill) if latent_fill is None else latent_fill
             z0 = z * (1 - mask) + fill * mask
             z_t = am_evolve(
                 z0, self.prototypes, self.beta, self.alpha, self.steps, self.metric, mask=mask

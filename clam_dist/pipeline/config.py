@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist.train.config import TrainDCAM
+
 
 @dataclass
 class DataSection:
@@ -29,7 +31,8 @@ class ModelSection:
     # "sample": the in-memory estimator on a uniform sample (quick look, no Ray Train).
     trainer: Literal["ray", "sample"] = "ray"
     num_workers: int = 2
-    method: Literal["clam", "kmeans"] = "clam"
+    method: Literal["clam", "kmeans", "attention", "dcam"] = "clam"
+    similarity: Literal["distance", "dot"] = "distance"  # attention scores
     n_clusters: int = 16
     beta: float | None = None
     alpha: float = 0.1
@@ -60,4 +63,5 @@ class PipelineConfig:
     eval_sample: int = 10_000
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
+    dcam: TrainDCAM = field(default_factory=TrainDCAM)  # model.method = "dcam" only
     assign: AssignSection = field(default_factory=AssignSection)

@@ -81,6 +81,15 @@ def check_shape(state: dict, k: int, d: int) -> None:
         )
 
 
+def check_method(state: dict, method: str) -> None:
+    """A checkpoint continues only the method that wrote it."""
+    saved = state.get("method", state.get("config", {}).get("model", {}).get("method"))
+    if saved is not None and saved != method:
+        raise ValueError(
+            f"resume checkpoint was written by model.method={saved!r}; this run has {method!r}"
+        )
+
+
 def open_checkpoint(path: str, storage_options: dict | None = None):
     """A ray.train.Checkpoint for a local path or a URL (s3://..., with storage_options,
     e.g. a custom endpoint)."""

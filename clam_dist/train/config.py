@@ -27,7 +27,9 @@ class TrainData:
 
 @dataclass
 class TrainModel:
-    method: Literal["clam", "kmeans"] = "clam"
+    # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
+    # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
+    method: Literal["clam", "kmeans", "attention", "dcam"] = "clam"
     n_clusters: int = 16
     beta: float | None = None
     alpha: float = 0.1
@@ -40,6 +42,26 @@ class TrainModel:
     # default); "kmeans++" seeding only; "kmeans||" for large k.
     init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
     kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"
+    # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
+    similarity: Literal["distance", "dot"] = "distance"
+
+
+@dataclass
+class TrainDCAM:
+    """DCAM only: the autoencoder and its two phases (model.* holds k, beta, alpha, T,
+    mask; optim.epochs counts the JOINT epochs, after ``pretrain_epochs``)."""
+
+    encoder: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = 10
+    hidden: list[int] | None = None  # None: [128, 64] (mlp) or [16, 32] channels (conv)
+    image_shape: list[int] | None = None  # conv: [C, H, W]; None: square 1/3-channel guess
+    pretrain_epochs: int = 5
+    recon_weight: float = 1.0
+    # The joint phase may trade reconstruction for clustering only within this tolerance
+    # of the pretrained reconstruction loss: "select" keeps the best epoch within it,
+    # "stop" also stops at the first epoch beyond it, "none" ignores it.
+    recon_tolerance: float = 0.10
+    recon_bound: Literal["select", "stop", "none"] = "select"
 
 
 @dataclass
@@ -81,5 +103,6 @@ class TrainRun:
 class TrainConfig:
     data: TrainData = field(default_factory=TrainData)
     model: TrainModel = field(default_factory=TrainModel)
+    dcam: TrainDCAM = field(default_factory=TrainDCAM)
     optim: TrainOptim = field(default_factory=TrainOptim)
     run: TrainRun = field(default_factory=TrainRun)

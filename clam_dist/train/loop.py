@@ -20,6 +20,7 @@ import torch
 from clam_dist.config import from_dict
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
+from clam_dist.train.objectives import make_objective, total_epochs
 from clam_dist.train.sources import make_source
 from clam_dist.train.step import (
     LaneStream,
@@ -27,7 +28,6 @@ from clam_dist.train.step import (
     fingerprint,
     lr_factor,
     resolve_lanes,
-    scaled_local_loss,
     take_step,
     worker_lanes,
 )
@@ -61,6 +61,16 @@ class Comm:
         self.bytes[kind] += t.numel() * t.element_size()
         return t
 
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank ``src``'s tensor on every worker (a no-op on one worker)."""
+        if not self.distributed:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device).contiguous()
+        dist.broadcast(t, src=src)
+        return t
+
 
 def train_loop(loop_config: dict) -> None:
     import ray.train
@@ -78,68 +88,107 @@ def train_loop(loop_config: dict) -> None:
         dist.is_available() and dist.is_initialized() and world > 1, device, cfg.run.barrier_timing
     )
     am, opt_cfg = cfg.model, cfg.optim
+    n_epochs = total_epochs(cfg)
 
     source = make_source(cfg)
-    mean, scale, fill = (
-        torch.tensor(init[key], dtype=torch.float32, device=device)
-        for key in ("mean", "scale", "fill")
+    mean, scale = (
+        torch.tensor(init[key], dtype=torch.float32, device=device) for key in ("mean", "scale")
     )
-    protos = torch.nn.Parameter(
+    k, d_in = len(init["prototypes"]), len(init["mean"])
+    # k-means updates its centres in closed form; every other method is gradient-trained
+    # through an objective (train/objectives.py) with ONE flat all-reduced gradient.
+    objective = (
+        None
+        if am.method == "kmeans"
+        else make_objective(cfg, init, device, loop_config.get("sample"))
+    )
+    protos = (
         torch.tensor(init["prototypes"], dtype=torch.float32, device=device)
+        if objective is None
+        else None
     )
-    k, d = protos.shape
     kcounts = torch.zeros(k, device=device)  # mini-batch k-means: rows ever assigned per centre
-    lloyd_sums, lloyd_counts = torch.zeros(k, d, device=device), torch.zeros(k, device=device)
-    optimizer = torch.optim.Adam([protos], lr=opt_cfg.lr)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=opt_cfg.plateau_factor, patience=opt_cfg.plateau_patience
-    )
+    lloyd_sums = torch.zeros(k, d_in, device=device)
+    lloyd_counts = torch.zeros(k, device=device)
     epoch = step_in_epoch = global_step = 0
     epoch_sums = torch.zeros(3, dtype=torch.float64)  # global loss sum, rows, energy sum
     history: list[dict] = []
     verified = 0
 
+    def new_optimizer():
+        params = objective.trainable() if objective is not None else [torch.zeros(1)]
+        opt = torch.optim.Adam(params, lr=opt_cfg.lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=opt_cfg.plateau_factor, patience=opt_cfg.plateau_patience
+        )
+        return opt, sched
+
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and cfg.run.resume_from:
         checkpoint = ckpt.open_checkpoint(cfg.run.resume_from, cfg.data.storage_options)
+    loaded = None
     if checkpoint is not None:
         with checkpoint.as_directory() as ckdir:
             tensors, state = ckpt.load(ckdir)
-        ckpt.check_shape(state, k, d)
-        with torch.no_grad():
+        ckpt.check_shape(state, k, d_in)
+        ckpt.check_method(state, am.method)
+        if objective is not None:
+            objective.load_state(state.get("objective", {}))
+            objective.load_state_tensors(tensors)
+        else:
             protos.copy_(tensors["prototypes"])
             kcounts.copy_(tensors["kmeans_counts"])
             lloyd_sums.copy_(tensors["lloyd_sums"])
             lloyd_counts.copy_(tensors["lloyd_counts"])
-        ckpt.optimizer_from_files(optimizer, tensors, state["optimizer"])
-        plateau.load_state_dict(state["plateau"])
         epoch, step_in_epoch = state["data_position"]["epoch"], state["data_position"]["step"]
         global_step = state["global_step"]
         epoch_sums = torch.tensor(state["epoch_sums"], dtype=torch.float64)
         history = list(state["history"])
+        loaded = (tensors, state)
+    # Built after the objective's state is restored: which parameters train depends on
+    # the phase (DCAM pretraining trains the autoencoder only).
+    optimizer, plateau = new_optimizer()
+    if loaded is not None:
+        tensors, state = loaded
+        ckpt.optimizer_from_files(optimizer, tensors, state["optimizer"])
+        plateau.load_state_dict(state["plateau"])
+
+    def current_prototypes() -> torch.Tensor:
+        return objective.prototypes() if objective is not None else protos
+
+    def all_parameters() -> torch.Tensor:
+        if objective is None:
+            return protos
+        return torch.cat([p.detach().reshape(-1) for p in objective.module.parameters()])
 
     def check_identical(where: str) -> None:
-        """Bit-identical prototypes on every worker, else fail loudly."""
+        """Bit-identical parameters on every worker, else fail loudly."""
         nonlocal verified
-        fp = comm.all_reduce(fingerprint(protos), "max", kind="verify").cpu()
+        fp = comm.all_reduce(fingerprint(all_parameters()), "max", kind="verify").cpu()
         if int(fp[0]) != -int(fp[1]):
-            raise RuntimeError(f"prototypes differ across workers {where} (fingerprints disagree)")
+            raise RuntimeError(f"parameters differ across workers {where} (fingerprints disagree)")
         verified += 1
 
     def save_checkpoint(directory: str) -> None:
         opt_tensors, opt_meta = ckpt.optimizer_to_files(optimizer)
-        ckpt.save(
-            directory,
-            {
+        if objective is None:
+            tensors = {
                 "prototypes": protos,
                 "kmeans_counts": kcounts,
                 "lloyd_sums": lloyd_sums,
                 "lloyd_counts": lloyd_counts,
-                **opt_tensors,
-            },
+            }
+        else:
+            # a copy: safetensors refuses two names for one storage
+            tensors = {"prototypes": objective.prototypes().clone(), **objective.state_tensors()}
+        ckpt.save(
+            directory,
+            {**tensors, **opt_tensors},
             {
                 "k": k,
-                "d": d,
+                "d": d_in,
+                "d_model": int(current_prototypes().shape[1]),
+                "method": am.method,
                 "global_step": global_step,
                 "data_position": {
                     "epoch": epoch,
@@ -151,6 +200,7 @@ def train_loop(loop_config: dict) -> None:
                 "epoch_sums": epoch_sums.tolist(),
                 "optimizer": opt_meta,
                 "plateau": plateau.state_dict(),
+                "objective": objective.state() if objective is not None else {},
                 "init": {key: v for key, v in init.items() if key != "prototypes"},
                 "config": loop_config["train"],
                 "history": history,
@@ -163,8 +213,12 @@ def train_loop(loop_config: dict) -> None:
     row_counts = source.file_row_counts()
     steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
     window = _Window(k, world, comm)
-    beta = float(init["beta"])
-    while epoch < opt_cfg.epochs and global_step < total_steps:
+    stopped = False
+    while epoch < n_epochs and global_step < total_steps and not stopped:
+        if objective is not None and objective.begin_epoch(epoch, comm, rank):
+            optimizer, plateau = new_optimizer()  # a new phase (DCAM: the joint loss)
+            check_identical(f"at the start of epoch {epoch} (new phase)")
+        phase = objective.phase(epoch) if objective is not None else "train"
         streams = [
             LaneStream(
                 source,
@@ -188,15 +242,18 @@ def train_loop(loop_config: dict) -> None:
             # Monitoring uses the prototypes the step starts from (no extra sync needed).
             t0 = time.perf_counter()
             with torch.no_grad():
-                if len(x):
-                    d2, idx = nearest_prototypes(x, protos.detach(), am.metric)
+                if len(x) and (objective is None or objective.monitoring()):
+                    zx = objective.model_space(x) if objective is not None else x
+                    beta_now = objective.beta if objective is not None else float(init["beta"])
+                    d2, idx = nearest_prototypes(zx, current_prototypes(), am.metric)
                     window.assign += torch.bincount(idx[:, 0], minlength=k).to(window.assign)
                     window.sums[2] += float(
-                        energy(x, protos.detach(), beta, am.metric).double().sum()
+                        energy(zx, current_prototypes(), beta_now, am.metric).double().sum()
                     )
+                if len(x):
                     window.sums[1] += len(x)
             window.monitor_s += time.perf_counter() - t0
-            if am.method == "clam":
+            if objective is not None:
                 for group in optimizer.param_groups:
                     if opt_cfg.schedule != "plateau":
                         group["lr"] = opt_cfg.lr * lr_factor(
@@ -207,59 +264,66 @@ def train_loop(loop_config: dict) -> None:
                             opt_cfg.min_lr_factor,
                         )
                 t0 = time.perf_counter()
-                mask = batch_mask(ids, d, am.mask_ratio, am.shared_every, epoch, step, cfg.run.seed)
-                loss = scaled_local_loss(
-                    protos,
-                    x,
-                    None if mask is None else mask.to(device),
-                    fill,
-                    beta,
-                    am.alpha,
-                    am.steps,
-                    am.metric,
-                    world,
-                    max(1, global_rows),
+                width = objective.mask_width() if phase != "pretrain" else None
+                mask = (
+                    None
+                    if width is None
+                    else batch_mask(
+                        ids, width, am.mask_ratio, am.shared_every, epoch, step, cfg.run.seed
+                    )
                 )
+                mask = None if mask is None else mask.to(device)
+                # Collectives inside the loss (DCAM's global latent fill) run on EVERY
+                # worker, also one whose share of this step is empty.
+                context = objective.batch_context(x, mask, comm, epoch)
+                params = objective.trainable()
+                if len(x):
+                    loss = scale_to_global(
+                        objective.mean_loss(x, mask, context, epoch),
+                        len(x),
+                        world,
+                        max(1, global_rows),
+                    )
+                else:  # keep every parameter in the graph so the all-reduce has its grad
+                    loss = sum((p * 0).sum() for p in params)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 window.compute_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                grad = protos.grad if protos.grad is not None else torch.zeros_like(protos)
-                comm.all_reduce(grad, kind="step")
+                all_reduce_mean_grads(params, comm, world)
                 window.comm_s += time.perf_counter() - t0
-                protos.grad = grad / world
                 if global_rows:
                     optimizer.step()
                 window.sums[0] += float(loss.detach()) * global_rows / world
             else:
                 t0 = time.perf_counter()
                 if len(x):
-                    s, c, _ = batch_sums_counts(x, protos.detach(), am.metric)
+                    s, c, _ = batch_sums_counts(x, protos, am.metric)
                     window.sums[0] += float(d2.double().sum())
                 else:
-                    s, c = torch.zeros_like(protos.detach()), torch.zeros(k, device=device)
+                    s, c = torch.zeros_like(protos), torch.zeros(k, device=device)
                 window.compute_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 sc = comm.all_reduce(torch.cat([s, c[:, None]], dim=1), kind="step")
                 window.comm_s += time.perf_counter() - t0
-                s, c = sc[:, :d], sc[:, d]
-                with torch.no_grad():
-                    if am.kmeans_algorithm == "minibatch":
-                        new, kcounts_new = apply_minibatch(
-                            protos.detach(), kcounts, s, c, am.metric
-                        )
-                        protos.copy_(new)
-                        kcounts.copy_(kcounts_new)
-                    else:
-                        lloyd_sums += s
-                        lloyd_counts += c
+                s, c = sc[:, :d_in], sc[:, d_in]
+                if am.kmeans_algorithm == "minibatch":
+                    new, kcounts_new = apply_minibatch(protos, kcounts, s, c, am.metric)
+                    protos.copy_(new)
+                    kcounts.copy_(kcounts_new)
+                else:
+                    lloyd_sums += s
+                    lloyd_counts += c
             window.steps += 1
             global_step += 1
             step_in_epoch = step + 1
             if cfg.run.verify_every and global_step % cfg.run.verify_every == 0:
                 check_identical(f"after step {global_step}")
             end_epoch = step_in_epoch == steps_per_epoch[epoch] or global_step >= total_steps
-            last = global_step >= total_steps or (end_epoch and epoch + 1 >= opt_cfg.epochs)
+            epoch_extra: dict = {}
+            if end_epoch and objective is not None:
+                epoch_extra, stopped = objective.end_epoch(epoch, comm, rank)
+            last = stopped or global_step >= total_steps or (end_epoch and epoch + 1 >= n_epochs)
             ckpt_now = (
                 last
                 or (
@@ -283,18 +347,17 @@ def train_loop(loop_config: dict) -> None:
                 total_steps=total_steps,
                 workers=world,
                 lr=optimizer.param_groups[0]["lr"],
+                **({"phase": phase} if phase != "train" else {}),
             )
             if end_epoch:
                 epoch_loss = float(epoch_sums[0] / max(1.0, float(epoch_sums[1])))
                 metrics["epoch_loss"] = epoch_loss
-                if am.method == "kmeans" and am.kmeans_algorithm == "lloyd":
-                    with torch.no_grad():
-                        protos.copy_(
-                            apply_lloyd(protos.detach(), lloyd_sums, lloyd_counts, am.metric)
-                        )
+                metrics.update(epoch_extra)
+                if objective is None and am.kmeans_algorithm == "lloyd":
+                    protos.copy_(apply_lloyd(protos, lloyd_sums, lloyd_counts, am.metric))
                     lloyd_sums.zero_()
                     lloyd_counts.zero_()
-                if am.method == "clam" and opt_cfg.schedule == "plateau":
+                if objective is not None and opt_cfg.schedule == "plateau":
                     plateau.step(epoch_loss)
                 check_identical(f"at the end of epoch {epoch}")
                 epoch, step_in_epoch = epoch + 1, 0
@@ -302,8 +365,11 @@ def train_loop(loop_config: dict) -> None:
             metrics["verified_steps"] = verified  # fingerprint checks so far (incl. step 0)
             metrics["prototype_divergence"] = 0.0  # checked above; a mismatch raises
             history.append(metrics)
-            if last and rank == 0:
-                _write_artifact(cfg, init, protos, run_url, history)
+            if last:
+                if objective is not None:
+                    objective.finalize()  # DCAM: the selected (bounded) state
+                if rank == 0:
+                    _write_artifact(cfg, init, objective, protos, run_url, history)
             if ckpt_now:
                 with tempfile.TemporaryDirectory() as tmp:
                     if rank == 0:
@@ -314,10 +380,31 @@ def train_loop(loop_config: dict) -> None:
                     )
             else:
                 ray.train.report(metrics)
-            if end_epoch:
-                break  # next epoch (fresh lane streams)
+            if end_epoch or last:
+                break  # next epoch (fresh lane streams), or done
         else:  # an epoch with no steps (cannot happen with non-empty data): move on
             epoch, step_in_epoch = epoch + 1, 0
+
+
+def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global_rows: int):
+    """This worker's share of the global-batch mean, pre-scaled for gradient AVERAGING: the
+    average over workers of the gradients is then exactly the global batch's gradient."""
+    return mean_loss * local_rows * world / global_rows
+
+
+def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> None:
+    """Average every parameter's gradient over the workers in ONE flat all-reduce (what
+    DDP's buckets do, in one bucket: the models here are small)."""
+    if not params:
+        return
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
+    flat = comm.all_reduce(flat, kind="step") / world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 class _Window:
@@ -383,27 +470,31 @@ def _maybe_fail(
 
 
 def _write_artifact(
-    cfg: TrainConfig, init: dict, protos, run_url: str, history: list[dict]
+    cfg: TrainConfig, init: dict, objective, protos, run_url: str, history: list[dict]
 ) -> None:
     from clam_dist.artifacts import ModelArtifact, save_artifact
     from clam_dist.config import to_dict
 
-    clam = cfg.model.method == "clam"
+    if objective is not None:
+        fields = objective.artifact_fields()
+        prototypes = objective.prototypes()
+    else:  # k-means: nearest centre, no dynamics
+        fields = {"beta": init["beta"], "alpha": 1.0, "steps": 0, "metric": cfg.model.metric}
+        prototypes = protos
+    meta = {
+        **fields.pop("meta", {}),
+        "final_metrics": history[-1],
+        "loss_history": [h["epoch_loss"] for h in history if "epoch_loss" in h],
+        "trained_with": "ray-train",
+        "config": to_dict(cfg),
+    }
     art = ModelArtifact(
         method=cfg.model.method,
-        prototypes=protos.detach().cpu().numpy(),
+        prototypes=prototypes.detach().cpu().numpy(),
         n_features=len(init["mean"]),
-        beta=init["beta"],
-        alpha=cfg.model.alpha if clam else 1.0,
-        steps=cfg.model.steps if clam else 0,
-        metric=cfg.model.metric,
         scaler_mean=np.asarray(init["mean"], np.float32),
         scaler_scale=np.asarray(init["scale"], np.float32),
-        meta={
-            "final_metrics": history[-1],
-            "loss_history": [h["epoch_loss"] for h in history if "epoch_loss" in h],
-            "trained_with": "ray-train",
-            "config": to_dict(cfg),
-        },
+        meta=meta,
+        **fields,
     )
     save_artifact(art, f"{run_url}/{cfg.run.name}/model", cfg.data.storage_options)

@@ -48,6 +48,21 @@ def initialise(cfg: TrainConfig) -> dict:
         )
     mean, scale = scaler(stats, cfg.data.standardize)
     z = torch.from_numpy(((sample.x - mean) / scale).astype(np.float32))
+    fills = {"mean": stats.mean, "min": stats.min, "max": stats.max, "zero": mean}
+    fill = (fills[cfg.model.fill] - mean) / scale
+    common = {
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "fill": np.asarray(fill, dtype=np.float32).tolist(),
+        "rows": int(stats.count),
+    }
+    if cfg.model.method == "dcam":
+        # DCAM's prototypes live in the latent space of an autoencoder that does not exist
+        # yet: the loop sets them (k-means on the pretrained latents of the sample) when
+        # pretraining ends. Here: placeholders, and the standardised sample (the caller
+        # pops it: it travels beside the JSON-able init, never into checkpoints).
+        latent = cfg.dcam.latent_dim
+        return {"prototypes": [[0.0] * latent] * k, "beta": 1.0, **common, "sample": z.numpy()}
     gen = torch.Generator().manual_seed(cfg.run.seed)
     if cfg.model.init == "kmeans||":
         protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
@@ -60,16 +75,19 @@ def initialise(cfg: TrainConfig) -> dict:
         if cfg.model.beta is not None
         else beta_from_data(z, protos, cfg.model.metric)
     )
-    fills = {"mean": stats.mean, "min": stats.min, "max": stats.max, "zero": mean}
-    fill = (fills[cfg.model.fill] - mean) / scale
-    return {
-        "prototypes": protos.numpy().tolist(),
-        "beta": float(beta),
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "fill": np.asarray(fill, dtype=np.float32).tolist(),
-        "rows": int(stats.count),
-    }
+    return {"prototypes": protos.numpy().tolist(), "beta": float(beta), **common}
+
+
+def standardized_sample(cfg: TrainConfig, init: dict) -> np.ndarray:
+    """A uniform sample of ``data.init_sample`` rows, standardised with the run's scaler
+    (DCAM: k-means on its latents starts the joint phase, and the reconstruction bound
+    is checked on it at every epoch end)."""
+    from clam_dist.data.stats import sample_rows
+
+    sample = sample_rows(make_source(cfg), cfg.data.init_sample, cfg.run.seed)
+    mean = np.asarray(init["mean"], dtype=np.float64)
+    scale = np.asarray(init["scale"], dtype=np.float64)
+    return ((sample.x - mean) / scale).astype(np.float32)
 
 
 def scaler(stats, standardize: bool) -> tuple[np.ndarray, np.ndarray]:

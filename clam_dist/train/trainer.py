@@ -1,4 +1,4 @@
-"""Distributed ClAM / k-means training with Ray Train: the driver side.
+"""Distributed training with Ray Train (ClAM, attention clustering, DCAM, k-means): the driver side.
 
 ``run_training(config)`` checks resources and storage (fail fast, with the numbers),
 initialises once (``sources.initialise``) or takes the initialisation from a resume
@@ -17,7 +17,8 @@ from clam_dist.config import to_dict
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
-from clam_dist.train.sources import initialise, make_source
+from clam_dist.train.objectives import encoder_spec, total_epochs
+from clam_dist.train.sources import initialise, make_source, standardized_sample
 from clam_dist.train.step import resolve_lanes, steps_in_epoch
 
 
@@ -83,6 +84,26 @@ def check_resources(cfg: TrainConfig) -> None:
         )
 
 
+def check_method_config(cfg: TrainConfig, d: int) -> None:
+    """Method-specific checks that need the data's width, before any work starts."""
+    if cfg.model.n_clusters < 1:
+        raise ValueError(f"model.n_clusters must be >= 1, got {cfg.model.n_clusters}")
+    if cfg.model.method != "dcam":
+        return
+    dc = cfg.dcam
+    if dc.pretrain_epochs < 0 or dc.recon_tolerance < 0 or dc.recon_weight < 0:
+        raise ValueError(
+            "dcam.pretrain_epochs, dcam.recon_tolerance and dcam.recon_weight must be >= 0, "
+            f"got {dc.pretrain_epochs}, {dc.recon_tolerance}, {dc.recon_weight}"
+        )
+    encoder_spec(cfg, d)  # raises naming the shape when the images do not fit the encoder
+    if cfg.data.init_sample < cfg.model.n_clusters:
+        raise ValueError(
+            f"data.init_sample={cfg.data.init_sample} rows cannot seed model.n_clusters="
+            f"{cfg.model.n_clusters} latent prototypes"
+        )
+
+
 def plan_steps(cfg: TrainConfig, source) -> dict:
     """Steps per epoch (from Parquet footers; the same on every worker) and the total."""
     files, counts = source.files(), source.file_row_counts()
@@ -94,7 +115,7 @@ def plan_steps(cfg: TrainConfig, source) -> dict:
         )
     per_epoch = [
         steps_in_epoch(files, counts, n_lanes, lane_batch, e, cfg.run.seed)
-        for e in range(cfg.optim.epochs)
+        for e in range(total_epochs(cfg))
     ]
     total = sum(per_epoch)
     if cfg.optim.max_steps:
@@ -108,6 +129,7 @@ def resume_init(cfg: TrainConfig, d: int) -> dict:
     resume = ckpt.open_checkpoint(cfg.run.resume_from, cfg.data.storage_options)
     state = ckpt.read_state(resume)
     ckpt.check_shape(state, cfg.model.n_clusters, d)
+    ckpt.check_method(state, cfg.model.method)
     with resume.as_directory() as ckdir:
         tensors, _ = ckpt.load(ckdir)
     return {**state["init"], "prototypes": tensors["prototypes"].tolist()}
@@ -127,10 +149,15 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     plan = plan_steps(cfg, source)
     # Ray Train v2 has no resume_from_checkpoint: the loop opens run.resume_from itself
     # when Ray hands it no checkpoint of this run (a restart after a failure does).
+    check_method_config(cfg, source.dim())
     init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg)
+    loop_config = {"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url}
+    if cfg.model.method == "dcam":  # the sample DCAM's joint phase starts from (numpy)
+        sample = init.pop("sample", None)
+        loop_config["sample"] = sample if sample is not None else standardized_sample(cfg, init)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers,

@@ -69,7 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return run_logged(args.command, lambda: importlib.import_module(args._module).run(args))
+
+
+def run_logged(command: str, fn) -> int:
+    """Run a command with structured start/end records (JSON lines on stderr, see
+    clam_dist.logs): exit code, wall seconds, and the exception type and message of a
+    crash. The command line itself is not logged: --set values may carry credentials."""
+    import time
+
+    from clam_dist.logs import log_event, set_job
+
+    set_job(command)
+    log_event("job_start")
+    t0 = time.perf_counter()
+    try:
+        code = int(fn() or 0)
+    except BaseException as exc:
+        log_event(
+            "job_done",
+            level="error",
+            exit_code=None,
+            seconds=round(time.perf_counter() - t0, 3),
+            error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        )
+        raise
+    log_event(
+        "job_done",
+        level="info" if code == 0 else "error",
+        exit_code=code,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ time spent waiting for the slower worker ("wait") is not counted as all-reduce t
 "monitor" is the per-step energy / nearest-prototype bookkeeping for the metrics.
 
     python jobs/scaling.py [--n 200000 --d 64 --k 64 --batch 4096 --epochs 2 --workers 1,2]
+        [--method clam|kmeans|attention|dcam]   (dcam: the last epoch is a joint-loss epoch)
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096, help="rows per worker per step")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", default="1,2")
-    p.add_argument("--method", default="clam", choices=["clam", "kmeans"])
+    p.add_argument("--method", default="clam", choices=["clam", "kmeans", "attention", "dcam"])
+    p.add_argument(
+        "--pretrain-epochs", type=int, default=1, help="dcam: autoencoder epochs before --epochs"
+    )
     p.add_argument("--json", default="bench_results/scaling.json")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -55,6 +59,7 @@ def main() -> None:
                     f"run.num_workers={w}",
                     f"run.storage_path={tmp}/runs",
                     f"run.name=w{w}",
+                    f"dcam.pretrain_epochs={args.pretrain_epochs}",
                     f"run.checkpoint_every={args.epochs}",
                     "run.report_every=1000000",  # one metrics window per epoch
                     "run.barrier_timing=true",  # straggler wait timed apart from the all-reduce

@@ -92,6 +92,7 @@ def test_cli_assign_through_s3_equals_in_memory_predict(ray_local, fitted, s3_se
     assert (table.column("margin").to_numpy() >= 0).all()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows"] == N and summary["batch_size"] == 300
+    assert set(summary["timings_s"]) >= {"checks", "assign_write", "drift", "commit"}
     # drift vs the training energy's 99th percentile on the same data: about 1%
     assert summary["drift"]["rows_above"] == pytest.approx(0.01 * N, abs=3)
     # a committed output is never silently replaced

@@ -43,7 +43,7 @@ def config(root, name: str, *extra: str) -> TrainConfig:
             "optim.batch_size=100",
             "optim.schedule=constant",
             "run.num_workers=2",
-            "run.report_every=6",
+            "run.report_every=12",
             f"run.storage_path={root / 'runs'}",
             f"run.name={name}",
             *extra,
@@ -111,7 +111,7 @@ def test_dcam_joint_phase_resume_and_one_vs_two_workers(dataset, s3_server):
         "data.init_sample=600",
         "optim.epochs=2",
         "optim.lr=0.02",
-        "run.checkpoint_every_steps=5",
+        "run.checkpoint_every_steps=10",
     )
     # 12 steps per epoch: pretraining is steps 0-47, the joint phase starts at step 48
     cfg = config(

@@ -85,7 +85,43 @@ def test_heldout_loss_is_reported_on_fixed_masks():
     assert a == b and a > 0  # same masks, same init -> same score
 
 
-def test_tiny_search_writes_a_config_the_training_job_accepts(ray_local, tmp_path):
+def test_jobs_entrypoint_refuses_an_inverted_space_before_any_work(tmp_path):
+    """What `ray job submit -- python jobs/tune.py ...` runs: exit 2 in seconds, the
+    message on stdout, a JSON job_done record on stderr, nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "jobs/tune.py", "--dataset", "ecoli", "--set", "search.lr=[0.1,0.001]",
+         "--output", str(tmp_path / "best.toml")],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "config error: search.lr is inverted: low 0.1 > high 0.001" in out.stdout
+    done = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")][-1]
+    assert done["event"] == "job_done" and done["job"] == "tune" and done["exit_code"] == 2
+    assert "Started a local Ray instance" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finalists_are_searched_survivors_best_first():
+    from clam_dist.tune.search import pick_finalists
+
+    def rec(trial, epochs, score, is_default=False):
+        return {"trial": trial, "epochs": epochs, "is_default": is_default,
+                "last": {"silhouette": score}}  # fmt: skip
+
+    records = [rec(0, 15, 0.9, True), rec(1, 3, 0.8), rec(2, 15, 0.3), rec(3, 15, 0.5)]
+    records += [rec(4, 9, 0.2), rec(5, 3, 0.7)]
+    picked = pick_finalists(records, "silhouette", "max", 15, 4)
+    # survivors first (best first), then the trial ASHA let run furthest; never the default
+    assert [r["trial"] for r in picked] == [3, 2, 4, 1]
+    assert [r["trial"] for r in pick_finalists(records, "silhouette", "min", 15, 1)] == [2]
+
+
+def test_tiny_search_writes_a_config_the_training_job_accepts(ray_local, tmp_path, capsys):
     from clam_dist.train.config import TrainConfig
     from clam_dist.tune.search import run_tune
 
@@ -103,10 +139,29 @@ def test_tiny_search_writes_a_config_the_training_job_accepts(ray_local, tmp_pat
         ],
     )
     summary = run_tune(config)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()
+              if line.startswith("{")]  # fmt: skip
+    assert events.count("trial_done") == 3 and events.count("finalist") == 2
+    assert events[-2:] == ["confirmed", "tune_done"]
     assert len(summary["trials"]) == 3  # 2 sampled + the default configuration
     assert sum(r["is_default"] for r in summary["trials"]) == 1
     assert max(r["epochs"] for r in summary["trials"]) == 3
     fin = summary["final"]
+    # finalists and the default re-trained on fresh seeds (not the search's seed 0), the best
+    # finalist confirmed against the default on further, disjoint seeds
+    assert fin["select_seeds"] == [1, 2, 3] and fin["confirm_seeds"] == [4, 5, 6, 7, 8]
+    assert len(fin["finalists"]) == 2
+    for rec in [*fin["finalists"], fin["default_select"]]:
+        assert [r["seed"] for r in rec["per_seed"]] == [1, 2, 3]
+    for rec in (fin["search_best"], fin["default"]):
+        assert [r["seed"] for r in rec["per_seed"]] == [4, 5, 6, 7, 8]
+        sil = np.mean([r["silhouette"] for r in rec["per_seed"]])
+        assert rec["silhouette"] == pytest.approx(sil)
+    best = max(fin["finalists"], key=lambda r: r["silhouette"])
+    assert fin["search_best"]["point"] == best["point"]
+    gain = fin["search_best"]["silhouette"] - fin["default"]["silhouette"]
+    assert fin["search_best"]["gain_vs_default"] == pytest.approx(gain)
+    assert summary["chosen"] == ("search" if gain >= 0 else "default")
     chosen = fin["search_best"] if summary["chosen"] == "search" else fin["default"]
     assert chosen["silhouette"] >= fin["default"]["silhouette"]
     assert chosen["n_nonempty"] == 8

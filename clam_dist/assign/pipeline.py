@@ -23,6 +23,7 @@ from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignm
 from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, open_filesystem, redact
+from clam_dist.logs import log_event
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 BASE_COLUMNS = ("id", "cluster", "distance")
@@ -141,6 +142,9 @@ class AssignResult:
     batch_size: int = 0
     drift: dict = field(default_factory=dict)  # energy_p99, rows_above, share_above | note
     manifest: dict = field(default_factory=dict)
+    # Seconds per stage: checks (model, schema, output prefix), ray_init, assign_write (read
+    # -> model -> staged Parquet, streamed together), drift, commit.
+    timings_s: dict = field(default_factory=dict)
 
     @property
     def drift_share(self) -> float | None:
@@ -281,6 +285,16 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     import ray
 
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    lap = _Lap(timings)
+    log_event(
+        "assign_start",
+        input=config.input_url,
+        output=config.output_url,
+        model=config.model,
+        partition=config.partition,
+        storage_options=config.storage_options,
+    )
     artifact = _load_model(config)
     source = config.source()
     _check_inputs(config, source, artifact)
@@ -294,8 +308,10 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     outputs = list(dict.fromkeys(config.outputs + (["energy"] if energy_p99 is not None else [])))
     batch_size = config.batch_size or auto_batch_size(artifact.n_features, artifact.k)
     fail_after = config.fail_after_batches or int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+    lap("checks")
     if not ray.is_initialized():
         ray.init()  # under `ray job submit` this joins the job's cluster
+        lap("ray_init")
     from clam_dist.data.ray_dataset import to_ray_dataset
 
     ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
@@ -321,10 +337,12 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     labelled.write_parquet(
         prefix.staging_path(staging), filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(prefix.fs))
     )
+    lap("assign_write")
     if config.crash_before_commit or os.environ.get(CRASH_BEFORE_COMMIT_ENV) == "1":
         raise InjectedCrash("injected crash after the staged write, before the commit")
 
     drift = _drift(prefix, staging, energy_p99)
+    lap("drift")
     manifest = prefix.commit(
         staging,
         expected,
@@ -342,8 +360,9 @@ def run_assignment(config: AssignConfig) -> AssignResult:
             "drift": drift,
         },
     )
+    lap("commit")
     seconds = time.perf_counter() - t0
-    return AssignResult(
+    result = AssignResult(
         output=config.output_url,
         rows=manifest["rows"],
         files=len(manifest["files"]),
@@ -352,4 +371,28 @@ def run_assignment(config: AssignConfig) -> AssignResult:
         batch_size=batch_size,
         drift=drift,
         manifest=manifest,
+        timings_s=timings,
     )
+    log_event(
+        "assign_done",
+        output=result.output,
+        rows=result.rows,
+        files=result.files,
+        seconds=round(seconds, 3),
+        rows_per_second=round(result.rows_per_second, 1),
+        drift_share=result.drift_share,
+        timings_s=timings,
+    )
+    return result
+
+
+class _Lap:
+    """``lap(name)`` records the seconds since the previous lap under ``name``."""
+
+    def __init__(self, into: dict[str, float]):
+        self.into, self.t = into, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.t, 3)
+        self.t = now

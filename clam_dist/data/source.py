@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clam_dist.data.errors import DataError
+from clam_dist.logs import redact as _redact
 
-SECRET_KEYS = ("key", "secret", "token", "password", "aws_secret_access_key", "aws_session_token")
 # Transient failures (connection refused, timeouts, 5xx) are retried this many times with
 # exponential backoff from RETRY_DELAY_S; bad credentials and missing paths are not.
 RETRY_ATTEMPTS = 3
@@ -30,13 +30,7 @@ FOOTER_THREADS = 16
 
 def redact(storage_options: dict | None) -> dict:
     """A copy of storage_options safe to log: secret values replaced by '***'."""
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            return {k: ("***" if k.lower() in SECRET_KEYS else walk(v)) for k, v in obj.items()}
-        return obj
-
-    return walk(dict(storage_options or {}))
+    return _redact(dict(storage_options or {}))
 
 
 def normalize_storage_options(protocol: str, storage_options: dict | None) -> dict:

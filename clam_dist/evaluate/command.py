@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs"
     )
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="also write a JSON summary (metrics, report, seconds, per-stage timings_s) here",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -114,4 +119,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(res.metrics, indent=2, default=str))
     print(f"report: {res.index_html}")
+    if args.summary:
+        from clam_dist.data.source import open_filesystem
+
+        summary = {
+            "status": "succeeded",
+            "report": res.index_html,
+            "seconds": round(res.seconds, 3),
+            "timings_s": res.timings_s,
+            "metrics": res.metrics,
+        }
+        fs, path = open_filesystem(args.summary, config.storage_options)
+        fs.pipe(path, json.dumps(summary, indent=2, default=str).encode())
     return 0

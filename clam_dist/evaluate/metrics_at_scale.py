@@ -11,6 +11,7 @@ sampled row (joined by id), and NMI/ARI/ACC when only the input has labels.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,12 +130,22 @@ def _key(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def evaluate_run(cfg: EvalConfig) -> tuple[dict, dict]:
-    """(metrics dict, plot data dict) for a committed assignment output.
+def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, dict]:
+    """(metrics dict, plot data dict) for a committed assignment output. ``timings``, when
+    given, receives seconds per stage: checks, sample, stream_pass, sample_metrics.
 
     Raises IncompleteOutputError for an uncommitted output, DataError when the
     assignments do not match the input or the model.
     """
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        timings[name] = round(now - t0, 3)
+        t0 = now
+
     art = load_artifact(cfg.model, cfg.storage_options)
     manifest = OutputPrefix(cfg.assignments, cfg.storage_options).manifest()
     if manifest.get("k") not in (None, art.k):
@@ -151,10 +162,13 @@ def evaluate_run(cfg: EvalConfig) -> tuple[dict, dict]:
     label_col = cfg.label_column_in_output or cfg.source.label_column
     label_col = label_col if label_col in columns else None
     energy_p99 = art.meta.get("energy_p99")
+    lap("checks")
 
     sample = sample_rows(cfg.source, cfg.sample_size, cfg.seed)
+    lap("sample")
     totals, table, found = _stream_pass(cfg, art.k, columns, label_col, sample.ids, energy_p99)
     sample_clusters, sample_energy = _align(sample.ids, found, cfg.assignments)
+    lap("stream_pass")
 
     sizes = totals.sizes
     metrics: dict = {
@@ -210,6 +224,7 @@ def evaluate_run(cfg: EvalConfig) -> tuple[dict, dict]:
     drift = manifest.get("drift") or {}
     if "note" in drift:
         metrics["drift_note"] = drift["note"]
+    lap("sample_metrics")
     plots = {
         "sizes": sizes,
         "sample_z": z,

@@ -13,6 +13,7 @@ from clam_dist.config import ConfigError
 from clam_dist.data.source import VectorSource
 from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
 from clam_dist.evaluate.report import write_report
+from clam_dist.logs import log_event
 
 
 @dataclass
@@ -56,6 +57,8 @@ class EvalResult:
     report_dir: str
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # checks, sample, stream_pass, sample_metrics (see evaluate_run), report
+    timings_s: dict = field(default_factory=dict)
 
     @property
     def index_html(self) -> str:
@@ -64,6 +67,15 @@ class EvalResult:
 
 def run_evaluation(config: EvaluateConfig) -> EvalResult:
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    log_event(
+        "evaluate_start",
+        input=config.input,
+        assignments=config.assignments,
+        model=config.model,
+        report_dir=config.report_dir,
+        storage_options=config.storage_options,
+    )
     metrics, plots = evaluate_run(
         EvalConfig(
             config.source(),
@@ -72,8 +84,10 @@ def run_evaluation(config: EvaluateConfig) -> EvalResult:
             config.sample_size,
             config.seed,
             config.storage_options,
-        )
+        ),
+        timings=timings,
     )
+    t1 = time.perf_counter()
     files = write_report(
         config.report_dir,
         metrics,
@@ -81,4 +95,14 @@ def run_evaluation(config: EvaluateConfig) -> EvalResult:
         title=config.title,
         storage_options=config.storage_options,
     )
-    return EvalResult(metrics, config.report_dir, files, time.perf_counter() - t0)
+    timings["report"] = round(time.perf_counter() - t1, 3)
+    result = EvalResult(metrics, config.report_dir, files, time.perf_counter() - t0, timings)
+    log_event(
+        "evaluate_done",
+        rows=metrics.get("rows"),
+        silhouette=metrics.get("silhouette"),
+        report=result.index_html,
+        seconds=round(result.seconds, 3),
+        timings_s=timings,
+    )
+    return result

@@ -4,6 +4,7 @@ is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clam_dist.config import to_dict
+from clam_dist.logs import log_event, redact
 from clam_dist.pipeline.config import PipelineConfig
 
 STAGES = ("data", "train", "assign", "evaluate")
@@ -166,7 +168,9 @@ def _train_with_ray(run: Run):
             steps=m.steps,
             metric=m.metric,
             mask_ratio=m.mask_ratio,
+            similarity=m.similarity,
         ),
+        dcam=cfg.dcam,
         optim=TrainOptim(lr=m.lr, epochs=m.epochs, batch_size=m.batch_size),
         run=TrainRun(
             name="train",
@@ -180,7 +184,9 @@ def _train_with_ray(run: Run):
 
 
 def _train_on_sample(run: Run, stats):
+    from clam_dist.attention_estimator import AttentionClustering
     from clam_dist.data.stats import sample_rows
+    from clam_dist.dcam_estimator import DCAM
     from clam_dist.estimator import ClAM, KMeans
 
     cfg, m = run.config, run.config.model
@@ -203,12 +209,49 @@ def _train_on_sample(run: Run, stats):
             random_state=cfg.seed,
         ).fit(z)
         meta = {"loss_history": est.loss_history_}
+    elif m.method == "attention":
+        est = AttentionClustering(
+            n_clusters=m.n_clusters,
+            similarity=m.similarity,
+            beta=m.beta,
+            lr=m.lr,
+            epochs=m.epochs,
+            batch_size=m.batch_size,
+            random_state=cfg.seed,
+        ).fit(z)
+        meta = {"loss_history": est.loss_history_}
+    elif m.method == "dcam":
+        dc = cfg.dcam
+        est = DCAM(
+            n_clusters=m.n_clusters,
+            encoder=dc.encoder,
+            latent_dim=dc.latent_dim,
+            hidden=None if dc.hidden is None else tuple(dc.hidden),
+            image_shape=None if dc.image_shape is None else tuple(dc.image_shape),
+            beta=m.beta,
+            alpha=m.alpha,
+            steps=m.steps,
+            metric=m.metric,
+            mask_ratio=m.mask_ratio,
+            pretrain_epochs=dc.pretrain_epochs,
+            epochs=m.epochs,
+            batch_size=m.batch_size,
+            lr=m.lr,
+            recon_weight=dc.recon_weight,
+            recon_tolerance=dc.recon_tolerance,
+            recon_bound=dc.recon_bound,
+            standardize=False,  # the sample is standardised above, with global statistics
+            random_state=cfg.seed,
+        ).fit(z)
+        meta = {"joint_history": est.history_}
     else:
         est = KMeans(
             n_clusters=m.n_clusters, n_init=max(1, m.n_init), metric=m.metric, random_state=cfg.seed
         ).fit(z)
         meta = {}
     meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
+    if m.method == "dcam":  # DCAM stores its own scaler; here the global one applies
+        return dataclasses.replace(est.to_artifact(meta=meta), scaler_mean=mean, scaler_scale=scale)
     return est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
 
 
@@ -239,6 +282,7 @@ def stage_assign(run: Run) -> dict:
         "files": res.files,
         "rows_per_second": res.rows_per_second,
         "drift_share_above_train_energy_p99": res.drift_share,
+        "timings_s": res.timings_s,
     }
 
 
@@ -246,6 +290,7 @@ def stage_evaluate(run: Run) -> dict:
     from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
     from clam_dist.evaluate.report import write_report
 
+    timings: dict[str, float] = {}
     metrics, plots = evaluate_run(
         EvalConfig(
             run.source(),
@@ -253,10 +298,18 @@ def stage_evaluate(run: Run) -> dict:
             run.model_url,
             run.config.eval_sample,
             run.config.seed,
-        )
+        ),
+        timings=timings,
     )
+    t0 = time.perf_counter()
     files = write_report(run.report_dir, metrics, plots, title=f"clam-dist run {run.dir.name}")
-    return {"metrics": metrics, "report": str(run.report_dir / "index.html"), "report_files": files}
+    timings["report"] = round(time.perf_counter() - t0, 3)
+    return {
+        "metrics": metrics,
+        "report": str(run.report_dir / "index.html"),
+        "report_files": files,
+        "timings_s": timings,
+    }
 
 
 STAGE_FUNCS: dict[str, Callable[[Run], dict]] = {
@@ -281,12 +334,16 @@ def run_pipeline(
             run.marker(stage).unlink(missing_ok=True)
     summary = {
         "run_dir": str(run.dir),
-        "config": to_dict(config),
+        "config": redact(to_dict(config)),  # storage_options may hold credentials
         "stages": {},
         "status": "running",
     }
-    started_ray = False
+    # Seconds per stage run now ("ray_init" when this run started Ray); a stage skipped
+    # because an earlier run finished it is not in here (its record keeps its seconds).
+    timings: dict[str, float] = {}
+    started_ray, stage = False, None
     t_all = time.perf_counter()
+    log_event("pipeline_start", run_dir=str(run.dir), config=summary["config"])
     try:
         for stage in STAGES:
             if only and stage not in only:
@@ -294,28 +351,39 @@ def run_pipeline(
             prior = run.done(stage)
             if prior is not None:
                 summary["stages"][stage] = dict(prior, skipped=True)
+                log_event("stage_skipped", stage=stage, reason="finished by an earlier run")
                 continue
             needs_ray = stage == "assign" or (stage == "train" and config.model.trainer == "ray")
             if needs_ray and not ray.is_initialized():
+                t0 = time.perf_counter()
                 ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
                 started_ray = True
+                timings["ray_init"] = round(time.perf_counter() - t0, 3)
             t0 = time.perf_counter()
-            print(f"[clam-dist] stage {stage} ...", flush=True)
+            log_event("stage_start", stage=stage)
             summary["stages"][stage] = run.finish(
                 stage, STAGE_FUNCS[stage](run), time.perf_counter() - t0
             )
-            print(
-                f"[clam-dist] stage {stage} done in {summary['stages'][stage]['seconds']:.1f}s",
-                flush=True,
-            )
+            timings[stage] = summary["stages"][stage]["seconds"]
+            log_event("stage_done", stage=stage, seconds=timings[stage])
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary["traceback"] = traceback.format_exc()
+        log_event("stage_failed", level="error", stage=stage, error=summary["error"])
     finally:
         summary["seconds"] = round(time.perf_counter() - t_all, 3)
+        summary["timings_s"] = timings
         (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        log_event(
+            "pipeline_done",
+            level="info" if summary["status"] == "succeeded" else "error",
+            status=summary["status"],
+            seconds=summary["seconds"],
+            timings_s=timings,
+            summary=str(run.dir / "summary.json"),
+        )
         if started_ray:
             ray.shutdown()
     return summary

@@ -85,11 +85,25 @@ def run(args: argparse.Namespace) -> int:
             f"{p['mask_ratio']:>6.3f} {p['alpha']:>6.3f} {rec['last'][metric]:>12.4f}{mark}"
         )
     fin = summary["final"]
-    print(
-        f"\nfull budget, same rows: search best {metric}={fin['search_best'][metric]:.4f} "
-        f"(all rows {fin['search_best']['silhouette_all_rows']:.4f}); default "
-        f"{metric}={fin['default'][metric]:.4f} (all rows {fin['default']['silhouette_all_rows']:.4f})"
-    )
+    print(f"\nselection: full budget, mean over seeds {fin['select_seeds']} (same rows):")
+    for rec in fin["finalists"]:
+        print(
+            f"  trial {rec['trial']:>3}: {metric}={rec[metric]:.4f}; paired gain vs default "
+            f"{rec['gain_vs_default']:+.4f}, better on "
+            f"{rec['seeds_better_than_default']}/{len(fin['select_seeds'])} seeds"
+        )
+    print(f"  default  : {metric}={fin['default_select'][metric]:.4f}")
+    best, d = fin["search_best"], fin["default"]
+    if best.get("trial") is not None:
+        err = best["gain_stderr"]
+        print(
+            f"confirmation on unseen seeds {fin['confirm_seeds']}: trial {best['trial']} "
+            f"{metric}={best[metric]:.4f} (all rows {best['silhouette_all_rows']:.4f}), default "
+            f"{d[metric]:.4f} (all rows {d['silhouette_all_rows']:.4f}); paired gain "
+            f"{best['gain_vs_default']:+.4f}"
+            + (f" +- {err:.4f}" if err is not None else "")
+            + f", better on {best['seeds_better_than_default']}/{len(fin['confirm_seeds'])} seeds"
+        )
     print(f"chosen: {summary['chosen']}; config written to {summary['output']}")
     print(f"TensorBoard: tensorboard --logdir {summary['tensorboard_logdir']}")
     return 0

@@ -63,6 +63,14 @@ class TuneScore:
     criterion: Literal["silhouette", "heldout_loss"] = "silhouette"
     silhouette_sample: int = 2000
     holdout: float = 0.2  # fraction of the sample held out (heldout_loss only)
+    # Selection after the search (full budget, fresh seeds, never the search's):
+    # the `finalists` best searched trials and the default are re-trained on `final_seeds`
+    # seeds, the best finalist by mean goes on; it and the default are re-trained on
+    # `confirm_seeds` further seeds, and the finalist replaces the default only when its
+    # mean there is at least the default's. The confirmed figures carry no selection bias.
+    finalists: int = 3
+    final_seeds: int = 3
+    confirm_seeds: int = 5
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clam_dist.config import dumps_toml, load_config, to_dict
+from clam_dist.logs import log_event, redact
 from clam_dist.tune.config import TuneJobConfig
 from clam_dist.tune.space import (
     DEFAULT_POINT,
@@ -29,14 +30,6 @@ from clam_dist.tune.space import (
     tune_domains,
 )
 from clam_dist.tune.trial import ClAMTrial, TrialData, TrialParams, split_sample
-
-
-def log_event(event: str, **fields) -> None:
-    """One JSON object per line on stdout: what a log collector can parse. Never pass
-    storage options or other credentials here."""
-    print(
-        json.dumps({"event": event, "ts": round(time.time(), 3), **fields}, default=str), flush=True
-    )
 
 
 @dataclass
@@ -75,7 +68,9 @@ def load_sample(config: TuneJobConfig) -> LoadedData:
     return LoadedData(x.astype(np.float32), config.model.n_clusters, str(d.url))
 
 
-def trial_params(config: TuneJobConfig, k: int, point: dict) -> TrialParams:
+def trial_params(
+    config: TuneJobConfig, k: int, point: dict, seed: int | None = None
+) -> TrialParams:
     m = config.model
     return TrialParams(
         n_clusters=k,
@@ -87,7 +82,7 @@ def trial_params(config: TuneJobConfig, k: int, point: dict) -> TrialParams:
         metric=m.metric,
         fill=m.fill,
         batch_size=m.batch_size,
-        seed=config.run.seed,
+        seed=config.run.seed if seed is None else seed,
     )
 
 
@@ -207,44 +202,132 @@ def _abs_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def pick_best(records: list[dict], metric: str, mode: str, max_epochs: int) -> dict:
-    """Best last score among trials that ran the whole budget (ASHA's survivors); a trial
-    stopped early is compared at fewer epochs, so it only wins when none survived."""
-    full = [r for r in records if r["epochs"] >= max_epochs] or records
-    key = (lambda r: r["last"][metric]) if mode == "max" else (lambda r: -r["last"][metric])
-    return max(full, key=key)
+def pick_finalists(
+    records: list[dict], metric: str, mode: str, max_epochs: int, n: int
+) -> list[dict]:
+    """The ``n`` best searched (non-default) trials: ranked first by how far ASHA let them
+    run (its own verdict: a trial promoted to a later rung beat its peers at the earlier
+    one), then by last score. Survivors of the whole budget come first; trials stopped
+    early only fill in when fewer than ``n`` survived."""
+    sign = 1.0 if mode == "max" else -1.0
+    searched = [r for r in records if not r["is_default"] and r["last"][metric] is not None]
+    searched.sort(
+        key=lambda r: (min(r["epochs"], max_epochs), sign * r["last"][metric]), reverse=True
+    )
+    return searched[:n]
 
 
-def final_check(
-    config: TuneJobConfig, data: TrialData, x_all: np.ndarray, k: int, point: dict
+def final_seeds(config: TuneJobConfig) -> tuple[list[int], list[int]]:
+    """(selection seeds, confirmation seeds): fresh seeds, never the search's, and disjoint,
+    so the confirmed figure carries no selection bias (the search picked its finalists on
+    one seed's luck, the selection picks the best finalist on its seeds' luck)."""
+    first = config.run.seed + 1
+    n_sel, n_conf = config.score.final_seeds, config.score.confirm_seeds
+    return (
+        list(range(first, first + n_sel)),
+        list(range(first + n_sel, first + n_sel + n_conf)),
+    )
+
+
+def final_run(
+    config_dict: dict, data: TrialData, x_all: np.ndarray, k: int, point: dict, seed: int
 ) -> dict:
-    """Re-train one configuration for the full budget (deterministic: same seed, same init)
-    and score it on the same rows as every other, plus Silhouette on every loaded row."""
+    """Train one configuration for the full budget with one seed (init, batch order, masks)
+    and score it on the trials' rows, plus Silhouette on every loaded row. Runs as a Ray
+    task with the trials' CPU count and thread count."""
     import torch
 
+    from clam_dist.config import from_dict
     from clam_dist.metrics import silhouette
     from clam_dist.models.am import assign
 
+    config = from_dict(TuneJobConfig, config_dict)
     # The trials' thread count: a different BLAS split changes float sums, and training
     # at a large lr can amplify that into a different result.
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(config.budget.cpus_per_trial)))
     try:
-        trial = ClAMTrial(data, trial_params(config, k, point))
+        trial = ClAMTrial(data, trial_params(config, k, point, seed=seed))
         for _ in range(config.budget.max_epochs):
             metrics = trial.step()
+        protos, am = trial.final_prototypes(), trial.am
+        rows = torch.from_numpy(
+            np.array(x_all, dtype=np.float32)
+        )  # object-store arrays are read-only
+        labels, _ = assign(rows, protos, am.beta, am.alpha, am.steps, am.metric)
     finally:
         torch.set_num_threads(threads)
-    protos, am = trial.final_prototypes(), trial.am
-    labels, _ = assign(torch.from_numpy(x_all), protos, am.beta, am.alpha, am.steps, am.metric)
     metrics["silhouette_all_rows"] = float(
-        silhouette(
-            x_all, labels.numpy(), sample_size=10_000, seed=config.run.seed, metric=am.metric
-        )
+        silhouette(x_all, labels.numpy(), sample_size=10_000, seed=seed, metric=am.metric)
     )
     metrics["beta_default"] = float(trial.beta_default)
     metrics["steps"] = int(am.steps)
+    metrics["seed"] = seed
     return metrics
+
+
+def _aggregate(runs: list[dict], metric: str) -> dict:
+    """Mean over seeds of the scores (and of beta: the data-derived default depends on the
+    k-means init), the spread, the smallest number of non-empty clusters, every run."""
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    out = {key: mean(key) for key in (metric, "silhouette", "heldout_loss", "silhouette_all_rows")}
+    out.update(
+        {
+            f"{metric}_std": float(np.std([r[metric] for r in runs])),
+            "beta": mean("beta"),
+            "beta_default": mean("beta_default"),
+            "steps": runs[0]["steps"],
+            "n_nonempty": min(int(r["n_nonempty"]) for r in runs),
+            "per_seed": [
+                {key: r.get(key) for key in ("seed", metric, "silhouette_all_rows", "n_nonempty")}
+                for r in runs
+            ],
+        }
+    )
+    return out
+
+
+def _paired(fin: dict, default: dict, metric: str, mode: str) -> dict:
+    """Per-seed differences against the default (same seed = same init, batch order and
+    masks): the seed explains most of a score's spread, so a paired gain is the honest
+    measure of what the knobs changed. Positive = better, whatever the mode."""
+    sign = 1.0 if mode == "max" else -1.0
+    gains = np.array(
+        [
+            sign * (a[metric] - b[metric])
+            for a, b in zip(fin["per_seed"], default["per_seed"], strict=True)
+        ]
+    )
+    stderr = float(gains.std(ddof=1) / np.sqrt(gains.size)) if gains.size > 1 else None
+    return {
+        "gain_vs_default": float(gains.mean()),
+        "gain_stderr": stderr,
+        "gain_vs_default_per_seed": gains.tolist(),
+        "seeds_better_than_default": int((gains > 0).sum()),
+    }
+
+
+def final_compare(
+    config: TuneJobConfig,
+    data: TrialData,
+    x_all: np.ndarray,
+    k: int,
+    points: list[dict],
+    seeds: list[int],
+) -> list[dict]:
+    """Every point re-trained with every seed, in parallel Ray tasks; one aggregated
+    record per point (in the order given)."""
+    import ray
+
+    task = ray.remote(num_cpus=config.budget.cpus_per_trial)(final_run)
+    refs = [ray.put(v) for v in (to_dict(config), data, x_all)]
+    futures = [[task.remote(*refs, k, p, s) for s in seeds] for p in points]
+    metric, _ = _metric_mode(config)
+    return [_aggregate(ray.get(f), metric) for f in futures]
 
 
 def train_config_text(
@@ -331,23 +414,62 @@ def run_tune(config: TuneJobConfig) -> dict:
     timings["search"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    best = pick_best(records, metric, mode, config.budget.max_epochs)
-    best_final = final_check(config, data, loaded.x, k, best["point"])
-    default_final = final_check(config, data, loaded.x, k, DEFAULT_POINT)
-    timings["final_check"] = time.perf_counter() - t0
-    # The default is a candidate too: keep it when the searched winner does not beat it
-    # at the full budget (ASHA judged the searched ones on partial runs).
-    search_wins = (
-        _better(best_final[metric], default_final[metric], mode) and not best["is_default"]
+    select_seeds, confirm_seeds = final_seeds(config)
+    finalists = pick_finalists(
+        records, metric, mode, config.budget.max_epochs, config.score.finalists
     )
+    # 1. Selection: the finalists and the default re-trained on the selection seeds; the
+    #    best finalist by mean goes on.
+    checked = final_compare(
+        config, data, loaded.x, k, [r["point"] for r in finalists] + [DEFAULT_POINT], select_seeds
+    )
+    default_select, finalist_finals = checked[-1], checked[:-1]
+    for rec, fin in zip(finalists, finalist_finals, strict=True):
+        fin.update(_paired(fin, default_select, metric, mode))
+        log_event(
+            "finalist",
+            trial=rec["trial"],
+            score=fin[metric],
+            gain_vs_default=fin["gain_vs_default"],
+            seeds_better_than_default=fin["seeds_better_than_default"],
+            seeds=select_seeds,
+        )
+    sign = 1.0 if mode == "max" else -1.0
+    best_i = max(
+        range(len(finalists)), key=lambda i: sign * finalist_finals[i][metric], default=None
+    )
+    best = finalists[best_i] if best_i is not None else None
+    # 2. Confirmation on seeds the selection never saw: the searched configuration replaces
+    #    the default only when at least as good there (mean over the same seeds).
+    if best is not None:
+        best_final, default_final = final_compare(
+            config, data, loaded.x, k, [best["point"], DEFAULT_POINT], confirm_seeds
+        )
+        best_final.update(_paired(best_final, default_final, metric, mode))
+        search_wins = _better(best_final[metric], default_final[metric], mode)
+    else:  # every searched trial failed or scored nothing
+        (default_final,) = final_compare(config, data, loaded.x, k, [DEFAULT_POINT], confirm_seeds)
+        best_final, search_wins = default_final, False
+    timings["final_check"] = time.perf_counter() - t0
     chosen_point, chosen = (
         (best["point"], best_final) if search_wins else (DEFAULT_POINT, default_final)
+    )
+    log_event(
+        "confirmed",
+        trial=best["trial"] if best else None,
+        score=best_final[metric],
+        default=default_final[metric],
+        gain_vs_default=best_final.get("gain_vs_default"),
+        gain_stderr=best_final.get("gain_stderr"),
+        seeds=confirm_seeds,
+        chosen="search" if search_wins else "default",
     )
 
     out = Path(config.run.output)
     header = [
         f"written by `clam-dist tune` ({config.run.name}) on {loaded.source}, k={k}",
-        f"criterion {metric} ({mode}): chosen {chosen[metric]:.4f}, default {default_final[metric]:.4f}",
+        f"criterion {metric} ({mode}), mean over confirmation seeds {confirm_seeds}: "
+        f"chosen {chosen[metric]:.4f}, default {default_final[metric]:.4f}",
         f"chosen = {'searched configuration' if search_wins else 'default configuration'}; "
         f"beta = {chosen_point['beta_scale']:.3g} x data-derived {chosen['beta_default']:.4g}",
     ]
@@ -359,11 +481,24 @@ def run_tune(config: TuneJobConfig) -> dict:
         "source": loaded.source,
         "k": k,
         "criterion": {"metric": metric, "mode": mode},
-        "config": _redacted(to_dict(config)),
+        "config": redact(to_dict(config)),  # storage_options may hold credentials
         "trials": records,
-        "best_trial": best["trial"],
+        "best_trial": best["trial"] if best is not None else None,
         "final": {
-            "search_best": {"point": best["point"], **best_final},
+            "select_seeds": select_seeds,
+            "confirm_seeds": confirm_seeds,
+            # on the selection seeds
+            "finalists": [
+                {"trial": r["trial"], "point": r["point"], **f}
+                for r, f in zip(finalists, finalist_finals, strict=True)
+            ],
+            "default_select": {"point": DEFAULT_POINT, **default_select},
+            # on the confirmation seeds: what decided, and the figures to report
+            "search_best": {
+                "trial": best["trial"] if best else None,
+                "point": best["point"] if best else DEFAULT_POINT,
+                **best_final,
+            },
             "default": {"point": DEFAULT_POINT, **default_final},
         },
         "chosen": "search" if search_wins else "default",
@@ -381,12 +516,3 @@ def run_tune(config: TuneJobConfig) -> dict:
         timings_s=summary["timings_s"],
     )
     return summary
-
-
-def _redacted(cfg: dict) -> dict:
-    opts = cfg.get("data", {}).get("storage_options")
-    if opts:
-        from clam_dist.data.source import redact
-
-        cfg["data"]["storage_options"] = redact(opts)
-    return cfg

@@ -76,6 +76,9 @@ def check_budget(budget: TuneBudget, score: TuneScore) -> None:
         raise ConfigError(f"score.silhouette_sample must be >= 10, got {score.silhouette_sample}")
     if not 0.0 < score.holdout < 0.9:
         raise ConfigError(f"score.holdout must be in (0, 0.9), got {score.holdout}")
+    for name in ("finalists", "final_seeds", "confirm_seeds"):
+        if getattr(score, name) < 1:
+            raise ConfigError(f"score.{name} must be >= 1, got {getattr(score, name)}")
 
 
 def check_job_config(config: TuneJobConfig) -> None:

@@ -89,6 +89,9 @@ def test_attention_heads_find_the_centres_and_workers_agree(dataset):
     labels = ClusterPredictor.from_artifact(a2).predict(x)["cluster"]
     assert nmi(y, labels) > 0.95 * _oracle_nmi(x, y, centres)
     assert two.metrics["workers"] == 2 and two.metrics["prototype_divergence"] == 0.0
+    # the training metrics are TensorBoard scalars beside the checkpoints
+    events = list((root / "runs" / "att-two" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and all(tag in events[0].read_bytes() for tag in (b"train/loss", b"train/lr"))
 
 
 def test_dcam_joint_phase_resume_and_one_vs_two_workers(dataset, s3_server):
@@ -146,6 +149,17 @@ def test_dcam_joint_phase_resume_and_one_vs_two_workers(dataset, s3_server):
     labels_2 = ClusterPredictor.from_artifact(a2).predict(x)["cluster"]
     assert (labels_1 == labels_2).mean() > 0.99
     assert nmi(y, labels_1) > 0.8 * _oracle_nmi(x, y, centres)
+
+
+def test_tensorboard_dir_defaults_to_local_runs_only():
+    from clam_dist.train.trainer import tensorboard_dir
+
+    cfg = TrainConfig()
+    cfg.run.name = "r"
+    assert tensorboard_dir(cfg, "/tmp/runs") == "/tmp/runs/r/tensorboard"
+    assert tensorboard_dir(cfg, "s3://bucket/runs") is None  # no local path to write to
+    cfg.run.tensorboard_dir = ""
+    assert tensorboard_dir(cfg, "/tmp/runs") is None
 
 
 def test_bad_dcam_configs_fail_before_any_work(dataset):

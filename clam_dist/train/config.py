@@ -95,6 +95,10 @@ class TrainRun:
     seed: int = 0
     verify_every: int = 1  # steps between cross-worker prototype fingerprint checks (0 = off)
     barrier_timing: bool = False  # time the wait for stragglers apart from the all-reduce
+    # TensorBoard event files of the training metrics (`tensorboard --logdir <it>`), written
+    # by the driver-side callback: "auto" = <storage_path>/<name>/tensorboard when the
+    # storage is a local path (off for s3:// and the like), "" = off, else a local folder.
+    tensorboard_dir: str = "auto"
     fail_at_epoch: int | None = None  # failure injection (tests): one worker dies once there
     fail_at_step: int | None = None  # ... or before this global step (0-based)
 

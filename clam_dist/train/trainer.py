@@ -170,7 +170,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[progress_callback()],
+            callbacks=[progress_callback(tensorboard_dir(cfg, run_url))],
         ),
     )
     result = trainer.fit()
@@ -195,17 +195,30 @@ def check_checkpoint_shape(checkpoint, k: int, d: int) -> None:
     ckpt.check_shape(ckpt.read_state(checkpoint), k, d)
 
 
-def progress_callback():
+def tensorboard_dir(cfg: TrainConfig, run_url: str) -> str | None:
+    """Where the training metrics' TensorBoard events go (None: off)."""
+    setting = cfg.run.tensorboard_dir
+    if setting == "auto":
+        return None if "://" in run_url else os.path.join(run_url, cfg.run.name, "tensorboard")
+    return setting or None
+
+
+def progress_callback(logdir: str | None = None):
     """A Ray Train callback printing a progress bar per metrics window (loss, energy,
-    dead prototypes, throughput); it runs in the train controller, whose output Ray
-    streams to the driver's console."""
+    dead prototypes, throughput) and, when ``logdir`` is set, writing every numeric metric
+    as a TensorBoard scalar at its global step. It runs in the train controller, whose
+    output Ray streams to the driver's console."""
     from ray.train import UserCallback
 
     class Progress(UserCallback):
+        writer = None
+
         def after_report(self, run_context, metrics, checkpoint) -> None:
             m = metrics[0] if metrics else {}
             if "step" not in m:
                 return
+            if logdir:
+                self._tensorboard(m)
             total = max(1, m["total_steps"])
             bar = "#" * int(20 * m["step"] / total)
             per_worker = "/".join(f"{r:,.0f}" for r in m["rows_per_s_worker"])
@@ -216,5 +229,15 @@ def progress_callback():
                 + (" [checkpoint]" if checkpoint else ""),
                 flush=True,
             )
+
+        def _tensorboard(self, m: dict) -> None:
+            from tensorboardX import SummaryWriter  # a dependency of ray[tune]
+
+            if self.writer is None:
+                self.writer = SummaryWriter(logdir, flush_secs=5)
+            for name, value in m.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"train/{name}", value, m["step"])
+            self.writer.flush()  # every report: the run may end (or die) at any time
 
     return Progress()

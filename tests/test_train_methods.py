@@ -78,6 +78,7 @@ def test_attention_heads_find_the_centres_and_workers_agree(dataset):
     )
     a2, a1 = load_artifact(two.artifact_url), load_artifact(one.artifact_url)
     assert a2.method == "attention" and a2.meta["score"] == "distance"
+    assert a2.meta["energy_p99"] > 0 and a2.meta["energy_p99_sample"] == 2_400  # drift threshold
     np.testing.assert_allclose(a1.prototypes, a2.prototypes, rtol=1e-4, atol=1e-5)
     # heads live in the standardised space: map them back to compare with the true centres
     heads = a2.prototypes * a2.scaler_scale + a2.scaler_mean

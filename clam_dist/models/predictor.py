@@ -189,3 +189,11 @@ class ClusterPredictor:
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
     return t.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def drift_threshold(artifact, x: np.ndarray) -> dict:
+    """The 99th percentile of the AM energy on training rows ``x`` (artifact meta keys
+    ``energy_p99`` and ``energy_p99_sample``): later assignments report the share of rows
+    above it as drift."""
+    energy = ClusterPredictor.from_artifact(artifact).predict(x, ("energy",))["energy"]
+    return {"energy_p99": float(np.percentile(energy, 99)), "energy_p99_sample": int(len(x))}

@@ -119,7 +119,7 @@ def stage_train(run: Run) -> dict:
     threshold for later assignments) and the loss curve."""
     from clam_dist.artifacts import load_artifact, save_artifact
     from clam_dist.data.stats import feature_stats, sample_rows
-    from clam_dist.models.predictor import ClusterPredictor
+    from clam_dist.models.predictor import drift_threshold
 
     cfg, m = run.config, run.config.model
     source = run.source()
@@ -127,11 +127,10 @@ def stage_train(run: Run) -> dict:
         artifact = _train_with_ray(run)
     else:
         artifact = _train_on_sample(run, feature_stats(source))
-    sample = sample_rows(source, m.train_sample, cfg.seed)
-    energy = ClusterPredictor.from_artifact(artifact).predict(sample.x, ("energy",))["energy"]
-    artifact.meta.update(
-        energy_p99=float(np.percentile(energy, 99)), energy_p99_sample=int(len(sample))
-    )
+    if "energy_p99" not in artifact.meta:  # the Ray trainer already recorded it
+        artifact.meta.update(
+            drift_threshold(artifact, sample_rows(source, m.train_sample, cfg.seed).x)
+        )
     save_artifact(artifact, run.model_url)
     load_artifact(run.model_url)  # read back: what later stages will load
     return {

@@ -182,12 +182,27 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         scheme = run_url.split("://", 1)[0] if "://" in run_url else None
         path = result.checkpoint.path
         checkpoint_url = f"{scheme}://{path.lstrip('/')}" if scheme else path
+    artifact_url = f"{run_url}/{cfg.run.name}/model"
+    record_drift_threshold(cfg, artifact_url)
     return TrainResult(
-        artifact_url=f"{run_url}/{cfg.run.name}/model",
+        artifact_url=artifact_url,
         checkpoint_path=checkpoint_url,
         metrics=dict(result.metrics or {}),
         history=history,
     )
+
+
+def record_drift_threshold(cfg: TrainConfig, artifact_url: str) -> None:
+    """Add the training energy's 99th percentile (on the run's initialisation sample) to
+    the artifact, so `clam-dist assign` can report drift on new partitions."""
+    from clam_dist.artifacts import load_artifact, save_artifact
+    from clam_dist.data.stats import sample_rows
+    from clam_dist.models.predictor import drift_threshold
+
+    artifact = load_artifact(artifact_url, cfg.data.storage_options)
+    sample = sample_rows(make_source(cfg), cfg.data.init_sample, cfg.run.seed)
+    artifact.meta.update(drift_threshold(artifact, sample.x))
+    save_artifact(artifact, artifact_url, cfg.data.storage_options)
 
 
 def check_checkpoint_shape(checkpoint, k: int, d: int) -> None:

@@ -121,15 +121,8 @@ class AssignConfig:
         return self.output.replace("{partition}", self.partition or "")
 
     def source(self) -> VectorSource:
-        return VectorSource(
-            self.input_url,
-            vector_column=self.vector_column,
-            feature_columns=self.feature_columns,
-            id_column=self.id_column,
-            label_column=self.label_column,
-            storage_options=self.storage_options,
-            nan_policy="error",  # exactly one output row per input row: never drop rows
-        )
+        # nan_policy "error": exactly one output row per input row, never drop rows
+        return VectorSource.from_config(self.input_url, self, nan_policy="error")
 
 
 @dataclass

@@ -150,6 +150,16 @@ class VectorSource:
         if self.nan_policy not in ("error", "drop"):
             raise DataError(f"nan_policy must be 'error' or 'drop', got {self.nan_policy!r}")
 
+    @classmethod
+    def from_config(cls, url: str | list[str], section, **overrides) -> VectorSource:
+        """The source a config section describes: any object with (some of) the fields
+        vector_column, feature_columns, id_column, label_column, storage_options and
+        nan_policy (train, pipeline, assign and evaluate configs all have them)."""
+        fields = ("vector_column", "feature_columns", "id_column", "label_column")
+        fields += ("storage_options", "nan_policy")
+        found = {f: getattr(section, f) for f in fields if hasattr(section, f)}
+        return cls(url, **{**found, **overrides})
+
     def with_options(self, **changes) -> VectorSource:
         return dataclasses.replace(self, **changes)
 

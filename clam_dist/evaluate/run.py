@@ -41,14 +41,7 @@ class EvaluateConfig:
             raise ConfigError("vector_column and feature_columns: give one, not both")
 
     def source(self) -> VectorSource:
-        return VectorSource(
-            self.input,
-            vector_column=self.vector_column,
-            feature_columns=self.feature_columns,
-            id_column=self.id_column,
-            label_column=self.label_column,
-            storage_options=self.storage_options,
-        )
+        return VectorSource.from_config(self.input, self)
 
 
 @dataclass

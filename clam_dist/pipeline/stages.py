@@ -62,16 +62,7 @@ class Run:
     def source(self):
         from clam_dist.data.source import VectorSource
 
-        d = self.config.data
-        return VectorSource(
-            self.data_url,
-            vector_column=d.vector_column,
-            feature_columns=d.feature_columns,
-            id_column=d.id_column,
-            label_column=d.label_column,
-            storage_options=d.storage_options,
-            nan_policy=d.nan_policy,
-        )
+        return VectorSource.from_config(self.data_url, self.config.data)
 
 
 def _json_default(o):
@@ -118,20 +109,15 @@ def stage_train(run: Run) -> dict:
     artifact carries the scaler and the training energy's 99th percentile (the drift
     threshold for later assignments) and the loss curve."""
     from clam_dist.artifacts import load_artifact, save_artifact
-    from clam_dist.data.stats import feature_stats, sample_rows
-    from clam_dist.models.predictor import drift_threshold
+    from clam_dist.data.stats import feature_stats
 
-    cfg, m = run.config, run.config.model
+    m = run.config.model
     source = run.source()
     if m.trainer == "ray":
         artifact = _train_with_ray(run)
     else:
         artifact = _train_on_sample(run, feature_stats(source))
-    if "energy_p99" not in artifact.meta:  # the Ray trainer already recorded it
-        artifact.meta.update(
-            drift_threshold(artifact, sample_rows(source, m.train_sample, cfg.seed).x)
-        )
-    save_artifact(artifact, run.model_url)
+    save_artifact(artifact, run.model_url)  # both trainers recorded the drift threshold
     load_artifact(run.model_url)  # read back: what later stages will load
     return {
         "model": run.model_url,
@@ -187,6 +173,7 @@ def _train_on_sample(run: Run, stats):
     from clam_dist.data.stats import sample_rows
     from clam_dist.dcam_estimator import DCAM
     from clam_dist.estimator import ClAM, KMeans
+    from clam_dist.models.predictor import drift_threshold
 
     cfg, m = run.config, run.config.model
     sample = sample_rows(run.source(), m.train_sample, cfg.seed)
@@ -250,8 +237,11 @@ def _train_on_sample(run: Run, stats):
         meta = {}
     meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
     if m.method == "dcam":  # DCAM stores its own scaler; here the global one applies
-        return dataclasses.replace(est.to_artifact(meta=meta), scaler_mean=mean, scaler_scale=scale)
-    return est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
+        art = dataclasses.replace(est.to_artifact(meta=meta), scaler_mean=mean, scaler_scale=scale)
+    else:
+        art = est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
+    art.meta.update(drift_threshold(art, sample.x))  # on the rows it was trained on
+    return art
 
 
 def stage_assign(run: Run) -> dict:

@@ -20,15 +20,7 @@ def make_source(cfg: TrainConfig) -> VectorSource:
     d = cfg.data
     if not d.url:
         raise ConfigError("data.url: a Parquet prefix is required")
-    return VectorSource(
-        d.url,
-        vector_column=d.vector_column,
-        feature_columns=d.feature_columns,
-        id_column=d.id_column,
-        label_column=d.label_column,
-        storage_options=d.storage_options,
-        nan_policy=d.nan_policy,
-    )
+    return VectorSource.from_config(d.url, d)
 
 
 def initialise(cfg: TrainConfig) -> dict:

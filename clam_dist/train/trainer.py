@@ -239,7 +239,14 @@ def progress_callback(logdir: str | None = None):
             per_worker = "/".join(f"{r:,.0f}" for r in m["rows_per_s_worker"])
             print(
                 f"[clam-dist train] [{bar:<20s}] step {m['step']}/{total} epoch {m['epoch']} "
-                f"loss {m['loss']:.4f} energy {m['mean_energy']:.3f} dead {m['dead_prototypes']} "
+                + (f"({m['phase']}) " if "phase" in m else "")
+                + (
+                    f"loss {m['loss']:.4f}"  # DCAM pretraining: no prototypes to monitor yet
+                    if m.get("phase") == "pretrain"
+                    else f"loss {m['loss']:.4f} energy {m['mean_energy']:.3f} "
+                    f"dead {m['dead_prototypes']}"
+                )
+                + " "
                 f"{m['rows_per_s_total']:,.0f} rows/s ({per_worker} per worker)"
                 + (" [checkpoint]" if checkpoint else ""),
                 flush=True,

@@ -1,6 +1,7 @@
 """Model selection with Ray Tune (embedded local Ray, or `ray job submit -- python jobs/tune.py ...`).
 
 python jobs/tune.py --dataset ecoli --samples 16 --output runs/tune/best.toml
+python jobs/tune.py --dataset ecoli --set model.method=dcam --output runs/tune/dcam.toml  # or attention
 Exit code 0 on success, 2 for a config or search space that does not validate (before any work).
 """
 

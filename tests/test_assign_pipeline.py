@@ -99,6 +99,17 @@ def test_cli_assign_through_s3_equals_in_memory_predict(ray_local, fitted, s3_se
     assert main(argv) == 1
 
 
+def _assert_actor_pool_released(ray, seconds: float = 15.0) -> None:
+    """After an assignment, failed or not, its actors give their CPUs back (else a later
+    Ray Train run on the same cluster waits for them forever)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
+
+
 def test_crashes_then_rerun_give_exactly_n_rows(ray_local, fitted, tmp_path):
     """A new partition of a date-partitioned input, assigned with an existing model whose
     artifact has no energy_p99 (drift skipped with a note). Crash 1: an actor fails after
@@ -119,6 +130,7 @@ def test_crashes_then_rerun_give_exactly_n_rows(ray_local, fitted, tmp_path):
     out = tmp_path / "clusters" / "date=2026-05-01"
     with pytest.raises(Exception, match="injected failure after 3 batches"):
         run_assignment(cfg)
+    _assert_actor_pool_released(ray_local)
     assert not (out / "_SUCCESS").exists()
     with pytest.raises(IncompleteOutputError, match="no _SUCCESS"):
         read_assignments(str(out))
@@ -131,6 +143,7 @@ def test_crashes_then_rerun_give_exactly_n_rows(ray_local, fitted, tmp_path):
         read_assignments(str(out))
     cfg.crash_before_commit = False
     res = run_assignment(cfg)
+    _assert_actor_pool_released(ray_local)
     table = read_assignments(str(out))
     ids = table.column("id").to_numpy(zero_copy_only=False)
     assert res.rows == table.num_rows == N and np.unique(ids).size == N

@@ -9,6 +9,7 @@ half-written output.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,11 @@ __all__ = [
     "read_assignments",
     "run_assignment",
 ]
+
+
+class AssignmentError(RuntimeError):
+    """The Ray Data assignment failed (a worker error, bad data found while reading); the
+    message holds the original error and its remote traceback. Nothing was committed."""
 
 
 class InjectedCrash(RuntimeError):
@@ -267,6 +273,69 @@ def _drift(prefix: OutputPrefix, staging: str, energy_p99: float | None) -> dict
     }
 
 
+def _write_staged(
+    source,
+    config: AssignConfig,
+    prefix: OutputPrefix,
+    staging: str,
+    outputs,
+    batch_size,
+    fail_after,
+) -> None:
+    """Ray Data: read -> assign in an actor pool -> Parquet in the staging folder.
+
+    The pool's actors hold their CPUs until the executor that owns them is garbage
+    collected, and Ray Data's objects sit in reference cycles: without the collection
+    below, a driver that goes on to other Ray work (the pipeline's next stage, a
+    scheduler's next partition, a Ray Train run) waits for CPUs nobody uses any more.
+    """
+    message = None
+    try:
+        _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after)
+    except Exception as exc:  # noqa: BLE001 - re-raised below as AssignmentError
+        # Ray Data's exception and its traceback hold the executor (and so the actors):
+        # keep the text (it carries the remote traceback), drop the objects, collect.
+        message = f"{type(exc).__name__}: {exc}"
+    gc.collect()
+    if message is not None:
+        raise AssignmentError(f"assignment of {config.input_url} failed: {message}")
+
+
+def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after) -> None:
+    import ray
+
+    from clam_dist.data.ray_dataset import to_ray_dataset
+
+    ds = labelled = None
+    try:
+        ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
+        labelled = ds.map_batches(
+            ClusterAssigner,
+            fn_constructor_kwargs={
+                "model_url": config.model,
+                "storage_options": config.storage_options,
+                "outputs": outputs,
+                "passthrough": config.passthrough,
+                "fail_after_batches": fail_after,
+                "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            # Ray 2.51+ spelling of a fixed-size actor pool (`concurrency=` is deprecated).
+            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+            num_cpus=config.num_cpus_per_actor,
+            num_gpus=config.num_gpus_per_actor or None,
+        )
+        # Ray writes through a pyarrow view of the same fsspec filesystem (custom endpoints,
+        # credentials and all), into this attempt's staging folder.
+        labelled.write_parquet(
+            prefix.staging_path(staging),
+            filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(prefix.fs)),
+        )
+    finally:
+        del ds, labelled  # this frame outlives the call in a failure's traceback
+
+
 def run_assignment(config: AssignConfig) -> AssignResult:
     """Assign every input row; exactly one committed output row per input row.
 
@@ -305,31 +374,7 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     if not ray.is_initialized():
         ray.init()  # under `ray job submit` this joins the job's cluster
         lap("ray_init")
-    from clam_dist.data.ray_dataset import to_ray_dataset
-
-    ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
-    labelled = ds.map_batches(
-        ClusterAssigner,
-        fn_constructor_kwargs={
-            "model_url": config.model,
-            "storage_options": config.storage_options,
-            "outputs": outputs,
-            "passthrough": config.passthrough,
-            "fail_after_batches": fail_after,
-            "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
-        },
-        batch_size=batch_size,
-        batch_format="numpy",
-        # Ray 2.51+ spelling of a fixed-size actor pool (`concurrency=` is deprecated).
-        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-        num_cpus=config.num_cpus_per_actor,
-        num_gpus=config.num_gpus_per_actor or None,
-    )
-    # Ray writes through a pyarrow view of the same fsspec filesystem (custom endpoints,
-    # credentials and all), into this attempt's staging folder.
-    labelled.write_parquet(
-        prefix.staging_path(staging), filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(prefix.fs))
-    )
+    _write_staged(source, config, prefix, staging, outputs, batch_size, fail_after)
     lap("assign_write")
     if config.crash_before_commit or os.environ.get(CRASH_BEFORE_COMMIT_ENV) == "1":
         raise InjectedCrash("injected crash after the staged write, before the commit")

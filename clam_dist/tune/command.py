@@ -11,7 +11,7 @@ import json
 
 from clam_dist.config import ConfigError, load_config
 from clam_dist.tune.config import TuneJobConfig
-from clam_dist.tune.space import check_job_config
+from clam_dist.tune.space import KNOBS, check_job_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,18 +72,22 @@ def run(args: argparse.Namespace) -> int:
 
     if not ray.is_initialized():
         ray.init(address=args.address)
-    summary = run_tune(config)
+    try:
+        summary = run_tune(config)
+    except ConfigError as exc:  # raised only before the search: checks that need the data
+        print(f"config error: {exc}")
+        return 2
     metric = summary["criterion"]["metric"]
-    print(
-        f"\n{'trial':>5} {'epochs':>6} {'beta_scale':>10} {'lr':>8} {'mask':>6} {'alpha':>6} {metric:>12}"
-    )
+    knobs = KNOBS[summary["method"]]
+    print(f"\nmethod {summary['method']}")
+    print(f"{'trial':>5} {'epochs':>6} " + " ".join(f"{n:>12}" for n in knobs) + f" {metric:>12}")
     for rec in sorted(summary["trials"], key=lambda r: r["trial"]):
         p = rec["point"]
         mark = " (default)" if rec["is_default"] else ""
-        print(
-            f"{rec['trial']:>5} {rec['epochs']:>6} {p['beta_scale']:>10.3g} {p['lr']:>8.3g} "
-            f"{p['mask_ratio']:>6.3f} {p['alpha']:>6.3f} {rec['last'][metric]:>12.4f}{mark}"
+        cells = " ".join(
+            f"{p[n]:>12.4g}" if isinstance(p[n], float) else f"{p[n]!s:>12}" for n in knobs
         )
+        print(f"{rec['trial']:>5} {rec['epochs']:>6} {cells} {rec['last'][metric]:>12.4f}{mark}")
     fin = summary["final"]
     print(f"\nselection: full budget, mean over seeds {fin['select_seeds']} (same rows):")
     for rec in fin["finalists"]:
@@ -103,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
             f"{best['gain_vs_default']:+.4f}"
             + (f" +- {err:.4f}" if err is not None else "")
             + f", better on {best['seeds_better_than_default']}/{len(fin['confirm_seeds'])} seeds"
+        )
+    if d.get("silhouette_latent") is not None:  # DCAM: reported, not what decides
+        print(
+            f"latent-space Silhouette (not the criterion): searched "
+            f"{best['silhouette_latent']:.4f}, default {d['silhouette_latent']:.4f}"
         )
     print(f"chosen: {summary['chosen']}; config written to {summary['output']}")
     print(f"TensorBoard: tensorboard --logdir {summary['tensorboard_logdir']}")

@@ -20,10 +20,14 @@ class TuneData:
 
 @dataclass
 class TuneModel:
-    method: Literal["clam"] = "clam"
+    # The method whose knobs are searched and whose training config is written: "clam",
+    # "attention" (attention clustering) or "dcam" (knobs: see TuneSearch).
+    method: Literal["clam", "attention", "dcam"] = "clam"
     n_clusters: int = 0  # 0: the number of classes of a bundled data set
+    # The AM metric (ClAM; DCAM in its latent space). Attention clustering takes only
+    # "euclidean": its score function is search.similarity.
     metric: Literal["euclidean", "spherical"] = "euclidean"
-    fill: Literal["mean", "min", "max", "zero"] = "mean"
+    fill: Literal["mean", "min", "max", "zero"] = "mean"  # ClAM; DCAM: of latent coordinates
     batch_size: int = 32  # rows per optimiser step in every trial (written to optim.batch_size)
     steps: int = 10  # T when search.steps_from_alpha is false
 
@@ -31,16 +35,44 @@ class TuneModel:
 @dataclass
 class TuneSearch:
     """Closed ranges [low, high] searched by random sampling; low == high fixes a value.
+    None (unset) = the method's default range (``space.DEFAULT_RANGES``); a knob the
+    method does not have must stay unset.
 
-    beta is searched as a multiple of the data-derived default (``beta_from_data``), so one
-    range serves data of any scale; the written config carries the absolute beta.
+    beta is searched as a multiple of the data-derived default (``beta_from_data``; DCAM:
+    on the pretrained latents), so one range serves data of any scale.
+
+    knobs      clam   attention   dcam   default range
+    beta_scale  x        x         x     [0.25, 4] log-uniform
+    lr          x        x         x     [0.001, 0.1] log-uniform (dcam [0.0003, 0.03])
+    mask_ratio  x                  x     [0.1, 0.5] uniform
+    alpha       x                  x     [0.05, 0.5] uniform (T = round(1/alpha))
+    recon_weight                   x     [0.25, 4] log-uniform
+    similarity           x               ["distance", "dot"] (a choice, not a range)
     """
 
-    beta_scale: list[float] = field(default_factory=lambda: [0.25, 4.0])  # log-uniform
-    lr: list[float] = field(default_factory=lambda: [0.001, 0.1])  # log-uniform
-    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # uniform
-    alpha: list[float] = field(default_factory=lambda: [0.05, 0.5])  # uniform
+    beta_scale: list[float] | None = None
+    lr: list[float] | None = None
+    mask_ratio: list[float] | None = None
+    alpha: list[float] | None = None
+    recon_weight: list[float] | None = None
+    similarity: list[str] | None = None
     steps_from_alpha: bool = True  # T = round(1 / alpha), as the authors pair them
+
+
+@dataclass
+class TuneDCAM:
+    """DCAM's fixed architecture and phases (not searched; written to the [dcam] section
+    of the training config). Trials pretrain ``pretrain_epochs`` epochs before their
+    first report, then budget.max_epochs joint epochs: the training job's optim.epochs
+    also counts joint epochs only."""
+
+    encoder: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = 10
+    hidden: list[int] | None = None  # None: the training job's default ([128, 64] / [16, 32])
+    image_shape: list[int] | None = None  # conv only: [C, H, W]
+    pretrain_epochs: int = 5  # the training job's default
+    recon_tolerance: float = 0.10
+    recon_bound: Literal["select", "stop", "none"] = "select"
 
 
 @dataclass
@@ -55,11 +87,15 @@ class TuneBudget:
 
 @dataclass
 class TuneScore:
-    # "silhouette": mean Silhouette of the trial's clustering (labels from the AM dynamics,
-    # every one of the k prototypes kept alive as the estimator does) on a fixed uniform
-    # subsample of the data; higher is better.
-    # "heldout_loss": the masked pattern-completion loss on held-out rows with fixed masks;
-    # lower is better.
+    # "silhouette": mean Silhouette of the trial's clustering (ClAM: labels from the AM
+    # dynamics, every one of the k prototypes kept alive as the estimator does; attention:
+    # the head with the highest weight; DCAM: latent AM dynamics of the selected state) on
+    # a fixed uniform subsample of the data, always in the (standardised) INPUT space, so
+    # DCAM configurations with different latent spaces are compared in one geometry;
+    # higher is better.
+    # "heldout_loss": on held-out rows, lower is better: ClAM the masked pattern-completion
+    # loss with fixed masks; attention the reconstruction risk; DCAM the joint AM loss with
+    # fixed latent masks.
     criterion: Literal["silhouette", "heldout_loss"] = "silhouette"
     silhouette_sample: int = 2000
     holdout: float = 0.2  # fraction of the sample held out (heldout_loss only)
@@ -88,6 +124,7 @@ class TuneJobConfig:
     data: TuneData = field(default_factory=TuneData)
     model: TuneModel = field(default_factory=TuneModel)
     search: TuneSearch = field(default_factory=TuneSearch)
+    dcam: TuneDCAM = field(default_factory=TuneDCAM)
     budget: TuneBudget = field(default_factory=TuneBudget)
     score: TuneScore = field(default_factory=TuneScore)
     run: TuneRun = field(default_factory=TuneRun)

@@ -1,5 +1,6 @@
 """Ray Tune wiring: load a sample, run the trials under ASHA, re-check the winner against
-the default configuration, write the best configuration as a training config.
+the default configuration, write the best configuration as a training config. The method
+(model.method: clam, attention, dcam) only enters through ``methods.py``.
 
 Outputs (all written only when the search finished):
   run.output                     TrainConfig TOML: `clam-dist train --config <it> ...`
@@ -22,14 +23,19 @@ import numpy as np
 from clam_dist.config import dumps_toml, load_config, to_dict
 from clam_dist.logs import log_event, redact
 from clam_dist.tune.config import TuneJobConfig
+from clam_dist.tune.methods import check_for_data, make_trial, model_sections, steps_of
 from clam_dist.tune.space import (
-    DEFAULT_POINT,
+    DEFAULT_POINTS,
+    KNOBS,
     check_job_config,
     default_in_space,
-    steps_for,
+    resolved_space,
     tune_domains,
 )
-from clam_dist.tune.trial import ClAMTrial, TrialData, TrialParams, split_sample
+from clam_dist.tune.trial import TrialData, split_sample
+
+# Per-epoch metrics kept for every trial (those a method does not report stay None).
+_REPORTED = ("silhouette", "silhouette_latent", "heldout_loss", "train_loss", "n_nonempty", "beta")
 
 
 @dataclass
@@ -68,24 +74,6 @@ def load_sample(config: TuneJobConfig) -> LoadedData:
     return LoadedData(x.astype(np.float32), config.model.n_clusters, str(d.url))
 
 
-def trial_params(
-    config: TuneJobConfig, k: int, point: dict, seed: int | None = None
-) -> TrialParams:
-    m = config.model
-    return TrialParams(
-        n_clusters=k,
-        beta_scale=float(point["beta_scale"]),
-        lr=float(point["lr"]),
-        mask_ratio=float(point["mask_ratio"]),
-        alpha=float(point["alpha"]),
-        steps=steps_for(float(point["alpha"]), config.search, m.steps),
-        metric=m.metric,
-        fill=m.fill,
-        batch_size=m.batch_size,
-        seed=config.run.seed if seed is None else seed,
-    )
-
-
 def _trainable(point: dict, data: TrialData, config_dict: dict, k: int, threads: int) -> None:
     """Runs inside a Tune trial actor: one report per epoch (ASHA's time unit)."""
     import torch
@@ -95,7 +83,7 @@ def _trainable(point: dict, data: TrialData, config_dict: dict, k: int, threads:
 
     torch.set_num_threads(threads)  # stay within the CPUs the trial reserved
     config = from_dict(TuneJobConfig, config_dict)
-    trial = ClAMTrial(data, trial_params(config, k, point))
+    trial = make_trial(config, data, k, point)
     for _ in range(config.budget.max_epochs):
         tune.report(trial.step())
 
@@ -119,9 +107,11 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
 
     b, metric_mode = config.budget, _metric_mode(config)
     metric, mode = metric_mode
+    method = config.model.method
+    default = DEFAULT_POINTS[method]
     points = (
-        [dict(DEFAULT_POINT)]
-        if config.run.include_default and default_in_space(config.search)
+        [dict(default)]
+        if config.run.include_default and default_in_space(config.search, method)
         else []
     )
     callbacks = []
@@ -146,7 +136,7 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=tune_domains(config.search),
+        param_space=tune_domains(config.search, method),
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
@@ -168,6 +158,7 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
     )
     log_event(
         "search_start",
+        method=method,
         trials=b.num_samples + len(points),
         cluster_cpus=ray.cluster_resources().get("CPU"),
     )
@@ -177,18 +168,15 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
         if result.error is not None:
             log_event("trial_error", trial=i, error=str(result.error).splitlines()[0])
             continue
-        point = {key: result.config[key] for key in DEFAULT_POINT}
-        last = {
-            key: result.metrics.get(key)
-            for key in (metric, "silhouette", "heldout_loss", "train_loss", "n_nonempty", "beta")
-        }
+        point = {key: result.config[key] for key in KNOBS[method]}
+        last = {key: result.metrics.get(key) for key in (metric, *_REPORTED)}
         rec = {
             "trial": i,
             "trial_dir": result.path,
             "point": point,
-            "steps": steps_for(point["alpha"], config.search, config.model.steps),
+            "steps": steps_of(config, point),
             "epochs": int(result.metrics.get("training_iteration", 0)),
-            "is_default": point == DEFAULT_POINT,
+            "is_default": point == default,
             "last": last,
         }
         records.append(rec)
@@ -234,12 +222,15 @@ def final_run(
 ) -> dict:
     """Train one configuration for the full budget with one seed (init, batch order, masks)
     and score it on the trials' rows, plus Silhouette on every loaded row. Runs as a Ray
-    task with the trials' CPU count and thread count."""
+    task with the trials' CPU count and thread count.
+
+    A run that diverges on this seed (non-finite loss) scores the criterion's worst value
+    instead of failing the job: a configuration that is unstable on unseen seeds must
+    lose the selection, not end it."""
     import torch
 
     from clam_dist.config import from_dict
     from clam_dist.metrics import silhouette
-    from clam_dist.models.am import assign
 
     config = from_dict(TuneJobConfig, config_dict)
     # The trials' thread count: a different BLAS split changes float sums, and training
@@ -247,21 +238,22 @@ def final_run(
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(config.budget.cpus_per_trial)))
     try:
-        trial = ClAMTrial(data, trial_params(config, k, point, seed=seed))
+        trial = make_trial(config, data, k, point, seed=seed)
         for _ in range(config.budget.max_epochs):
             metrics = trial.step()
-        protos, am = trial.final_prototypes(), trial.am
-        rows = torch.from_numpy(
-            np.array(x_all, dtype=np.float32)
-        )  # object-store arrays are read-only
-        labels, _ = assign(rows, protos, am.beta, am.alpha, am.steps, am.metric)
+        labels = trial.predict(x_all)
+    except FloatingPointError as exc:
+        worst = {"silhouette": -1.0, "heldout_loss": float("inf")}
+        return dict(worst, silhouette_all_rows=-1.0, n_nonempty=0, beta=None,
+                    beta_default=None, steps=steps_of(config, point), seed=seed,
+                    diverged=str(exc))  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     metrics["silhouette_all_rows"] = float(
-        silhouette(x_all, labels.numpy(), sample_size=10_000, seed=seed, metric=am.metric)
+        silhouette(x_all, labels, sample_size=10_000, seed=seed, metric=trial.silhouette_metric)
     )
     metrics["beta_default"] = float(trial.beta_default)
-    metrics["steps"] = int(am.steps)
+    metrics["steps"] = trial.steps
     metrics["seed"] = seed
     return metrics
 
@@ -274,18 +266,18 @@ def _aggregate(runs: list[dict], metric: str) -> dict:
         values = [r[key] for r in runs if r.get(key) is not None]
         return float(np.mean(values)) if values else None
 
-    out = {key: mean(key) for key in (metric, "silhouette", "heldout_loss", "silhouette_all_rows")}
+    keys = (metric, "silhouette", "silhouette_latent", "heldout_loss", "silhouette_all_rows")
+    out = {key: mean(key) for key in keys}
+    per_seed_keys = ("seed", metric, "silhouette_all_rows", "n_nonempty", "beta_default")
     out.update(
         {
             f"{metric}_std": float(np.std([r[metric] for r in runs])),
             "beta": mean("beta"),
             "beta_default": mean("beta_default"),
-            "steps": runs[0]["steps"],
+            "steps": runs[0].get("steps"),
             "n_nonempty": min(int(r["n_nonempty"]) for r in runs),
-            "per_seed": [
-                {key: r.get(key) for key in ("seed", metric, "silhouette_all_rows", "n_nonempty")}
-                for r in runs
-            ],
+            "diverged_seeds": [r["seed"] for r in runs if "diverged" in r],
+            "per_seed": [{key: r.get(key) for key in per_seed_keys} for r in runs],
         }
     )
     return out
@@ -341,7 +333,7 @@ def train_config_text(
     from clam_dist.train.config import TrainOptim
 
     m, d = config.model, config.data
-    data = {"standardize": d.standardize}
+    data: dict = {"standardize": d.standardize}
     if d.url:
         # storage_options are left out on purpose: they may hold credentials.
         data.update(url=d.url, vector_column=d.vector_column, feature_columns=d.feature_columns)
@@ -352,21 +344,7 @@ def train_config_text(
     }
     if "schedule" in {f.name for f in dataclasses.fields(TrainOptim)}:
         optim["schedule"] = "plateau"  # the schedule the trials ran with
-    body = {
-        "data": data,
-        "model": {
-            "method": "clam",
-            "n_clusters": k,
-            "init": "kmeans",
-            "beta": float(final["beta"]),
-            "alpha": float(point["alpha"]),
-            "steps": int(final["steps"]),
-            "metric": m.metric,
-            "mask_ratio": float(point["mask_ratio"]),
-            "fill": m.fill,
-        },
-        "optim": optim,
-    }
+    body = {"data": data, **model_sections(config, k, point, final), "optim": optim}
     return "".join(f"# {line}\n" for line in header) + "\n" + dumps_toml(body)
 
 
@@ -386,6 +364,7 @@ def run_tune(config: TuneJobConfig) -> dict:
     check_job_config(config)
     timings: dict[str, float] = {}
     metric, mode = _metric_mode(config)
+    default_point = DEFAULT_POINTS[config.model.method]
 
     t0 = time.perf_counter()
     loaded = load_sample(config)
@@ -398,6 +377,7 @@ def run_tune(config: TuneJobConfig) -> dict:
     k = loaded.n_clusters
     if data.train.shape[0] < k:
         raise ValueError(f"the sample has {data.train.shape[0]} training rows, fewer than k={k}")
+    check_for_data(config, int(loaded.x.shape[1]))
     timings["load_data"] = time.perf_counter() - t0
     log_event(
         "data_loaded",
@@ -421,7 +401,7 @@ def run_tune(config: TuneJobConfig) -> dict:
     # 1. Selection: the finalists and the default re-trained on the selection seeds; the
     #    best finalist by mean goes on.
     checked = final_compare(
-        config, data, loaded.x, k, [r["point"] for r in finalists] + [DEFAULT_POINT], select_seeds
+        config, data, loaded.x, k, [r["point"] for r in finalists] + [default_point], select_seeds
     )
     default_select, finalist_finals = checked[-1], checked[:-1]
     for rec, fin in zip(finalists, finalist_finals, strict=True):
@@ -443,16 +423,16 @@ def run_tune(config: TuneJobConfig) -> dict:
     #    the default only when at least as good there (mean over the same seeds).
     if best is not None:
         best_final, default_final = final_compare(
-            config, data, loaded.x, k, [best["point"], DEFAULT_POINT], confirm_seeds
+            config, data, loaded.x, k, [best["point"], default_point], confirm_seeds
         )
         best_final.update(_paired(best_final, default_final, metric, mode))
         search_wins = _better(best_final[metric], default_final[metric], mode)
     else:  # every searched trial failed or scored nothing
-        (default_final,) = final_compare(config, data, loaded.x, k, [DEFAULT_POINT], confirm_seeds)
+        (default_final,) = final_compare(config, data, loaded.x, k, [default_point], confirm_seeds)
         best_final, search_wins = default_final, False
     timings["final_check"] = time.perf_counter() - t0
     chosen_point, chosen = (
-        (best["point"], best_final) if search_wins else (DEFAULT_POINT, default_final)
+        (best["point"], best_final) if search_wins else (default_point, default_final)
     )
     log_event(
         "confirmed",
@@ -467,11 +447,14 @@ def run_tune(config: TuneJobConfig) -> dict:
 
     out = Path(config.run.output)
     header = [
-        f"written by `clam-dist tune` ({config.run.name}) on {loaded.source}, k={k}",
+        f"written by `clam-dist tune` ({config.run.name}, {config.model.method}) on "
+        f"{loaded.source}, k={k}",
         f"criterion {metric} ({mode}), mean over confirmation seeds {confirm_seeds}: "
         f"chosen {chosen[metric]:.4f}, default {default_final[metric]:.4f}",
         f"chosen = {'searched configuration' if search_wins else 'default configuration'}; "
-        f"beta = {chosen_point['beta_scale']:.3g} x data-derived {chosen['beta_default']:.4g}",
+        f"beta = {chosen_point['beta_scale']:.3g} x data-derived "
+        f"{chosen['beta_default'] if chosen['beta_default'] is not None else float('nan'):.4g}"
+        + (" (latent; mean over the seeds)" if config.model.method == "dcam" else ""),
     ]
     text = train_config_text(config, k, chosen_point, chosen, header)
     _write_atomic(out, text)
@@ -479,9 +462,12 @@ def run_tune(config: TuneJobConfig) -> dict:
     summary = {
         "status": "succeeded",
         "source": loaded.source,
+        "method": config.model.method,
         "k": k,
         "criterion": {"metric": metric, "mode": mode},
         "config": redact(to_dict(config)),  # storage_options may hold credentials
+        # the ranges searched, unset knobs resolved to the method's defaults
+        "search_space": resolved_space(config.search, config.model.method),
         "trials": records,
         "best_trial": best["trial"] if best is not None else None,
         "final": {
@@ -492,14 +478,14 @@ def run_tune(config: TuneJobConfig) -> dict:
                 {"trial": r["trial"], "point": r["point"], **f}
                 for r, f in zip(finalists, finalist_finals, strict=True)
             ],
-            "default_select": {"point": DEFAULT_POINT, **default_select},
+            "default_select": {"point": default_point, **default_select},
             # on the confirmation seeds: what decided, and the figures to report
             "search_best": {
                 "trial": best["trial"] if best else None,
-                "point": best["point"] if best else DEFAULT_POINT,
+                "point": best["point"] if best else default_point,
                 **best_final,
             },
-            "default": {"point": DEFAULT_POINT, **default_final},
+            "default": {"point": default_point, **default_final},
         },
         "chosen": "search" if search_wins else "default",
         "output": str(out),

@@ -1,7 +1,8 @@
 """The search space: validation (before any trial starts) and the Ray Tune domains.
 
 Kept free of Ray at import time so a bad space fails in milliseconds with a message that
-names the parameter, not deep inside a Tune trial.
+names the parameter, not deep inside a Tune trial. Each method (model.method) has its own
+knobs, default ranges and default point; see TuneSearch.
 """
 
 from __future__ import annotations
@@ -9,18 +10,57 @@ from __future__ import annotations
 import math
 
 from clam_dist.config import ConfigError
-from clam_dist.tune.config import TuneBudget, TuneJobConfig, TuneScore, TuneSearch
+from clam_dist.tune.config import TuneBudget, TuneDCAM, TuneJobConfig, TuneScore, TuneSearch
 
-# name -> (sampled on a log scale?, smallest allowed low, largest allowed high, high open?)
+METHODS: tuple[str, ...] = ("clam", "attention", "dcam")
+SIMILARITIES: tuple[str, ...] = ("distance", "dot")
+
+# The knobs each method searches (TuneSearch fields); any other knob must stay unset.
+KNOBS: dict[str, tuple[str, ...]] = {
+    "clam": ("beta_scale", "lr", "mask_ratio", "alpha"),
+    "attention": ("beta_scale", "lr", "similarity"),
+    "dcam": ("beta_scale", "lr", "mask_ratio", "alpha", "recon_weight"),
+}
+CHOICE_KNOBS: frozenset[str] = frozenset({"similarity"})
+
+# numeric name -> (sampled on a log scale?, smallest allowed low, largest allowed high,
+# high open?)
 _RANGES: dict[str, tuple[bool, float, float, bool]] = {
     "beta_scale": (True, 0.0, math.inf, False),
     "lr": (True, 0.0, math.inf, False),
     "mask_ratio": (False, 0.0, 1.0, True),
     "alpha": (False, 0.0, 1.0, False),
+    "recon_weight": (True, 0.0, math.inf, False),
 }
 
-# The default configuration (the estimator's and the trainer's defaults), as a point.
-DEFAULT_POINT: dict[str, float] = {"beta_scale": 1.0, "lr": 0.01, "mask_ratio": 0.2, "alpha": 0.1}
+_COMMON_RANGES: dict[str, list] = {
+    "beta_scale": [0.25, 4.0],
+    "lr": [0.001, 0.1],
+    "mask_ratio": [0.1, 0.5],
+    "alpha": [0.05, 0.5],
+    "recon_weight": [0.25, 4.0],
+    "similarity": list(SIMILARITIES),
+}
+# DCAM's Adam also trains an autoencoder (both phases use optim.lr): above ~0.03 its
+# pretraining is erratic on standardised tabular data, so its range sits a decade lower
+# while still containing the training job's default 0.01.
+DEFAULT_RANGES: dict[str, dict[str, list]] = {
+    method: {
+        name: ([0.0003, 0.03] if (method, name) == ("dcam", "lr") else _COMMON_RANGES[name])
+        for name in knobs
+    }
+    for method, knobs in KNOBS.items()
+}
+
+# The default configuration of each method = what the training job does when none of
+# these knobs is set (TrainConfig's defaults: lr 0.01, mask 0.2, alpha 0.1 with T 10,
+# recon_weight 1, distance scores, beta from the data). Tuning must beat THAT.
+DEFAULT_POINTS: dict[str, dict] = {
+    "clam": {"beta_scale": 1.0, "lr": 0.01, "mask_ratio": 0.2, "alpha": 0.1},
+    "attention": {"beta_scale": 1.0, "lr": 0.01, "similarity": "distance"},
+    "dcam": {"beta_scale": 1.0, "lr": 0.01, "mask_ratio": 0.2, "alpha": 0.1, "recon_weight": 1.0},
+}
+DEFAULT_POINT: dict = DEFAULT_POINTS["clam"]  # kept for callers written for ClAM only
 
 
 class SearchSpaceError(ConfigError):
@@ -48,13 +88,45 @@ def _check_range(name: str, value: list[float]) -> None:
         raise SearchSpaceError(f"{where}: high must be {bound} {hi_max}, got {hi}")
 
 
-def check_search_space(search: TuneSearch) -> None:
-    """Raise SearchSpaceError for an empty, inverted or out-of-domain space."""
-    for name in _RANGES:
-        _check_range(name, getattr(search, name))
-    if all(getattr(search, n)[0] == getattr(search, n)[1] for n in _RANGES):
+def _check_choice(name: str, value: list[str]) -> None:
+    where = f"search.{name}"
+    if len(value) == 0:
+        raise SearchSpaceError(f"{where} is empty: give one or more of {', '.join(SIMILARITIES)}")
+    for v in value:
+        if v not in SIMILARITIES:
+            raise SearchSpaceError(f"{where}: {v!r} is not one of {', '.join(SIMILARITIES)}")
+
+
+def resolved_space(search: TuneSearch, method: str = "clam") -> dict[str, list]:
+    """The method's knobs with their ranges (choices): as given, or the default range."""
+    return {
+        name: list(getattr(search, name)) if getattr(search, name) is not None else list(rng)
+        for name, rng in DEFAULT_RANGES[method].items()
+    }
+
+
+def _is_fixed(name: str, value: list) -> bool:
+    return len(set(value)) == 1 if name in CHOICE_KNOBS else value[0] == value[1]
+
+
+def check_search_space(search: TuneSearch, method: str = "clam") -> None:
+    """Raise SearchSpaceError for an empty, inverted or out-of-domain space, or a knob the
+    method does not have."""
+    if method not in METHODS:
+        raise SearchSpaceError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
+    for name in (*_RANGES, *CHOICE_KNOBS):
+        if name not in KNOBS[method] and getattr(search, name) is not None:
+            raise SearchSpaceError(
+                f"search.{name} does not apply to model.method={method} "
+                f"(its knobs: {', '.join(KNOBS[method])})"
+            )
+    space = resolved_space(search, method)
+    for name, value in space.items():
+        (_check_choice if name in CHOICE_KNOBS else _check_range)(name, value)
+    if all(_is_fixed(name, value) for name, value in space.items()):
         raise SearchSpaceError(
-            "search space is empty: every parameter is fixed (low == high); widen a range"
+            f"search space is empty: every parameter of {method} is fixed "
+            "(low == high, or one choice); widen a range"
         )
 
 
@@ -81,20 +153,57 @@ def check_budget(budget: TuneBudget, score: TuneScore) -> None:
             raise ConfigError(f"score.{name} must be >= 1, got {getattr(score, name)}")
 
 
+def check_dcam(dc: TuneDCAM) -> None:
+    """The [dcam] section's own checks (the data's width is checked once it is loaded)."""
+    if dc.latent_dim < 1:
+        raise ConfigError(f"dcam.latent_dim must be >= 1, got {dc.latent_dim}")
+    if dc.pretrain_epochs < 0:
+        raise ConfigError(f"dcam.pretrain_epochs must be >= 0, got {dc.pretrain_epochs}")
+    if not dc.recon_tolerance >= 0:
+        raise ConfigError(f"dcam.recon_tolerance must be >= 0, got {dc.recon_tolerance}")
+    if dc.hidden is not None and (not dc.hidden or min(dc.hidden) < 1):
+        raise ConfigError(f"dcam.hidden must be sizes >= 1, got {dc.hidden}")
+    if dc.encoder == "conv" and dc.hidden is not None and len(dc.hidden) != 2:
+        raise ConfigError(
+            f"dcam.hidden must be [c1, c2] channels for the conv encoder, got {dc.hidden}"
+        )
+    if dc.image_shape is not None and (len(dc.image_shape) != 3 or min(dc.image_shape) < 1):
+        raise ConfigError(f"dcam.image_shape must be [C, H, W] > 0, got {dc.image_shape}")
+
+
+def _check_bundled_width(config: TuneJobConfig) -> None:
+    """A bundled data set's width is known without reading it: check that the encoder fits
+    now (a URL's width is checked once its sample is read, still before any trial)."""
+    from clam_dist.datasets.clam_paper import CLAM_PAPER_FILES
+
+    if config.data.dataset in CLAM_PAPER_FILES:
+        from clam_dist.tune.methods import check_for_data  # imports torch: only when needed
+
+        check_for_data(config, CLAM_PAPER_FILES[config.data.dataset][2])
+
+
 def check_job_config(config: TuneJobConfig) -> None:
     """Everything that can be checked before data is read or Ray is started."""
-    d = config.data
+    d, m = config.data, config.model
     if (d.dataset is None) == (d.url is None):
         raise ConfigError("give exactly one of data.dataset (a bundled data set) or data.url")
     if d.sample < 2:
         raise ConfigError(f"data.sample must be >= 2, got {d.sample}")
-    if config.model.n_clusters < 0:
-        raise ConfigError(f"model.n_clusters must be >= 0, got {config.model.n_clusters}")
-    if config.model.n_clusters == 0 and d.dataset is None:
+    if m.n_clusters < 0:
+        raise ConfigError(f"model.n_clusters must be >= 0, got {m.n_clusters}")
+    if m.n_clusters == 0 and d.dataset is None:
         raise ConfigError("model.n_clusters must be given (> 0) when data.url is used")
-    if config.model.batch_size < 1 or config.model.steps < 1:
+    if m.batch_size < 1 or m.steps < 1:
         raise ConfigError("model.batch_size and model.steps must be >= 1")
-    check_search_space(config.search)
+    if m.method == "attention" and m.metric != "euclidean":
+        raise ConfigError(
+            f"model.metric={m.metric!r} does not apply to model.method=attention: its score "
+            "function is search.similarity (distance or dot)"
+        )
+    check_search_space(config.search, m.method)
+    if m.method == "dcam":
+        check_dcam(config.dcam)
+        _check_bundled_width(config)
     check_budget(config.budget, config.score)
 
 
@@ -103,28 +212,28 @@ def steps_for(alpha: float, search: TuneSearch, fixed_steps: int) -> int:
     return max(1, round(1.0 / alpha)) if search.steps_from_alpha else fixed_steps
 
 
-def default_in_space(search: TuneSearch) -> bool:
-    """Whether the default configuration lies inside the searched ranges."""
-    return all(search_lo(search, n) <= v <= search_hi(search, n) for n, v in DEFAULT_POINT.items())
+def default_in_space(search: TuneSearch, method: str = "clam") -> bool:
+    """Whether the method's default configuration lies inside the searched ranges."""
+    space = resolved_space(search, method)
+    return all(
+        v in space[n] if n in CHOICE_KNOBS else float(space[n][0]) <= v <= float(space[n][1])
+        for n, v in DEFAULT_POINTS[method].items()
+    )
 
 
-def search_lo(search: TuneSearch, name: str) -> float:
-    return float(getattr(search, name)[0])
-
-
-def search_hi(search: TuneSearch, name: str) -> float:
-    return float(getattr(search, name)[1])
-
-
-def tune_domains(search: TuneSearch) -> dict:
-    """Ray Tune sampling domains (a fixed value where low == high)."""
+def tune_domains(search: TuneSearch, method: str = "clam") -> dict:
+    """Ray Tune sampling domains (a fixed value where low == high or one choice)."""
     from ray import tune
 
     space = {}
-    for name, (log, *_rest) in _RANGES.items():
-        lo, hi = search_lo(search, name), search_hi(search, name)
+    for name, value in resolved_space(search, method).items():
+        if name in CHOICE_KNOBS:
+            choices = list(dict.fromkeys(value))  # order kept, duplicates dropped
+            space[name] = choices[0] if len(choices) == 1 else tune.choice(choices)
+            continue
+        lo, hi = float(value[0]), float(value[1])
         if lo == hi:
             space[name] = lo
         else:
-            space[name] = tune.loguniform(lo, hi) if log else tune.uniform(lo, hi)
+            space[name] = tune.loguniform(lo, hi) if _RANGES[name][0] else tune.uniform(lo, hi)
     return space

@@ -142,6 +142,20 @@ class ClAMTrial:
                 break
         return protos
 
+    @property
+    def silhouette_metric(self) -> str:
+        return self.am.metric
+
+    @property
+    def steps(self) -> int:
+        return self.am.steps
+
+    @torch.no_grad()
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Labels of any rows: AM dynamics towards the final prototypes, then nearest."""
+        am, x = self.am, torch.from_numpy(np.array(rows, dtype=np.float32))
+        return assign(x, self.final_prototypes(), am.beta, am.alpha, am.steps, am.metric)[0].numpy()
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         am, protos = self.am, self.final_prototypes()

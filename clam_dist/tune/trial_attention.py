@@ -1,0 +1,103 @@
+"""One attention-clustering tuning trial without Ray: k heads trained epoch by epoch on the
+reconstruction risk, scored after every epoch so ASHA can cut it short.
+
+The optimisation is ``fit_attention``'s (Adam on shuffled minibatches, the heads of the
+lowest-loss epoch kept) started the way the training job starts it (k-means++ refined by
+Lloyd, beta = scale x ``beta_from_data`` on those heads), plus the training job's
+reduce-on-plateau schedule, which leaves the first ``plateau_patience`` epochs unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clam_dist.metrics import silhouette
+from clam_dist.models.attention import AttentionLayer, attention_assign, attention_loss
+from clam_dist.models.clam import beta_from_data
+from clam_dist.models.clam_fit import init_prototypes
+from clam_dist.tune.trial import TrialData
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    n_clusters: int
+    beta_scale: float = 1.0
+    lr: float = 0.01
+    similarity: str = "distance"
+    batch_size: int = 32
+    plateau_factor: float = 0.8
+    plateau_patience: int = 5
+    seed: int = 0
+
+
+class AttentionTrial:
+    """Train with ``step()`` (one epoch); labels of any rows with ``predict``."""
+
+    silhouette_metric = "euclidean"  # scores live in the input space
+    steps = None  # no AM iteration count to write: the layer is one step
+
+    def __init__(self, data: TrialData, params: AttentionParams):
+        self.data, self.p = data, params
+        self.x = torch.from_numpy(np.array(data.train, dtype=np.float32))  # writable copy
+        if self.x.shape[0] < params.n_clusters:
+            raise ValueError(
+                f"{self.x.shape[0]} training rows, fewer than n_clusters={params.n_clusters}"
+            )
+        self.gen = torch.Generator().manual_seed(int(params.seed))
+        # Same seed -> same heads at the start of every trial: trials differ in their knobs.
+        mu0 = init_prototypes(self.x, params.n_clusters, "kmeans", self.gen)
+        self.beta_default = beta_from_data(self.x, mu0, "euclidean")
+        self.beta = params.beta_scale * self.beta_default
+        self.layer = AttentionLayer(mu0, self.beta, params.similarity)
+        self.optim = torch.optim.Adam(self.layer.parameters(), lr=params.lr)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optim, factor=params.plateau_factor, patience=params.plateau_patience
+        )
+        self.epoch = 0
+        self.best_loss, self.best = float("inf"), mu0.clone()
+        self.holdout = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
+
+    def step(self) -> dict:
+        x, bs = self.x, self.p.batch_size
+        n = x.shape[0]
+        perm = torch.randperm(n, generator=self.gen)
+        total = 0.0
+        for b0 in range(0, n, bs):
+            xb = x[perm[b0 : b0 + bs]]
+            loss = attention_loss(self.layer, xb)
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+            total += float(loss.detach()) * xb.shape[0]
+        epoch_loss = total / n
+        if not np.isfinite(epoch_loss):
+            raise FloatingPointError(f"attention loss became {epoch_loss} at epoch {self.epoch}")
+        self.sched.step(epoch_loss)
+        if epoch_loss < self.best_loss:
+            self.best_loss, self.best = epoch_loss, self.layer.mu.detach().clone()
+        self.epoch += 1
+        return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
+
+    @torch.no_grad()
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.array(rows, dtype=np.float32))
+        return attention_assign(x, self.best, self.beta, self.p.similarity).numpy()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        labels = self.predict(self.data.score_rows)
+        rows = np.asarray(self.data.score_rows, dtype=np.float32)
+        sil = silhouette(rows, labels, sample_size=rows.shape[0], metric="euclidean")
+        out = {
+            "silhouette": float(sil) if np.isfinite(sil) else -1.0,
+            "n_nonempty": int(np.unique(labels).size),
+            "beta": float(self.beta),
+        }
+        if self.holdout.shape[0]:
+            # The reconstruction risk of the kept heads on rows they never trained on.
+            layer = AttentionLayer(self.best, self.beta, self.p.similarity)
+            out["heldout_loss"] = float(attention_loss(layer, self.holdout))
+        return out

@@ -9,6 +9,7 @@ the model artifact (safetensors + JSON) next to the checkpoints: ``<storage>/<na
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,17 @@ def check_resources(cfg: TrainConfig) -> None:
             f"run.num_workers={w} x run.cpus_per_worker={cfg.run.cpus_per_worker:g} needs "
             f"{need_cpu:g} CPUs; the Ray cluster has {res.get('CPU', 0):g}"
         )
+    free = ray.available_resources().get("CPU", 0)
+    if need_cpu > free:  # held by other jobs (or an autoscaler has yet to add nodes)
+        from clam_dist.logs import log_event
+
+        log_event(
+            "train_waiting_for_cpus",
+            level="warning",
+            need_cpus=need_cpu,
+            free_cpus=free,
+            note="Ray Train waits until other work releases CPUs or the cluster grows",
+        )
     if cfg.run.use_gpu and w > res.get("GPU", 0):
         raise ValueError(
             f"run.use_gpu with run.num_workers={w} needs {w} GPUs; the Ray cluster has "
@@ -143,6 +155,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     if not ray.is_initialized():
         ray.init()  # under `ray job submit` this joins the job's cluster
+    # Earlier Ray Data work in this driver (an assignment, a read) may sit in unreachable
+    # reference cycles whose actor pools still hold CPUs: collect them before asking for
+    # the workers' resources.
+    gc.collect()
     check_resources(cfg)
     storage_path, storage_fs, run_url = storage(cfg)
     source = make_source(cfg)

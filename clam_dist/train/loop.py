@@ -28,6 +28,7 @@ from clam_dist.train.step import (
     fingerprint,
     lr_factor,
     resolve_lanes,
+    scale_to_global,
     take_step,
     worker_lanes,
 )
@@ -384,12 +385,6 @@ def train_loop(loop_config: dict) -> None:
                 break  # next epoch (fresh lane streams), or done
         else:  # an epoch with no steps (cannot happen with non-empty data): move on
             epoch, step_in_epoch = epoch + 1, 0
-
-
-def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global_rows: int):
-    """This worker's share of the global-batch mean, pre-scaled for gradient AVERAGING: the
-    average over workers of the gradients is then exactly the global batch's gradient."""
-    return mean_loss * local_rows * world / global_rows
 
 
 def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> None:

@@ -393,7 +393,7 @@ class DCAMObjective(Objective):
             "alpha": m.alpha,
             "steps": m.steps,
             "metric": m.metric,
-            "tensors": {n: t for n, t in encoder_tensors(self.module).items()},
+            "tensors": encoder_tensors(self.module),
             "meta": {
                 "encoder": self.spec.to_json(),
                 "recon_pretrained": self.recon_pretrained,

@@ -23,15 +23,22 @@ def make_source(cfg: TrainConfig) -> VectorSource:
     return VectorSource.from_config(d.url, d)
 
 
-def initialise(cfg: TrainConfig) -> dict:
-    """Statistics, sample, initial prototypes and beta, computed once on the driver."""
-    from clam_dist.data.stats import feature_stats, sample_rows
+def init_sample(cfg: TrainConfig):
+    """The run's uniform sample of ``data.init_sample`` rows (raw, with ids)."""
+    from clam_dist.data.stats import sample_rows
+
+    return sample_rows(make_source(cfg), cfg.data.init_sample, cfg.run.seed)
+
+
+def initialise(cfg: TrainConfig, sample=None) -> dict:
+    """Statistics, initial prototypes and beta, computed once on the driver from the
+    run's sample (drawn here when not given)."""
+    from clam_dist.data.stats import feature_stats
     from clam_dist.models.clam import beta_from_data
     from clam_dist.models.kmeans import kmeans_parallel_init, kmeans_plus_plus, lloyd
 
-    source = make_source(cfg)
-    stats = feature_stats(source)
-    sample = sample_rows(source, cfg.data.init_sample, cfg.run.seed)
+    stats = feature_stats(make_source(cfg))
+    sample = init_sample(cfg) if sample is None else sample
     k = cfg.model.n_clusters
     if k > len(sample):
         raise ValueError(
@@ -39,7 +46,7 @@ def initialise(cfg: TrainConfig) -> dict:
             "raise data.init_sample or lower k"
         )
     mean, scale = scaler(stats, cfg.data.standardize)
-    z = torch.from_numpy(((sample.x - mean) / scale).astype(np.float32))
+    z = torch.from_numpy(standardize(sample.x, mean, scale))
     fills = {"mean": stats.mean, "min": stats.min, "max": stats.max, "zero": mean}
     fill = (fills[cfg.model.fill] - mean) / scale
     common = {
@@ -51,10 +58,9 @@ def initialise(cfg: TrainConfig) -> dict:
     if cfg.model.method == "dcam":
         # DCAM's prototypes live in the latent space of an autoencoder that does not exist
         # yet: the loop sets them (k-means on the pretrained latents of the sample) when
-        # pretraining ends. Here: placeholders, and the standardised sample (the caller
-        # pops it: it travels beside the JSON-able init, never into checkpoints).
+        # pretraining ends; here placeholders.
         latent = cfg.dcam.latent_dim
-        return {"prototypes": [[0.0] * latent] * k, "beta": 1.0, **common, "sample": z.numpy()}
+        return {"prototypes": [[0.0] * latent] * k, "beta": 1.0, **common}
     gen = torch.Generator().manual_seed(cfg.run.seed)
     if cfg.model.init == "kmeans||":
         protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
@@ -70,16 +76,9 @@ def initialise(cfg: TrainConfig) -> dict:
     return {"prototypes": protos.numpy().tolist(), "beta": float(beta), **common}
 
 
-def standardized_sample(cfg: TrainConfig, init: dict) -> np.ndarray:
-    """A uniform sample of ``data.init_sample`` rows, standardised with the run's scaler
-    (DCAM: k-means on its latents starts the joint phase, and the reconstruction bound
-    is checked on it at every epoch end)."""
-    from clam_dist.data.stats import sample_rows
-
-    sample = sample_rows(make_source(cfg), cfg.data.init_sample, cfg.run.seed)
-    mean = np.asarray(init["mean"], dtype=np.float64)
-    scale = np.asarray(init["scale"], dtype=np.float64)
-    return ((sample.x - mean) / scale).astype(np.float32)
+def standardize(x: np.ndarray, mean, scale) -> np.ndarray:
+    """Rows in the run's standardised space (float32), as the workers see them."""
+    return ((x - np.asarray(mean, np.float64)) / np.asarray(scale, np.float64)).astype(np.float32)
 
 
 def scaler(stats, standardize: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,14 @@ def scaled_local_loss(
     if x.shape[0] == 0:
         return (prototypes * 0).sum()  # keep the graph so DDP still all-reduces
     mean = clam_loss(x, prototypes, beta, alpha, steps, metric, mask, fill)
-    return mean * x.shape[0] * world_size / global_rows
+    return scale_to_global(mean, x.shape[0], world_size, global_rows)
+
+
+def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global_rows: int):
+    """A worker's mean loss as its share of the global-batch mean, pre-scaled for gradient
+    AVERAGING: the average over workers of the gradients is then exactly the global
+    batch's gradient (any method's loss, see module docstring)."""
+    return mean_loss * local_rows * world / global_rows
 
 
 def batch_mask(

@@ -19,7 +19,7 @@ from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
 from clam_dist.train.objectives import encoder_spec, total_epochs
-from clam_dist.train.sources import initialise, make_source, standardized_sample
+from clam_dist.train.sources import init_sample, initialise, make_source, standardize
 from clam_dist.train.step import resolve_lanes, steps_in_epoch
 
 
@@ -166,11 +166,12 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     # Ray Train v2 has no resume_from_checkpoint: the loop opens run.resume_from itself
     # when Ray hands it no checkpoint of this run (a restart after a failure does).
     check_method_config(cfg, source.dim())
-    init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg)
+    # One sample serves the initialisation, DCAM's joint phase and the drift threshold.
+    sample = init_sample(cfg)
+    init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg, sample)
     loop_config = {"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url}
     if cfg.model.method == "dcam":  # the sample DCAM's joint phase starts from (numpy)
-        sample = init.pop("sample", None)
-        loop_config["sample"] = sample if sample is not None else standardized_sample(cfg, init)
+        loop_config["sample"] = standardize(sample.x, init["mean"], init["scale"])
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -199,7 +200,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         path = result.checkpoint.path
         checkpoint_url = f"{scheme}://{path.lstrip('/')}" if scheme else path
     artifact_url = f"{run_url}/{cfg.run.name}/model"
-    record_drift_threshold(cfg, artifact_url)
+    record_drift_threshold(cfg, artifact_url, sample.x)
     return TrainResult(
         artifact_url=artifact_url,
         checkpoint_path=checkpoint_url,
@@ -208,16 +209,14 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     )
 
 
-def record_drift_threshold(cfg: TrainConfig, artifact_url: str) -> None:
-    """Add the training energy's 99th percentile (on the run's initialisation sample) to
+def record_drift_threshold(cfg: TrainConfig, artifact_url: str, x) -> None:
+    """Add the training energy's 99th percentile on rows ``x`` (the run's sample, raw) to
     the artifact, so `clam-dist assign` can report drift on new partitions."""
     from clam_dist.artifacts import load_artifact, save_artifact
-    from clam_dist.data.stats import sample_rows
     from clam_dist.models.predictor import drift_threshold
 
     artifact = load_artifact(artifact_url, cfg.data.storage_options)
-    sample = sample_rows(make_source(cfg), cfg.data.init_sample, cfg.run.seed)
-    artifact.meta.update(drift_threshold(artifact, sample.x))
+    artifact.meta.update(drift_threshold(artifact, x))
     save_artifact(artifact, artifact_url, cfg.data.storage_options)
 
 

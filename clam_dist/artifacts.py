@@ -8,6 +8,7 @@ shapes the tensor file holds is a complete artifact; anything else is refused.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import fsspec
@@ -17,6 +18,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 import clam_dist
+from clam_dist.secrets import persistable
 
 FORMAT = "clam-dist-model"
 FORMAT_VERSION = 1
@@ -110,7 +112,8 @@ def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | Non
         "metric": artifact.metric,
         "library_version": artifact.library_version,
         "tensor_shapes": {name: list(t.shape) for name, t in tensors.items()},
-        "meta": artifact.meta,
+        # An artifact is meant to be shared: storage options keep only where data lives.
+        "meta": persistable(artifact.meta),
     }
     try:
         # Serialise before touching storage: a non-JSON-able meta must not cost the old model.
@@ -127,6 +130,36 @@ def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | Non
     except OSError as exc:
         raise ArtifactError(f"cannot write model artifact to {url}: {exc}") from exc
     return url
+
+
+def _check_consistent(url: str, meta: dict, tensors: dict) -> None:
+    """model.json's numbers must describe its tensors and be usable: a hand-edited or
+    mismatched file is refused here, not found out inside the assignment's workers."""
+    where = f"{url}/{META_FILE}"
+    protos = tensors.get("prototypes")
+    if protos is None or protos.ndim != 2:
+        raise ArtifactError(f"{url}/{TENSORS_FILE}: no 2-D 'prototypes' tensor")
+    checks = [
+        ("k", meta.get("k"), protos.shape[0], "the prototypes' rows"),
+        ("d_model", meta.get("d_model"), protos.shape[1], "the prototypes' columns"),
+    ]
+    for name in ("scaler_mean", "scaler_scale"):
+        if name in tensors:
+            checks.append(("n_features", meta.get("n_features"), tensors[name].shape[0], name))
+    for field_name, said, found, what in checks:
+        if said is not None and said != found:
+            raise ArtifactError(
+                f"{where}: {field_name} = {said}, but {what} say {found} (mismatched files?)"
+            )
+    beta, alpha, steps = meta.get("beta"), meta.get("alpha"), meta.get("steps")
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+        raise ArtifactError(f"{where}: beta must be a finite number > 0, got {beta!r}")
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ArtifactError(f"{where}: alpha must be a finite number > 0, got {alpha!r}")
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ArtifactError(f"{where}: steps must be an integer >= 0, got {steps!r}")
+    if not np.isfinite(protos).all():
+        raise ArtifactError(f"{url}/{TENSORS_FILE}: prototypes contain NaN/inf")
 
 
 def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifact:
@@ -161,6 +194,7 @@ def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifac
     found = {name: list(t.shape) for name, t in tensors.items()}
     if expected != found:
         raise ArtifactError(f"{url}: tensors {found} do not match the metadata {expected}")
+    _check_consistent(url, meta, tensors)
     try:
         return ModelArtifact(
             method=meta["method"],

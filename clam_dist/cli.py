@@ -63,42 +63,54 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # -v/--verbose anywhere: tracebacks on errors, Ray's own INFO logs.
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=chosen if chosen in COMMANDS else "__none__")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return run_logged(args.command, lambda: importlib.import_module(args._module).run(args))
+    return run_logged(
+        args.command, lambda: importlib.import_module(args._module).run(args), verbose
+    )
 
 
-def run_logged(command: str, fn) -> int:
+def run_logged(command: str, fn, verbose: bool = False) -> int:
     """Run a command with structured start/end records (JSON lines on stderr, see
-    clam_dist.logs): exit code, wall seconds, and the exception type and message of a
-    crash. The command line itself is not logged: --set values may carry credentials."""
-    import time
+    clam_dist.logs): exit code, wall seconds, and the error of a failure.
 
+    A failure is ONE line on stderr naming the problem (clam_dist.errors.describe) and an
+    exit code that means something (1 the job failed, 2 bad input or config found before
+    any work); the traceback only with -v. The command line itself is not logged: --set
+    values may carry credentials."""
+    import time
+    import traceback
+
+    from clam_dist.errors import describe, exit_code
     from clam_dist.logs import log_event, set_job
 
     set_job(command)
     log_event("job_start")
     t0 = time.perf_counter()
+    error = None
     try:
         code = int(fn() or 0)
-    except BaseException as exc:
-        log_event(
-            "job_done",
-            level="error",
-            exit_code=None,
-            seconds=round(time.perf_counter() - t0, 3),
-            error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-        )
-        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        code, error = exit_code(exc), describe(command, exc)
+        if verbose:
+            traceback.print_exc()
+            details = getattr(exc, "details", None)
+            if details:
+                print(details, file=sys.stderr)
+        print(error, file=sys.stderr)
     log_event(
         "job_done",
         level="info" if code == 0 else "error",
         exit_code=code,
         seconds=round(time.perf_counter() - t0, 3),
+        **({"error": error} if error else {}),
     )
     return code
 

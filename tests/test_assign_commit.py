@@ -59,11 +59,22 @@ def test_commit_roundtrip_and_refusals(store, tmp_path, s3_server):
     np.testing.assert_array_equal(np.sort(streamed), np.arange(100))
     with pytest.raises(OutputExistsError, match="already holds a committed result"):
         OutputPrefix(url, opts).prepare(overwrite=False)
-    # overwrite: un-committed FIRST, so a crash during the re-run leaves "incomplete"
+    # overwrite: the committed result stays readable until the new one is verified and
+    # swapped in; a failed attempt leaves it intact, a successful one replaces it whole
     staging = prefix.prepare(overwrite=True)
-    assert not prefix.is_committed() and prefix.fs.find(prefix.path) == []
-    with pytest.raises(IncompleteOutputError):
-        read_assignments(url, opts)
+    assert prefix.is_committed()
+    np.testing.assert_array_equal(_ids(url, opts), np.arange(100))
+    _stage(prefix, staging, np.arange(100, 150), files=2)
+    with pytest.raises(CommitError):
+        prefix.commit(staging, 51, {})
+    prefix.abort(staging)
+    np.testing.assert_array_equal(_ids(url, opts), np.arange(100))
+    staging = prefix.prepare(overwrite=True)
+    _stage(prefix, staging, np.arange(100, 150), files=2)
+    second = prefix.commit(staging, 50, {})
+    np.testing.assert_array_equal(_ids(url, opts), np.arange(100, 150))
+    names = sorted(p.rsplit("/", 1)[-1] for p in prefix.fs.find(prefix.path))
+    assert names == sorted([SUCCESS, MANIFEST, *second["files"]])  # old parts removed
 
 
 def test_row_count_mismatch_is_not_committed(tmp_path):
@@ -109,7 +120,9 @@ def test_crash_anywhere_in_the_commit_then_rerun_gives_exactly_n(fail_at, tmp_pa
     # re-run: leftovers (staging, moved parts, manifest) are cleared, never appended to
     prefix = OutputPrefix(url)
     staging = prefix.prepare(False)
-    assert list((tmp_path / "out").iterdir()) == []
+    attempt = staging.rsplit("/", 1)[-1]
+    left = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert left == ["_staging", f"_staging/{attempt}", f"_staging/{attempt}/_attempt.json"]
     _stage(prefix, staging, np.arange(60), files=2)
     prefix.commit(staging, 60, {})
     np.testing.assert_array_equal(_ids(url), np.arange(60))
@@ -122,8 +135,8 @@ def test_foreign_files_are_refused_and_kept(tmp_path):
     (out / "precious.csv").write_text("a,b\n")
     (out / "_staging").mkdir()
     (out / "_staging" / "old.parquet").write_bytes(b"x")
-    with pytest.raises(
-        ForeignOutputError, match=r"1 file\(s\) that clam-dist assign did not write"
+    with pytest.raises(  # an unrecorded file under _staging/ is foreign too
+        ForeignOutputError, match=r"2 file\(s\) that clam-dist assign did not write"
     ):
         OutputPrefix(str(out)).prepare(overwrite=True)
     assert (out / "precious.csv").exists() and (out / "_staging" / "old.parquet").exists()
@@ -137,3 +150,55 @@ def test_unwritable_output_is_named(tmp_path):
     (tmp_path / "blocker").write_text("x")
     with pytest.raises(PermissionError, match="is not writable"):
         OutputPrefix(str(tmp_path / "blocker" / "out")).prepare(False)
+
+
+def _checksums(root) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_files_named_like_ours_but_never_recorded_are_refused_and_kept(tmp_path):
+    """A data set of part-NNNNN.parquet files (what make-dataset writes) is not ours."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"id": np.arange(3)}), out / f"part-{i:05d}.parquet")
+    (out / "_SUCCESS").write_bytes(b"")
+    before = _checksums(out)
+    for overwrite in (False, True):
+        with pytest.raises(ForeignOutputError, match=r"part-00000.parquet"):
+            OutputPrefix(str(out)).prepare(overwrite=overwrite)
+    assert _checksums(out) == before
+
+
+def test_failed_attempt_leaves_no_empty_folders(tmp_path):
+    prefix = OutputPrefix(str(tmp_path / "new" / "out"))
+    staging = prefix.prepare(False)
+    _stage(prefix, staging, np.arange(10), files=1)
+    prefix.abort(staging)
+    assert not (tmp_path / "new" / "out").exists()  # it did not exist before the attempt
+
+
+def test_crash_after_an_overwrite_manifest_finishes_the_swap(tmp_path, monkeypatch):
+    """The new manifest is live but the old parts were not yet removed: the next attempt
+    completes the clean-up (only the files the record names) and readers see new rows."""
+    url = str(tmp_path / "out")
+    prefix = OutputPrefix(url)
+    staging = prefix.prepare(False)
+    _stage(prefix, staging, np.arange(10), files=2)
+    first = prefix.commit(staging, 10, {})
+    staging = prefix.prepare(True)
+    _stage(prefix, staging, np.arange(10, 30), files=1)
+    monkeypatch.setattr(OutputPrefix, "_settle", lambda self, a, r: None)  # crash here
+    prefix.commit(staging, 20, {})
+    monkeypatch.undo()
+    assert all((tmp_path / "out" / f).exists() for f in first["files"])  # not yet removed
+    np.testing.assert_array_equal(_ids(url), np.arange(10, 30))
+    OutputPrefix(url).prepare(True)
+    assert not any((tmp_path / "out" / f).exists() for f in first["files"])
+    np.testing.assert_array_equal(_ids(url), np.arange(10, 30))

@@ -95,8 +95,8 @@ def test_cli_assign_through_s3_equals_in_memory_predict(ray_local, fitted, s3_se
     assert set(summary["timings_s"]) >= {"checks", "assign_write", "drift", "commit"}
     # drift vs the training energy's 99th percentile on the same data: about 1%
     assert summary["drift"]["rows_above"] == pytest.approx(0.01 * N, abs=3)
-    # a committed output is never silently replaced
-    assert main(argv) == 1
+    # a committed output is never silently replaced (bad input found before work: 2)
+    assert main(argv) == 2
 
 
 def _assert_actor_pool_released(ray, seconds: float = 15.0) -> None:
@@ -199,11 +199,11 @@ def test_config_errors_name_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('input = "a"\noutput = "b"\nmodel = "m"\nconcurrency = "many"\n')
     assert main(["assign", "--config", str(bad)]) == 2
-    assert "concurrency: expected an integer, got 'many'" in capsys.readouterr().out
+    assert "concurrency: expected an integer, got 'many'" in capsys.readouterr().err
     assert main(["assign", "--config", str(bad), "--set", "concurrency=2", "--outputs", "nrg"]) == 2
-    assert "outputs: unknown ['nrg']" in capsys.readouterr().out
+    assert "outputs: unknown ['nrg']" in capsys.readouterr().err
     assert main(["assign", "--input", "a", "--model", "m"]) == 2
-    assert "output: required" in capsys.readouterr().out
+    assert "output: required" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="partition: given, but neither"):
         AssignConfig(input="a", output="b", model="m", partition="date=1")
     with pytest.raises(ConfigError, match="unknown field"):
@@ -252,5 +252,5 @@ def test_pipeline_config_errors_name_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nn_clusters = 'many'\n")
     assert main(["pipeline", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
-    assert "model.n_clusters: expected an integer, got 'many'" in capsys.readouterr().out
+    assert "model.n_clusters: expected an integer, got 'many'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

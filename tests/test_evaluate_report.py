@@ -222,9 +222,9 @@ def test_cli_config_file_and_errors(run, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sample_size: lots\n")
     assert main(["evaluate", "--config", str(bad)]) == 2
-    assert "sample_size: expected an integer, got 'lots'" in capsys.readouterr().out
+    assert "sample_size: expected an integer, got 'lots'" in capsys.readouterr().err
     assert main(["evaluate", "--config", str(cfg), "--set", "report_dir="]) == 2
-    assert "report_dir: required" in capsys.readouterr().out
+    assert "report_dir: required" in capsys.readouterr().err
     args = ["evaluate", "--config", str(cfg), "--report-dir", str(tmp_path / "r2")]
-    assert main([*args, "--assignments", str(tmp_path / "none")]) == 1
+    assert main([*args, "--assignments", str(tmp_path / "none")]) == 2
     assert "IncompleteOutputError" in capsys.readouterr().err

@@ -55,10 +55,13 @@ def test_data_source_must_be_exactly_one():
 
 
 def test_tune_command_exit_code_2_on_bad_space(capsys):
+    from clam_dist.cli import run_logged
     from clam_dist.tune.command import run
 
-    assert run(_args("--dataset", "ecoli", "--set", "search.alpha=[0.5,0.1]")) == 2
-    assert "config error: search.alpha is inverted" in capsys.readouterr().out
+    # through the CLI's error handling, as `clam-dist tune` runs it
+    args = _args("--dataset", "ecoli", "--set", "search.alpha=[0.5,0.1]")
+    assert run_logged("tune", lambda: run(args)) == 2
+    assert "config error: search.alpha is inverted" in capsys.readouterr().err
 
 
 def test_trial_at_the_default_point_matches_the_in_memory_fit():
@@ -87,7 +90,7 @@ def test_heldout_loss_is_reported_on_fixed_masks():
 
 def test_jobs_entrypoint_refuses_an_inverted_space_before_any_work(tmp_path):
     """What `ray job submit -- python jobs/tune.py ...` runs: exit 2 in seconds, the
-    message on stdout, a JSON job_done record on stderr, nothing written."""
+    message and a JSON job_done record on stderr, nothing written."""
     import subprocess
     import sys
     from pathlib import Path
@@ -99,7 +102,7 @@ def test_jobs_entrypoint_refuses_an_inverted_space_before_any_work(tmp_path):
         cwd=repo, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "config error: search.lr is inverted: low 0.1 > high 0.001" in out.stdout
+    assert "config error: search.lr is inverted: low 0.1 > high 0.001" in out.stderr
     done = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")][-1]
     assert done["event"] == "job_done" and done["job"] == "tune" and done["exit_code"] == 2
     assert "Started a local Ray instance" not in out.stderr

@@ -80,13 +80,13 @@ def test_a_space_with_every_knob_of_the_method_fixed_is_empty(method, search):
 
 @pytest.mark.parametrize("method", ["attention", "dcam"])
 def test_tune_command_exit_code_2_on_a_bad_space_per_method(method, capsys):
+    from clam_dist.cli import run_logged
     from clam_dist.tune.command import run
 
     override = "search.lr=[0.05,0.005]"
-    assert (
-        run(_args("--dataset", "ecoli", "--set", f"model.method={method}", "--set", override)) == 2
-    )
-    assert "config error: search.lr is inverted: low 0.05 > high 0.005" in capsys.readouterr().out
+    args = _args("--dataset", "ecoli", "--set", f"model.method={method}", "--set", override)
+    assert run_logged("tune", lambda: run(args)) == 2  # as `clam-dist tune` runs it
+    assert "config error: search.lr is inverted: low 0.05 > high 0.005" in capsys.readouterr().err
 
 
 def _zoo() -> tuple[np.ndarray, TrialData]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from clam_dist.config import ConfigError, load_config
+from clam_dist.config import load_config
+from clam_dist.summary_file import writable_target, write_after_commit
 
 # flag dest -> AssignConfig field (flags left at None are not applied)
 _FLAG_FIELDS = {
@@ -111,6 +111,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace an output that is already committed"
     )
     parser.add_argument(
+        "--nan-policy",
+        choices=["error", "drop"],
+        default=None,
+        help="rows with NaN/inf or overflowing distances: error (default, names them) or "
+        "drop (left out; the manifest counts them)",
+    )
+    parser.add_argument(
+        "--allow-duplicate-ids",
+        action="store_true",
+        help="assign even when the id column repeats values (refused by default)",
+    )
+    parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
     )
     parser.add_argument(
@@ -143,43 +155,28 @@ def config_from_args(args: argparse.Namespace):
         )
     if args.overwrite:
         overrides.append("overwrite=true")
+    if args.nan_policy:
+        overrides.append(f"nan_policy={args.nan_policy}")
+    if args.allow_duplicate_ids:
+        overrides.append("allow_duplicate_ids=true")
     return load_config(AssignConfig, args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)  # validated before any work starts
-    except ConfigError as exc:
-        print(f"config error: {exc}")
-        return 2
+    """Errors propagate to the CLI, which prints one line and picks the exit code."""
+    config = config_from_args(args)  # validated before any work starts
+    summary_target = writable_target(args.summary, config.storage_options)
     import ray
 
-    from clam_dist.artifacts import ArtifactError
-    from clam_dist.assign.commit import CommitError, ForeignOutputError, OutputExistsError
     from clam_dist.assign.pipeline import run_assignment
-    from clam_dist.data.errors import DataError
 
     if not ray.is_initialized():
         ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
-    try:
-        res = run_assignment(config)
-    except (
-        ArtifactError,
-        DataError,
-        OutputExistsError,
-        ForeignOutputError,
-        PermissionError,
-        CommitError,
-    ) as exc:
-        # Bad input: one clear line, no traceback (the message names the file/column/count).
-        print(f"assign failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    res = run_assignment(config)
     summary = res.to_dict()
     summary.pop("manifest")
-    print(json.dumps(summary, indent=2, default=str))
-    if args.summary:
-        from clam_dist.data.source import open_filesystem
-
-        fs, path = open_filesystem(args.summary, config.storage_options)
-        fs.pipe(path, json.dumps(summary, indent=2, default=str).encode())
+    text = json.dumps(summary, indent=2, default=str)
+    print(text)
+    if summary_target is not None:
+        write_after_commit(summary_target, text, what=f"the output {res.output} is committed")
     return 0

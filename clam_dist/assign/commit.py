@@ -1,18 +1,27 @@
-"""Crash-safe output prefixes: stage, verify, then commit with a marker written last.
+"""Crash-safe output prefixes that only ever delete what they recorded writing.
 
-Object stores have no atomic rename of a directory, so the protocol is the commit:
+Object stores have no atomic rename of a directory, so the protocol is the commit. Every
+file it writes is RECORDED before it is written, and only recorded files are ever removed:
 
-1. outputs are written under ``<prefix>/_staging/<attempt>/``;
-2. the staged row count is verified against the input's;
-3. staged files move to ``<prefix>/part-NNNNN.parquet``, then ``_manifest.json`` (files,
-   row counts, model, input) is written, then ``_SUCCESS`` LAST.
+1. ``prepare``: a new attempt writes its record ``<prefix>/_staging/<attempt>/_attempt.json``
+   first (this also proves the prefix writable); the job's files go under that folder.
+2. ``commit``: the staged row count is verified against the input's; the record is
+   rewritten with the final names it is about to create and the files of the result it
+   replaces; staged files move to ``<prefix>/part-....parquet``; ``_manifest.json`` (files,
+   row counts, attempt) is written; ``_SUCCESS`` is written (first commit) or kept
+   (overwrite); the replaced result's files are removed; the attempt's folder goes last.
 
-A prefix without ``_SUCCESS`` is incomplete, whatever it holds, and readers refuse it
-(:func:`read_assignments`). A re-run deletes an uncommitted prefix's leftovers (staging,
-half-moved parts, a manifest) before writing, so retries never append duplicates.
+A prefix without ``_SUCCESS`` and a manifest is incomplete, whatever it holds, and readers
+refuse it (:func:`read_assignments`). Readers follow the manifest, never a listing, so
+during an overwrite they see the old result until the new manifest replaces it, then the
+new one: a failed ``--overwrite`` leaves the previous result committed and intact.
 
-Only files this protocol writes are ever deleted: a prefix holding anything else (someone
-else's data, a mistyped ``--output``) is refused rather than cleared.
+What counts as ours: ``_SUCCESS`` and ``_manifest.json`` (when the manifest is one we wrote),
+the files a committed manifest lists, and an attempt folder with its record together with
+the final names that record announced. Anything else in the prefix (someone's data, a
+mistyped ``--output``, files named like ours but never recorded) is refused with its name
+and never touched. A re-run rolls an interrupted attempt back (or finishes one whose
+manifest was already written), so retries never append duplicates.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,8 +41,9 @@ from clam_dist.data.source import open_filesystem
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 STAGING = "_staging"
-PART_RE = re.compile(r"part-\d{5}\.parquet")
-PROBE_PREFIX = ".write-probe-"
+ATTEMPT_RECORD = "_attempt.json"
+# A name a manifest or a record may list: one path segment, not hidden, not a parent.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
 
 
 class OutputExistsError(FileExistsError):
@@ -51,32 +62,51 @@ class CommitError(RuntimeError):
     """The staged output does not match the input (row count); nothing was committed."""
 
 
-def _ours(relative: str) -> bool:
-    """Is this file (path relative to the prefix) one the commit protocol writes?"""
-    if relative.startswith(STAGING + "/"):
-        return True
-    if "/" in relative:
-        return False
-    return (
-        relative in (SUCCESS, MANIFEST)
-        or bool(PART_RE.fullmatch(relative))
-        or relative.startswith(PROBE_PREFIX)
-    )
+@dataclass
+class _Inventory:
+    """What a prefix holds, sorted into ours (and why) and foreign."""
+
+    manifest: dict | None  # a manifest we wrote, or None
+    committed: bool  # _SUCCESS present beside that manifest
+    attempts: dict[str, dict]  # attempt id -> its record
+    foreign: list[str]  # relative paths nobody recorded
+
+
+def _names(value) -> list[str]:
+    """The entries of a recorded list that are plain file names (anything else ignored)."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str) and _SAFE_NAME.fullmatch(v)]
+
+
+def _parse_json(raw: bytes) -> dict | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class OutputPrefix:
-    """One output prefix (any fsspec URL) and the stage / verify / commit protocol on it."""
+    """One output prefix (any fsspec URL) and the stage / verify / commit protocol on it.
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    ``writer`` names the command in refusals ("files that clam-dist assign did not write").
+    """
+
+    def __init__(
+        self, url: str, storage_options: dict | None = None, writer: str = "clam-dist assign"
+    ):
         self.url = url.rstrip("/")
         self.storage_options = storage_options
+        self.writer = writer
         self.fs, path = open_filesystem(self.url, storage_options)
         self.path = path.rstrip("/")
+        self._created_prefix = False
 
     # -- state -------------------------------------------------------------------------
 
     def is_committed(self) -> bool:
-        return self.fs.exists(f"{self.path}/{SUCCESS}")
+        return self.fs.exists(f"{self.path}/{SUCCESS}") and self._read_manifest() is not None
 
     def _listing(self) -> list[str]:
         """Files under the prefix, relative to it ([] when it does not exist)."""
@@ -87,44 +117,151 @@ class OutputPrefix:
         root = self.path + "/"
         return sorted(p[len(root) :] for p in self.fs.find(self.path) if p.startswith(root))
 
+    def _read_json(self, relative: str) -> dict | None:
+        try:
+            return _parse_json(self.fs.cat(f"{self.path}/{relative}"))
+        except FileNotFoundError:
+            return None
+
+    def _read_manifest(self) -> dict | None:
+        """The manifest, if it is one this protocol wrote (files + rows), else None."""
+        manifest = self._read_json(MANIFEST)
+        if manifest is None or not isinstance(manifest.get("rows"), int):
+            return None
+        if _names(manifest.get("files")) != manifest.get("files"):
+            return None
+        return manifest
+
+    def _inventory(self) -> _Inventory:
+        files = self._listing()
+        manifest = self._read_manifest() if MANIFEST in files else None
+        attempts: dict[str, dict] = {}
+        for f in files:
+            parts = f.split("/")
+            if len(parts) == 3 and parts[0] == STAGING and parts[2] == ATTEMPT_RECORD:
+                record = self._read_json(f)
+                if record is not None and record.get("attempt") == parts[1]:
+                    attempts[parts[1]] = record
+        ours = set()
+        if manifest is not None:
+            ours |= {MANIFEST, SUCCESS, *_names(manifest.get("files"))}
+            ours |= set(_names(manifest.get("extra_files")))
+        for record in attempts.values():
+            ours |= set(_names(record.get("planned"))) | set(_names(record.get("replaces")))
+            if record.get("planned"):  # an attempt that got as far as its commit
+                ours |= {MANIFEST, SUCCESS}
+        foreign = []
+        for f in files:
+            parts = f.split("/")
+            in_attempt = len(parts) >= 3 and parts[0] == STAGING and parts[1] in attempts
+            if not in_attempt and f not in ours:
+                foreign.append(f)
+        return _Inventory(manifest, manifest is not None and SUCCESS in files, attempts, foreign)
+
+    def _refuse_foreign(self, foreign: list[str]) -> None:
+        shown = ", ".join(foreign[:5]) + (
+            f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
+        )
+        raise ForeignOutputError(
+            f"output {self.url} holds {len(foreign)} file(s) that {self.writer} did not "
+            f"write ({shown}); refusing to write there. Choose an empty or dedicated prefix."
+        )
+
     # -- protocol ----------------------------------------------------------------------
 
     def prepare(self, overwrite: bool) -> str:
-        """Refuse a committed result unless ``overwrite``, clear an earlier attempt's
-        leftovers, check the prefix is writable; return this attempt's staging URL."""
-        files = self._listing()
-        foreign = [f for f in files if not _ours(f)]
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (
-                f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
+        """Refuse foreign files and (unless ``overwrite``) a committed result, settle any
+        interrupted attempt, record this attempt (which proves the prefix writable), and
+        return its staging URL. A committed result is NOT touched here: an overwrite
+        replaces it only in :meth:`commit`, after the new result was verified."""
+        existed = self.fs.exists(self.path)
+        inv = self._inventory()
+        if inv.foreign:
+            self._refuse_foreign(inv.foreign)
+        for attempt, record in inv.attempts.items():
+            self._settle(attempt, record)
+        if self.is_committed() and not overwrite:
+            raise OutputExistsError(
+                f"{self.url} already holds a committed result ({SUCCESS} present); "
+                "pass --overwrite (overwrite=true) to replace it"
             )
-            raise ForeignOutputError(
-                f"output {self.url} holds {len(foreign)} file(s) that clam-dist assign did not "
-                f"write ({shown}); refusing to write there. Choose an empty or dedicated prefix."
-            )
-        if SUCCESS in files:
-            if not overwrite:
-                raise OutputExistsError(
-                    f"{self.url} already holds a committed result ({SUCCESS} present); "
-                    "pass --overwrite (overwrite=true) to replace it"
-                )
-            # Un-commit FIRST: a crash from here on leaves an 'incomplete' prefix, never a
-            # committed one mixing old and new parts.
-            self.fs.rm(f"{self.path}/{SUCCESS}")
-            files.remove(SUCCESS)
-        if files:  # an earlier attempt's staging / half-moved parts / manifest
-            self.fs.rm([f"{self.path}/{f}" for f in files])
-        if self.fs.exists(f"{self.path}/{STAGING}"):  # local FS: empty folders remain
-            self.fs.rm(f"{self.path}/{STAGING}", recursive=True)
+        attempt = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        record = {
+            "writer": self.writer,
+            "attempt": attempt,
+            "created_at": _now(),
+            "planned": [],
+            "replaces": [],
+        }
         try:
-            self.fs.makedirs(self.path, exist_ok=True)
-            probe = f"{self.path}/{PROBE_PREFIX}{uuid.uuid4().hex}"
-            self.fs.pipe(probe, b"")
-            self.fs.rm(probe)
+            self.fs.makedirs(f"{self.path}/{STAGING}/{attempt}", exist_ok=True)
+            self._write_record(attempt, record)
         except OSError as exc:
             raise PermissionError(f"output {self.url} is not writable: {exc}") from exc
-        attempt = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self._created_prefix = not existed
         return f"{self.url}/{STAGING}/{attempt}"
+
+    def _write_record(self, attempt: str, record: dict) -> None:
+        self.fs.pipe(
+            f"{self.path}/{STAGING}/{attempt}/{ATTEMPT_RECORD}", json.dumps(record).encode()
+        )
+
+    def _settle(self, attempt: str, record: dict) -> None:
+        """An earlier attempt that did not finish: complete it if its manifest is the
+        current one and committed (only the clean-up was left), otherwise roll it back.
+        Either way only files its record names (and its own folder) are removed."""
+        manifest = self._read_manifest()
+        done = (
+            manifest is not None
+            and manifest.get("attempt") == attempt
+            and self.fs.exists(f"{self.path}/{SUCCESS}")
+        )
+        # The live result's files are never removed; this attempt's own unfinished
+        # manifest protects nothing.
+        live = (
+            manifest
+            if manifest is not None and (done or manifest.get("attempt") != attempt)
+            else None
+        )
+        keep = set(_names(live.get("files")) + _names(live.get("extra_files"))) if live else set()
+        if done:
+            doomed = [f for f in _names(record.get("replaces")) if f not in keep]
+        else:
+            doomed = [f for f in _names(record.get("planned")) if f not in keep]
+            if manifest is not None and manifest.get("attempt") == attempt:
+                doomed.append(MANIFEST)  # written, but _SUCCESS never followed
+        self._remove([f"{self.path}/{f}" for f in doomed])
+        self._remove_attempt(attempt)
+
+    def _remove(self, paths: list[str]) -> None:
+        existing = [p for p in paths if self.fs.exists(p)]
+        if existing:
+            self.fs.rm(existing)
+
+    def _remove_attempt(self, attempt: str) -> None:
+        folder = f"{self.path}/{STAGING}/{attempt}"
+        if self.fs.exists(folder):
+            self.fs.rm(folder, recursive=True)
+        self._remove_empty_dir(f"{self.path}/{STAGING}")
+
+    def _remove_empty_dir(self, path: str) -> None:
+        """Local disks keep empty folders (object stores have none): drop ours when empty."""
+        try:
+            if self.fs.exists(path) and self.fs.isdir(path) and not self.fs.ls(path):
+                self.fs.rmdir(path)
+        except OSError:
+            pass  # not empty after all, or a store without folders: nothing to tidy
+
+    def abort(self, staging_url: str) -> None:
+        """A failed attempt: remove its staging folder (recorded, so ours) and, when this
+        attempt created the prefix, the then-empty prefix. A committed result stays."""
+        attempt = staging_url.rstrip("/").rsplit("/", 1)[-1]
+        record = self._read_json(f"{STAGING}/{attempt}/{ATTEMPT_RECORD}")
+        if record is None or record.get("attempt") != attempt:
+            return  # not ours to remove
+        self._settle(attempt, record)
+        if self._created_prefix:
+            self._remove_empty_dir(self.path)
 
     def staging_path(self, staging_url: str) -> str:
         return open_filesystem(staging_url, self.storage_options)[1].rstrip("/")
@@ -143,46 +280,99 @@ class OutputPrefix:
                 counts.append(pq.ParquetFile(handle).metadata.num_rows)
         return counts
 
-    def commit(self, staging_url: str, expected_rows: int, manifest: dict) -> dict:
-        """Verify the staged row count, move files into place, write manifest, then _SUCCESS."""
+    def commit(
+        self,
+        staging_url: str,
+        expected_rows: int,
+        manifest: dict,
+        extra_files: list[str] | None = None,
+        max_rows: bool = False,
+    ) -> dict:
+        """Verify the staged row count, record the final names, move files into place,
+        write the manifest, then ``_SUCCESS``; finally remove the replaced result.
+
+        ``extra_files``: staged non-Parquet files (plain names) moved beside the parts and
+        listed in the manifest. ``max_rows``: the input count is an upper bound (rows
+        were dropped on purpose) instead of an exact count.
+        """
+        attempt = staging_url.rstrip("/").rsplit("/", 1)[-1]
+        spath = self.staging_path(staging_url)
         staged = self.staged_files(staging_url)
         counts = self.file_rows(staged)
         rows = sum(counts)
-        if rows != expected_rows:
+        wrong = rows > expected_rows if max_rows else rows != expected_rows
+        if wrong:
             raise CommitError(
                 f"refusing to commit {self.url}: staged {rows} rows in {len(staged)} files, "
                 f"but the input has {expected_rows} rows"
             )
-        final = []
-        for i, src in enumerate(staged):
-            name = f"part-{i:05d}.parquet"
+        extras = [e for e in _names(extra_files or []) if self.fs.exists(f"{spath}/{e}")]
+        old = self._read_manifest() if self.is_committed() else None
+        old_files = (_names(old.get("files")) + _names(old.get("extra_files"))) if old else []
+        taken = set(self._listing())
+        final = [f"part-{i:05d}.parquet" for i in range(len(staged))]
+        if any(f in taken for f in final):  # an overwrite: never reuse a live name
+            final = [f"part-{attempt}-{i:05d}.parquet" for i in range(len(staged))]
+        record = {
+            "writer": self.writer,
+            "attempt": attempt,
+            "created_at": _now(),
+            "planned": final + extras,
+            "replaces": old_files,
+        }
+        self._write_record(attempt, record)  # recorded BEFORE any of them is written
+        for src, name in zip(staged, final):
             self.fs.mv(src, f"{self.path}/{name}")
-            final.append(name)
-        if self.fs.exists(f"{self.path}/{STAGING}"):
-            self.fs.rm(f"{self.path}/{STAGING}", recursive=True)
+        for name in extras:
+            self.fs.mv(f"{spath}/{name}", f"{self.path}/{name}")
         manifest = dict(
             manifest,
+            writer=self.writer,
+            attempt=attempt,
             files=final,
+            extra_files=extras,
             file_rows=counts,
             rows=rows,
-            committed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            committed_at=_now(),
         )
-        self.fs.pipe(f"{self.path}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-        self.fs.pipe(f"{self.path}/{SUCCESS}", b"")  # the commit point
+        self._publish(MANIFEST, json.dumps(manifest, indent=2).encode(), attempt)
+        if not self.fs.exists(f"{self.path}/{SUCCESS}"):
+            self.fs.pipe(f"{self.path}/{SUCCESS}", b"")  # the commit point
+        self._settle(attempt, record)  # removes the replaced files and the staging folder
         return manifest
+
+    def _publish(self, name: str, data: bytes, attempt: str) -> None:
+        """Replace ``name`` so that readers see the old or the new bytes, never a part:
+        object stores publish an object when its upload completes; on a local disk a
+        temporary file in the attempt's (recorded) folder is renamed into place."""
+        target = f"{self.path}/{name}"
+        local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+        if not local:
+            self.fs.pipe(target, data)
+            return
+        tmp = f"{self.path}/{STAGING}/{attempt}/.{name}.tmp"
+        self.fs.pipe(tmp, data)
+        self.fs.mv(tmp, target)
 
     # -- readers -----------------------------------------------------------------------
 
     def manifest(self) -> dict:
-        if not self.is_committed():
+        manifest = self._read_manifest()
+        if manifest is None or not self.fs.exists(f"{self.path}/{SUCCESS}"):
             raise IncompleteOutputError(
                 f"{self.url} has no {SUCCESS}: not a committed result (the job that writes it "
                 "did not finish, or this is not an assignment output)"
             )
-        return json.loads(self.fs.cat(f"{self.path}/{MANIFEST}"))
+        return manifest
 
     def committed_files(self) -> list[str]:
         return [f"{self.path}/{name}" for name in self.manifest()["files"]]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def read_assignments(

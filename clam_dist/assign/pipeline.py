@@ -13,6 +13,7 @@ import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +24,11 @@ from clam_dist.artifacts import ArtifactError, ModelArtifact, load_artifact
 from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignments
 from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource, open_filesystem, redact
+from clam_dist.data.source import VectorSource, open_filesystem
+from clam_dist.data.urls import absolute
+from clam_dist.errors import JobError, first_line, root_cause
 from clam_dist.logs import log_event
+from clam_dist.secrets import public_storage_options
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 BASE_COLUMNS = ("id", "cluster", "distance")
@@ -44,9 +48,10 @@ __all__ = [
 ]
 
 
-class AssignmentError(RuntimeError):
+class AssignmentError(JobError):
     """The Ray Data assignment failed (a worker error, bad data found while reading); the
-    message holds the original error and its remote traceback. Nothing was committed."""
+    message is the root cause's one line, ``details`` the remote traceback. Nothing was
+    committed."""
 
 
 class InjectedCrash(RuntimeError):
@@ -79,6 +84,11 @@ class AssignConfig:
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0  # > 0: each actor runs the model on a GPU
     overwrite: bool = False  # replace a committed result at `output`
+    # Rows with NaN/inf, or whose distances overflow float32: "error" names them and
+    # commits nothing; "drop" leaves them out (the manifest counts them).
+    nan_policy: Literal["error", "drop"] = "error"
+    # Duplicate ids make the output ambiguous to join on: refused unless allowed here.
+    allow_duplicate_ids: bool = False
     # Crash injection (tests, recovery drills): every actor raises after this many batches;
     # or the driver stops after the staged write, before the commit. Also settable through
     # the environment (CLAM_DIST_ASSIGN_FAIL_AFTER_BATCHES, ..._CRASH_BEFORE_COMMIT=1).
@@ -89,6 +99,7 @@ class AssignConfig:
         for name in ("input", "output", "model"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: required (a path or fsspec URL)")
+            setattr(self, name, absolute(getattr(self, name)))
         unknown = [o for o in self.outputs if o not in OPTIONAL_OUTPUTS]
         if unknown:
             raise ConfigError(f"outputs: unknown {unknown}; choose from {list(OPTIONAL_OUTPUTS)}")
@@ -128,7 +139,7 @@ class AssignConfig:
 
     def source(self) -> VectorSource:
         # nan_policy "error": exactly one output row per input row, never drop rows
-        return VectorSource.from_config(self.input_url, self, nan_policy="error")
+        return VectorSource.from_config(self.input_url, self, nan_policy=self.nan_policy)
 
 
 @dataclass
@@ -144,6 +155,7 @@ class AssignResult:
     # Seconds per stage: checks (model, schema, output prefix), ray_init, assign_write (read
     # -> model -> staged Parquet, streamed together), drift, commit.
     timings_s: dict = field(default_factory=dict)
+    dropped_rows: int = 0  # rows left out under nan_policy="drop"
 
     @property
     def drift_share(self) -> float | None:
@@ -174,6 +186,8 @@ class ClusterAssigner:
         passthrough: list[str],
         fail_after_batches: int = 0,
         device: str = "cpu",
+        nan_policy: str = "error",
+        input_url: str = "",
     ):
         from clam_dist.models.predictor import ClusterPredictor
 
@@ -183,12 +197,18 @@ class ClusterAssigner:
         self.passthrough = list(passthrough)
         self.batches = 0
         self.fail_after = fail_after_batches
+        self.nan_policy = nan_policy
+        self.input_url = input_url
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
         if self.fail_after and self.batches > self.fail_after:
             raise InjectedCrash(f"injected failure after {self.fail_after} batches")
         pred = self.predictor.predict(batch["x"], self.outputs)
+        keep = self._finite_rows(batch, pred)
+        if keep is not None:
+            batch = {c: v[keep] for c, v in batch.items()}
+            pred = {c: v[keep] for c, v in pred.items()}
         cols: dict[str, pa.Array] = {
             "id": pa.array(batch["id"]),
             "cluster": pa.array(pred["cluster"]),
@@ -206,14 +226,62 @@ class ClusterAssigner:
             cols[c] = pa.array(batch[c])
         return pa.table(cols)
 
+    def _finite_rows(self, batch: dict, pred: dict) -> np.ndarray | None:
+        """Rows whose outputs are all finite (None = every row). Finite inputs can still
+        overflow float32 arithmetic (a coordinate of 1e20 squares past 3.4e38): such rows
+        are treated like NaN rows, never committed with distance = inf."""
+        finite = np.ones(len(batch["x"]), dtype=bool)
+        for values in pred.values():
+            v = np.asarray(values)
+            if v.dtype.kind == "f":
+                finite &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+        if finite.all():
+            return None
+        if self.nan_policy == "drop":
+            return finite
+        bad = np.flatnonzero(~finite)
+        first = [str(i) for i in np.asarray(batch["id"])[bad[:5]].tolist()]
+        raise DataError(
+            f"{self.input_url}: {bad.size} row(s) give non-finite distances (values too "
+            f"large for float32 arithmetic; first ids: {first}); clean the data or pass "
+            "--set nan_policy=drop"
+        )
+
+
+def _check_unique_ids(config: AssignConfig, source: VectorSource) -> None:
+    """Refuse duplicate ids (before any work), naming the first ones and their counts.
+    Generated '<file>:<row>' ids are unique by construction."""
+    if config.id_column is None or config.allow_duplicate_ids:
+        return
+    import pyarrow.compute as pc
+
+    chunks = []
+    for f in source.files():
+        with source.parquet_file(f) as pf:
+            chunks.extend(pf.read(columns=[config.id_column]).column(0).chunks)
+    if not chunks:
+        return
+    ids = pa.chunked_array(chunks)
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    shown = ", ".join(f"{v['values']!r} x{v['counts']}" for v in dup.slice(0, 5).to_pylist())
+    raise DataError(
+        f"input {config.input_url}: id column {config.id_column!r} has {len(dup)} duplicated "
+        f"value(s) among {len(ids)} rows (first: {shown}); fix the ids or pass "
+        "--set allow_duplicate_ids=true"
+    )
+
 
 def _check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArtifact) -> None:
     """Schema vs model and pass-through columns, on the driver before any Ray work."""
     d = source.dim()
     if d != artifact.n_features:
         raise DataError(
-            f"input {config.input_url} has vectors of width {d}, but model {config.model} "
-            f"expects {artifact.n_features} features"
+            f"input {config.input_url} has vectors of width {d} (first file "
+            f"{source.files()[0]}), but model {config.model} expects "
+            f"{artifact.n_features} features"
         )
     names = source.schema.names
     for what, cols in (
@@ -289,16 +357,21 @@ def _write_staged(
     below, a driver that goes on to other Ray work (the pipeline's next stage, a
     scheduler's next partition, a Ray Train run) waits for CPUs nobody uses any more.
     """
-    message = None
+    message = details = None
     try:
         _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after)
     except Exception as exc:  # noqa: BLE001 - re-raised below as AssignmentError
         # Ray Data's exception and its traceback hold the executor (and so the actors):
-        # keep the text (it carries the remote traceback), drop the objects, collect.
-        message = f"{type(exc).__name__}: {exc}"
+        # keep the text (the root cause's one line, and the whole remote traceback for
+        # -v), drop the objects, collect.
+        root = root_cause(exc)
+        message = f"{type(root).__name__}: {first_line(root)}"
+        details = f"{type(exc).__name__}: {exc}"
     gc.collect()
     if message is not None:
-        raise AssignmentError(f"assignment of {config.input_url} failed: {message}")
+        raise AssignmentError(
+            f"assignment of {config.input_url} failed: {message}", details=details
+        )
 
 
 def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after) -> None:
@@ -318,6 +391,8 @@ def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_afte
                 "passthrough": config.passthrough,
                 "fail_after_batches": fail_after,
                 "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
+                "nan_policy": config.nan_policy,
+                "input_url": config.input_url,
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -342,10 +417,9 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     Uses the running Ray instance, or starts a local one. Raises ArtifactError (model
     missing / not ours / corrupt), DataError (input schema vs model, overlap),
     OutputExistsError (committed output, overwrite not set), ForeignOutputError,
-    PermissionError (unwritable output), CommitError (row counts differ).
+    PermissionError (unwritable output), CommitError (row counts differ), and
+    AssignmentError for a failure inside the Ray job (its message is the root cause's).
     """
-    import ray
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     lap = _Lap(timings)
@@ -361,9 +435,23 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     source = config.source()
     _check_inputs(config, source, artifact)
     _check_disjoint(config)
+    _check_unique_ids(config, source)
     expected = source.num_rows()
     prefix = OutputPrefix(config.output_url, config.storage_options)
     staging = prefix.prepare(config.overwrite)
+    try:
+        return _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, lap)
+    except BaseException:
+        # Nothing of this attempt may look complete, and a committed result it was to
+        # replace stays as it was: remove only this attempt's (recorded) staging.
+        prefix.abort(staging)
+        raise
+
+
+def _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, lap):
+    import ray
+
+    timings = lap.into
 
     energy_p99 = artifact.meta.get("energy_p99")
     # Drift needs every row's energy, so it is added to the outputs when measurable.
@@ -384,7 +472,8 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     manifest = prefix.commit(
         staging,
         expected,
-        {
+        max_rows=config.nan_policy == "drop",
+        manifest={
             "input": config.input_url,
             "input_files": len(source.files()),
             "partition": config.partition,
@@ -392,10 +481,12 @@ def run_assignment(config: AssignConfig) -> AssignResult:
             "model_method": artifact.method,
             "k": artifact.k,
             "columns": [*BASE_COLUMNS, *outputs, *config.passthrough],
-            "storage_options": redact(config.storage_options),
+            "storage_options": public_storage_options(config.storage_options),
             "batch_size": batch_size,
             "concurrency": config.concurrency,
             "drift": drift,
+            "input_rows": expected,
+            "nan_policy": config.nan_policy,
         },
     )
     lap("commit")
@@ -410,6 +501,7 @@ def run_assignment(config: AssignConfig) -> AssignResult:
         drift=drift,
         manifest=manifest,
         timings_s=timings,
+        dropped_rows=expected - manifest["rows"],
     )
     log_event(
         "assign_done",

@@ -275,19 +275,24 @@ class VectorSource:
                 )
             return self.vector_column, []
         if self.feature_columns is not None:
-            if isinstance(self.feature_columns, str):
-                cols = [n for n in names if fnmatch.fnmatch(n, self.feature_columns)]
-                if not cols:
-                    raise DataError(
-                        f"{where}: no column matches {self.feature_columns!r}; columns: {names}"
-                    )
-            else:
-                cols = list(self.feature_columns)
-                missing = [c for c in cols if c not in names]
-                if missing:
-                    raise DataError(
-                        f"{where}: feature column(s) {missing} not found; columns: {names}"
-                    )
+            # Each entry is a name or a glob ('f*'), expanded in schema order; a config
+            # list ['f*'] and a flag 'f*' mean the same.
+            patterns = (
+                [self.feature_columns]
+                if isinstance(self.feature_columns, str)
+                else list(self.feature_columns)
+            )
+            cols, missing = [], []
+            for pattern in patterns:
+                hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+                if not hits:
+                    missing.append(pattern)
+                cols.extend(h for h in hits if h not in cols)
+            if missing:
+                raise DataError(
+                    f"{where}: feature column(s) {missing} not found (no column matches); "
+                    f"columns: {names}"
+                )
             bad = [c for c in cols if not _is_numeric(schema.field(c).type)]
             if bad:
                 types = {c: str(schema.field(c).type) for c in bad}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from clam_dist.config import ConfigError, load_config
+from clam_dist.config import load_config
+from clam_dist.summary_file import writable_target, write_after_commit
 
 _FLAG_FIELDS = (
     "input",
@@ -102,26 +102,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}")
-        return 2
-    from clam_dist.artifacts import ArtifactError
-    from clam_dist.assign.commit import IncompleteOutputError
-    from clam_dist.data.errors import DataError
+    # Errors propagate: the CLI prints one line on stderr and picks the exit code.
+    config = config_from_args(args)
+    summary_target = writable_target(args.summary, config.storage_options)
     from clam_dist.evaluate.run import run_evaluation
 
-    try:
-        res = run_evaluation(config)
-    except (ArtifactError, DataError, IncompleteOutputError) as exc:
-        print(f"evaluate failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    res = run_evaluation(config)
     print(json.dumps(res.metrics, indent=2, default=str))
     print(f"report: {res.index_html}")
-    if args.summary:
-        from clam_dist.data.source import open_filesystem
-
+    if summary_target is not None:
         summary = {
             "status": "succeeded",
             "report": res.index_html,
@@ -129,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
             "timings_s": res.timings_s,
             "metrics": res.metrics,
         }
-        fs, path = open_filesystem(args.summary, config.storage_options)
-        fs.pipe(path, json.dumps(summary, indent=2, default=str).encode())
+        write_after_commit(
+            summary_target,
+            json.dumps(summary, indent=2, default=str),
+            what=f"the report {res.index_html} is written",
+        )
     return 0

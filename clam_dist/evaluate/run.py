@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from clam_dist.config import ConfigError
 from clam_dist.data.source import VectorSource
+from clam_dist.data.urls import absolute
 from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
 from clam_dist.evaluate.report import write_report
 from clam_dist.logs import log_event
@@ -35,6 +36,7 @@ class EvaluateConfig:
         for name in ("input", "assignments", "model", "report_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: required (a path or fsspec URL)")
+            setattr(self, name, absolute(getattr(self, name)))
         if self.sample_size < 2:
             raise ConfigError(f"sample_size: expected an integer >= 2, got {self.sample_size}")
         if self.vector_column is not None and self.feature_columns is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from clam_dist.config import ConfigError, load_config
+from clam_dist.config import load_config
 from clam_dist.pipeline.config import PipelineConfig
 from clam_dist.pipeline.stages import STAGES, run_pipeline
 
@@ -41,11 +42,7 @@ def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_pipeline_config(args)  # validated before any work starts
-    except ConfigError as exc:
-        print(f"config error: {exc}")
-        return 2
+    config = load_pipeline_config(args)  # validated before any work starts (else exit 2)
     summary = run_pipeline(config, from_stage="data" if args.fresh else args.from_stage)
     ev = summary["stages"].get("evaluate", {})
     metrics = ev.get("metrics", {})
@@ -76,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {ev['report']}")
     print(f"summary: {config.run_dir}/summary.json  status: {summary['status']}")
     if summary["status"] != "succeeded":
-        print(summary.get("error", ""))
+        print(f"pipeline failed: {summary.get('error', '')}", file=sys.stderr)
         return 1
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist.data.urls import absolute
 from clam_dist.train.config import TrainDCAM
 
 
@@ -23,6 +24,9 @@ class DataSection:
     label_column: str | None = "label"
     nan_policy: Literal["error", "drop"] = "error"
     storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.url = absolute(self.url)
 
 
 @dataclass

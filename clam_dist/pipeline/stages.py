@@ -5,6 +5,7 @@ is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 import traceback
@@ -13,11 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from clam_dist.config import to_dict
-from clam_dist.logs import log_event, redact
+from clam_dist.assign.commit import ForeignOutputError
+from clam_dist.config import ConfigError, to_dict
+from clam_dist.errors import first_line, root_cause
+from clam_dist.logs import log_event
 from clam_dist.pipeline.config import PipelineConfig
+from clam_dist.secrets import persistable
 
 STAGES = ("data", "train", "assign", "evaluate")
+
+
+# Config fields each stage's output depends on (a stage also depends on every stage
+# before it). A marker records their values; a re-run skips the stage only when they are
+# unchanged, and refuses (naming the fields) otherwise.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "data": ("data", "seed"),
+    "train": ("model", "dcam", "seed"),
+    "assign": ("assign",),
+    "evaluate": ("eval_sample", "seed"),
+}
 
 
 class Run:
@@ -25,8 +40,57 @@ class Run:
         self.config = config
         # Absolute: Ray Train workers run in their own working directory.
         self.dir = Path(config.run_dir).resolve()
+        self._refuse_foreign_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "stages").mkdir(exist_ok=True)
+
+    def _refuse_foreign_dir(self) -> None:
+        """A run directory is ours (it has stages/) or new/empty: stages replace their own
+        outputs there, so a folder of other files is never used as one."""
+        if not self.dir.exists() or (self.dir / "stages").is_dir():
+            return
+        if not self.dir.is_dir():
+            raise ForeignOutputError(f"run_dir {self.dir} is a file, expected a folder")
+        found = sorted(p.name for p in self.dir.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
+            raise ForeignOutputError(
+                f"run_dir {self.dir} holds {len(found)} entries that clam-dist pipeline did "
+                f"not write ({shown}); choose a new or empty --run-dir"
+            )
+
+    def inputs(self, stage: str) -> dict:
+        """The flattened config fields (credentials removed) ``stage`` depends on,
+        upstream stages' included, plus the input files when data.url is given."""
+        cfg = persistable(to_dict(self.config))
+        fields: dict = {}
+        for name in STAGES[: STAGES.index(stage) + 1]:
+            for key in STAGE_FIELDS[name]:
+                if key == "dcam" and self.config.model.method != "dcam":
+                    continue  # DCAM's knobs do not change the other methods' models
+                fields.update(_flatten(cfg[key], key))
+        if self.config.data.url is not None:
+            fields["data.files"] = self._input_files_digest()
+        return fields
+
+    def _input_files_digest(self) -> str:
+        if not hasattr(self, "_digest"):
+            source = self.source()
+            fs = source.filesystem()
+            listing = [(f, fs.size(f)) for f in source.files()]
+            self._digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+        return self._digest
+
+    def changed(self, stage: str, record: dict) -> dict[str, tuple]:
+        """Fields whose value differs from the run that wrote ``record`` (old, new)."""
+        old, new = record.get("inputs"), self.inputs(stage)
+        if old is None:  # a marker of an older clam-dist: nothing to compare with
+            return {"(marker)": ("no recorded config", "current config")}
+        return {
+            k: (old.get(k), new.get(k))
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        }
 
     def marker(self, stage: str) -> Path:
         return self.dir / "stages" / f"{stage}.json"
@@ -36,7 +100,7 @@ class Run:
         return json.loads(p.read_text()) if p.exists() else None
 
     def finish(self, stage: str, result: dict, seconds: float) -> dict:
-        record = dict(result, seconds=round(seconds, 3))
+        record = dict(result, seconds=round(seconds, 3), inputs=self.inputs(stage))
         tmp = self.marker(stage).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2, default=_json_default))
         tmp.replace(self.marker(stage))  # atomic: a marker is whole or absent
@@ -65,6 +129,35 @@ class Run:
         return VectorSource.from_config(self.data_url, self.config.data)
 
 
+def _flatten(value, prefix: str) -> dict:
+    if isinstance(value, dict):
+        out: dict = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def check_unchanged(run: Run) -> None:
+    """Refuse (before any work) to resume a run directory whose finished stages were
+    made with a different config, naming every changed field."""
+    problems = []
+    for stage in STAGES:
+        record = run.done(stage)
+        if record is None:
+            break  # this stage and every later one re-run anyway
+        changed = run.changed(stage, record)
+        if changed:
+            fields = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:8])
+            problems.append(f"stage {stage} ({fields})")
+            break  # later stages depend on this one: listing them adds nothing
+    if problems:
+        raise ConfigError(
+            f"run_dir {run.dir} holds a run made with a different config: {problems[0]}; "
+            "pass --fresh to re-run every stage, --from-stage STAGE, or use another --run-dir"
+        )
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -75,25 +168,26 @@ def _json_default(o):
 
 def stage_data(run: Run) -> dict:
     """Generate the data set (when no url is given) and validate the source."""
-    from clam_dist.commands.make_dataset import write_mixture
+    from clam_dist.commands.make_dataset import write_mixture, write_paper_dataset
     from clam_dist.data.stats import validate
-    from clam_dist.data.writer import write_vectors
-    from clam_dist.datasets.clam_paper import load_clam_paper
 
     d = run.config.data
     if d.url is None:
-        import shutil
-
-        shutil.rmtree(run.data_url, ignore_errors=True)  # a crashed earlier attempt
+        # overwrite: a crashed earlier attempt's data set (ours, recorded) is replaced;
+        # anything else found there is refused, never removed.
         if d.generate == "mixture":
             write_mixture(
-                run.data_url, d.n, d.d, d.k, d.separation, run.config.seed, d.rows_per_file
+                run.data_url,
+                d.n,
+                d.d,
+                d.k,
+                d.separation,
+                run.config.seed,
+                d.rows_per_file,
+                overwrite=True,
             )
         else:
-            x, y = load_clam_paper(d.generate)
-            write_vectors(
-                run.data_url, x.astype(np.float32), labels=y, rows_per_file=d.rows_per_file
-            )
+            write_paper_dataset(run.data_url, d.generate, d.rows_per_file, overwrite=True)
     report = validate(run.source())
     report.raise_if_bad()
     return {
@@ -321,9 +415,10 @@ def run_pipeline(
             raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
         for stage in STAGES[STAGES.index(from_stage) :]:
             run.marker(stage).unlink(missing_ok=True)
+    check_unchanged(run)
     summary = {
         "run_dir": str(run.dir),
-        "config": redact(to_dict(config)),  # storage_options may hold credentials
+        "config": persistable(to_dict(config)),  # storage_options may hold credentials
         "stages": {},
         "status": "running",
     }
@@ -332,12 +427,13 @@ def run_pipeline(
     timings: dict[str, float] = {}
     started_ray, stage = False, None
     t_all = time.perf_counter()
-    log_event("pipeline_start", run_dir=str(run.dir), config=summary["config"])
+    log_event("pipeline_start", run_dir=str(run.dir), config=to_dict(config))  # masked
     try:
         for stage in STAGES:
             if only and stage not in only:
                 continue
-            prior = run.done(stage)
+            # Once a stage runs, every later one runs too: its inputs are new.
+            prior = run.done(stage) if not timings.keys() & set(STAGES) else None
             if prior is not None:
                 summary["stages"][stage] = dict(prior, skipped=True)
                 log_event("stage_skipped", stage=stage, reason="finished by an earlier run")
@@ -358,7 +454,8 @@ def run_pipeline(
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+        root = root_cause(exc)  # through Ray's wrappers, to the message that names it
+        summary["error"] = f"{type(root).__name__}: {first_line(root)}"
         summary["traceback"] = traceback.format_exc()
         log_event("stage_failed", level="error", stage=stage, error=summary["error"])
     finally:

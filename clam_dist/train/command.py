@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from clam_dist.config import ConfigError, load_config
+from clam_dist.config import load_config
+from clam_dist.errors import InputError
+from clam_dist.summary_file import writable_target, write_after_commit
 from clam_dist.train.config import TrainConfig
 
 
@@ -47,28 +49,26 @@ def run(args: argparse.Namespace) -> int:
     ):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
-    try:
-        config = load_config(TrainConfig, args.config, overrides)  # before any work starts
-    except ConfigError as exc:
-        print(f"config error: {exc}")
-        return 2
+    config = load_config(TrainConfig, args.config, overrides)  # before any work starts
     import ray
 
     from clam_dist.train.trainer import run_training
 
+    summary_target = writable_target(args.summary, None)
     ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
     try:
         result = run_training(config)
-    except (ConfigError, ValueError, PermissionError) as exc:  # the fail-fast checks
-        print(f"train error: {exc}")
-        return 2
+    except ValueError as exc:  # the fail-fast checks, before any work
+        if type(exc) is ValueError:  # ours (ConfigError, DataError, ...) keep their type
+            raise InputError(str(exc)) from exc
+        raise
     summary = {
         "artifact": result.artifact_url,
         "checkpoint": result.checkpoint_path,
         "metrics": result.metrics,
     }
-    print(json.dumps(summary, indent=2, default=str))
-    if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    text = json.dumps(summary, indent=2, default=str)
+    print(text)
+    if summary_target is not None:
+        write_after_commit(summary_target, text, what=f"the model {result.artifact_url} is saved")
     return 0

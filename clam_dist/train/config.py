@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist.data.urls import absolute
+
 
 @dataclass
 class TrainData:
@@ -23,6 +25,9 @@ class TrainData:
     # and 2 workers with the same lanes train on exactly the same rows (must be a multiple
     # of the worker count).
     lanes: int = 0
+
+    def __post_init__(self) -> None:
+        self.url = absolute(self.url)
 
 
 @dataclass
@@ -101,6 +106,10 @@ class TrainRun:
     tensorboard_dir: str = "auto"
     fail_at_epoch: int | None = None  # failure injection (tests): one worker dies once there
     fail_at_step: int | None = None  # ... or before this global step (0-based)
+
+    def __post_init__(self) -> None:
+        self.storage_path = absolute(self.storage_path)
+        self.resume_from = absolute(self.resume_from)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clam_dist.config import from_dict
+from clam_dist.secrets import persistable
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.objectives import make_objective, total_epochs
@@ -203,7 +204,7 @@ def train_loop(loop_config: dict) -> None:
                 "plateau": plateau.state_dict(),
                 "objective": objective.state() if objective is not None else {},
                 "init": {key: v for key, v in init.items() if key != "prototypes"},
-                "config": loop_config["train"],
+                "config": persistable(loop_config["train"]),  # no credentials at rest
                 "history": history,
             },
         )
@@ -481,7 +482,7 @@ def _write_artifact(
         "final_metrics": history[-1],
         "loss_history": [h["epoch_loss"] for h in history if "epoch_loss" in h],
         "trained_with": "ray-train",
-        "config": to_dict(cfg),
+        "config": persistable(to_dict(cfg)),  # an artifact is shared: no credentials
     }
     art = ModelArtifact(
         method=cfg.model.method,

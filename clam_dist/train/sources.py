@@ -41,9 +41,15 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
     sample = init_sample(cfg) if sample is None else sample
     k = cfg.model.n_clusters
     if k > len(sample):
+        n = make_source(cfg).num_rows()
+        hint = (
+            f"raise data.init_sample (now {cfg.data.init_sample}) or lower k"
+            if n > len(sample)
+            else f"the data has only {n} rows: lower k to at most {n}"
+        )
         raise ValueError(
-            f"model.n_clusters={k} is larger than the initialisation sample ({len(sample)} rows); "
-            "raise data.init_sample or lower k"
+            f"model.n_clusters={k} is larger than the initialisation sample "
+            f"({len(sample)} rows); {hint}"
         )
     mean, scale = scaler(stats, cfg.data.standardize)
     z = torch.from_numpy(standardize(sample.x, mean, scale))

@@ -63,6 +63,30 @@ def storage(cfg: TrainConfig):
     return local, None, local
 
 
+def _first_missing_folder(path: str) -> str | None:
+    """The outermost folder of a local ``path`` that does not exist yet (None if all do,
+    or for a remote store, which has no folders)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    missing, here = None, os.path.abspath(path.removeprefix("file://"))
+    while not os.path.exists(here):
+        missing, parent = here, os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return missing
+
+
+def _remove_if_empty(folder: str | None) -> None:
+    """Remove ``folder`` and the folders below it if they hold no file (ours, just made)."""
+    if folder is None or not os.path.isdir(folder):
+        return
+    for root, dirs, files in os.walk(folder, topdown=False):
+        if files or any(os.path.exists(os.path.join(root, d)) for d in dirs):
+            return
+        os.rmdir(root)
+
+
 def check_resources(cfg: TrainConfig) -> None:
     """Fail fast (no hang waiting for a placement group) when the cluster cannot hold the
     requested workers."""
@@ -160,15 +184,20 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     # the workers' resources.
     gc.collect()
     check_resources(cfg)
+    created = _first_missing_folder(cfg.run.storage_path)
     storage_path, storage_fs, run_url = storage(cfg)
-    source = make_source(cfg)
-    plan = plan_steps(cfg, source)
-    # Ray Train v2 has no resume_from_checkpoint: the loop opens run.resume_from itself
-    # when Ray hands it no checkpoint of this run (a restart after a failure does).
-    check_method_config(cfg, source.dim())
-    # One sample serves the initialisation, DCAM's joint phase and the drift threshold.
-    sample = init_sample(cfg)
-    init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg, sample)
+    try:
+        source = make_source(cfg)
+        plan = plan_steps(cfg, source)
+        # Ray Train v2 has no resume_from_checkpoint: the loop opens run.resume_from itself
+        # when Ray hands it no checkpoint of this run (a restart after a failure does).
+        check_method_config(cfg, source.dim())
+        # One sample serves the initialisation, DCAM's joint phase and the drift threshold.
+        sample = init_sample(cfg)
+        init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg, sample)
+    except BaseException:
+        _remove_if_empty(created)  # a refused run leaves no empty storage folder behind
+        raise
     loop_config = {"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url}
     if cfg.model.method == "dcam":  # the sample DCAM's joint phase starts from (numpy)
         loop_config["sample"] = standardize(sample.x, init["mean"], init["scale"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clam_dist.config import ConfigError, load_config
+from clam_dist.config import load_config
 from clam_dist.tune.config import TuneJobConfig
 from clam_dist.tune.space import KNOBS, check_job_config
 
@@ -61,22 +61,15 @@ def load_tune_config(args: argparse.Namespace) -> TuneJobConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_tune_config(args)  # every check that needs no data, before Ray starts
-    except ConfigError as exc:
-        print(f"config error: {exc}")
-        return 2
+    # Errors propagate: the CLI prints one line on stderr (exit 2 for ConfigError).
+    config = load_tune_config(args)  # every check that needs no data, before Ray starts
     import ray
 
     from clam_dist.tune.search import run_tune
 
     if not ray.is_initialized():
         ray.init(address=args.address)
-    try:
-        summary = run_tune(config)
-    except ConfigError as exc:  # raised only before the search: checks that need the data
-        print(f"config error: {exc}")
-        return 2
+    summary = run_tune(config)  # its ConfigErrors come before the search (need the data)
     metric = summary["criterion"]["metric"]
     knobs = KNOBS[summary["method"]]
     print(f"\nmethod {summary['method']}")

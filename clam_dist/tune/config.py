@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist.data.urls import absolute
+
 
 @dataclass
 class TuneData:
@@ -16,6 +18,9 @@ class TuneData:
     storage_options: dict | None = None
     sample: int = 5000  # rows every trial trains on (a uniform sample of the data)
     standardize: bool = True
+
+    def __post_init__(self) -> None:
+        self.url = absolute(self.url)
 
 
 @dataclass

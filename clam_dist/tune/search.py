@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from clam_dist.config import dumps_toml, load_config, to_dict
-from clam_dist.logs import log_event, redact
+from clam_dist.logs import log_event
+from clam_dist.secrets import persistable
 from clam_dist.tune.config import TuneJobConfig
 from clam_dist.tune.methods import check_for_data, make_trial, model_sections, steps_of
 from clam_dist.tune.space import (
@@ -465,7 +466,7 @@ def run_tune(config: TuneJobConfig) -> dict:
         "method": config.model.method,
         "k": k,
         "criterion": {"metric": metric, "mode": mode},
-        "config": redact(to_dict(config)),  # storage_options may hold credentials
+        "config": persistable(to_dict(config)),  # storage_options may hold credentials
         # the ranges searched, unset knobs resolved to the method's defaults
         "search_space": resolved_space(config.search, config.model.method),
         "trials": records,

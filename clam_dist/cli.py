@@ -89,9 +89,10 @@ def run_logged(command: str, fn, verbose: bool = False) -> int:
     import traceback
 
     from clam_dist.errors import describe, exit_code
-    from clam_dist.logs import log_event, set_job
+    from clam_dist.logs import log_event, set_job, set_verbose
 
     set_job(command)
+    set_verbose(verbose)
     log_event("job_start")
     t0 = time.perf_counter()
     error = None

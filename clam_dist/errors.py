@@ -10,6 +10,8 @@ message names the file, column, rows or shape.
 
 from __future__ import annotations
 
+import re
+
 from clam_dist.logs import redact
 
 
@@ -83,6 +85,25 @@ def _wrapped(node: BaseException) -> BaseException | None:
     return node.__cause__ or node.__context__
 
 
+# "clam_dist.data.errors.DataError: <message>" as a remote traceback prints it.
+_REMOTE_OURS = re.compile(r"^clam_dist(?:\.\w+)*\.(?P<type>\w+): (?P<message>.+)$", re.M)
+
+
+def summary_line(exc: BaseException) -> str:
+    """``<Type>: <message>`` of the error that matters: our own exception in the chain,
+    or, when Ray delivered only its text (a class UDF's error can arrive as a
+    ``RayTaskError(UserCodeException)`` without the original object), the last line of
+    the remote traceback that names one of ours."""
+    root = root_cause(exc)
+    if _ours(root):
+        return f"{type(root).__name__}: {first_line(root)}"
+    found = _REMOTE_OURS.findall(str(exc))
+    if found:
+        kind, message = found[-1]
+        return f"{kind}: {redact(message.strip())}"
+    return f"{type(root).__name__}: {first_line(root)}"
+
+
 def first_line(exc: BaseException) -> str:
     """The message's first line, credentials masked (a Ray error's text goes on with the
     remote traceback; ours fit one line)."""
@@ -103,7 +124,9 @@ def describe(command: str, exc: BaseException) -> str:
     ``<command> failed: <Type>: <message>``."""
     from clam_dist.config import ConfigError
 
-    root = exc if isinstance(exc, JobError) else root_cause(exc)
+    if isinstance(exc, JobError):  # its message already names the root cause
+        return f"{command} failed: {first_line(exc)}"
+    root = root_cause(exc)
     if isinstance(root, ConfigError):
         return f"config error: {first_line(root)}"
     return f"{command} failed: {type(root).__name__}: {first_line(root)}"

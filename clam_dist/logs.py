@@ -14,6 +14,7 @@ not JSON) and numpy scalars as numbers, so every line parses with any JSON reade
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -81,6 +82,47 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """-v: tracebacks on errors and Ray's own INFO logs on the driver."""
+    global _verbose
+    _verbose = verbose
+
+
+def quiet_ray() -> None:
+    """Ray's, Ray Data's and Ray Train's driver loggers at WARNING (their INFO progress
+    blocks would drown our one line per stage); -v keeps them. Their full logs stay in
+    Ray's session folder. Call after ``import ray.data``: importing it configures them."""
+    if _verbose:
+        return
+    import logging
+
+    import ray.data  # noqa: F401 - its import configures the loggers set below
+
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:  # only ever quieter, never louder
+            logger.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def ray_data_errors_reported_by_us():
+    """While we run a Ray Data job whose failure we re-raise as one line, Ray Data's own
+    ERROR record of it (the whole remote traceback) is held back; -v shows it."""
+    import logging
+
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    if not _verbose:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def set_job(name: str | None) -> None:

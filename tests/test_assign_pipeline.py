@@ -16,6 +16,7 @@ from clam_dist.assign.commit import (
     ForeignOutputError,
     IncompleteOutputError,
     OutputExistsError,
+    OutputPrefix,
 )
 from clam_dist.assign.pipeline import (
     AssignConfig,
@@ -184,13 +185,20 @@ def test_bad_inputs_are_refused_before_any_work(fitted, tmp_path):
     with pytest.raises(ForeignOutputError, match="notes.txt"):
         run_assignment(AssignConfig(**ok))
     (tmp_path / "o" / "notes.txt").unlink()
-    (tmp_path / "o" / "_SUCCESS").write_text("")
+    committed = OutputPrefix(str(tmp_path / "o"))  # a real committed result (a bare
+    staging = committed.prepare(False)  # _SUCCESS that no manifest vouches for is foreign)
+    write_vectors(staging, x[:5])
+    committed.commit(staging, 5, {})
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         run_assignment(AssignConfig(**ok))
     (tmp_path / "blocker").write_text("")
     with pytest.raises(PermissionError, match="not writable"):
         run_assignment(AssignConfig(**(ok | {"output": str(tmp_path / "blocker" / "o")})))
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["_SUCCESS"]  # untouched
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [  # untouched
+        "_SUCCESS",
+        "_manifest.json",
+        "part-00000.parquet",
+    ]
 
 
 def test_config_errors_name_the_field(tmp_path, capsys):

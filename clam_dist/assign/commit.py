@@ -128,6 +128,10 @@ class OutputPrefix:
         manifest = self._read_json(MANIFEST)
         if manifest is None or not isinstance(manifest.get("rows"), int):
             return None
+        # Another command's result (a data set made by make-dataset) is not ours to
+        # replace; manifests from before the writer field were assignment outputs.
+        if manifest.get("writer", "clam-dist assign") != self.writer:
+            return None
         if _names(manifest.get("files")) != manifest.get("files"):
             return None
         return manifest
@@ -140,7 +144,11 @@ class OutputPrefix:
             parts = f.split("/")
             if len(parts) == 3 and parts[0] == STAGING and parts[2] == ATTEMPT_RECORD:
                 record = self._read_json(f)
-                if record is not None and record.get("attempt") == parts[1]:
+                if (
+                    record is not None
+                    and record.get("attempt") == parts[1]
+                    and record.get("writer") == self.writer
+                ):
                     attempts[parts[1]] = record
         ours = set()
         if manifest is not None:
@@ -257,7 +265,11 @@ class OutputPrefix:
         attempt created the prefix, the then-empty prefix. A committed result stays."""
         attempt = staging_url.rstrip("/").rsplit("/", 1)[-1]
         record = self._read_json(f"{STAGING}/{attempt}/{ATTEMPT_RECORD}")
-        if record is None or record.get("attempt") != attempt:
+        if (
+            record is None
+            or record.get("attempt") != attempt
+            or record.get("writer") != self.writer
+        ):
             return  # not ours to remove
         self._settle(attempt, record)
         if self._created_prefix:

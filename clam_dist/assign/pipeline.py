@@ -26,8 +26,8 @@ from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, open_filesystem
 from clam_dist.data.urls import absolute
-from clam_dist.errors import JobError, first_line, root_cause
-from clam_dist.logs import log_event
+from clam_dist.errors import JobError, summary_line
+from clam_dist.logs import log_event, ray_data_errors_reported_by_us
 from clam_dist.secrets import public_storage_options
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
@@ -279,9 +279,8 @@ def _check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArt
     d = source.dim()
     if d != artifact.n_features:
         raise DataError(
-            f"input {config.input_url} has vectors of width {d} (first file "
-            f"{source.files()[0]}), but model {config.model} expects "
-            f"{artifact.n_features} features"
+            f"input {config.input_url} (first file {source.files()[0]}) has vectors of "
+            f"width {d}, but model {config.model} expects {artifact.n_features} features"
         )
     names = source.schema.names
     for what, cols in (
@@ -359,26 +358,26 @@ def _write_staged(
     """
     message = details = None
     try:
-        _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after)
+        with ray_data_errors_reported_by_us():
+            _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after)
     except Exception as exc:  # noqa: BLE001 - re-raised below as AssignmentError
         # Ray Data's exception and its traceback hold the executor (and so the actors):
         # keep the text (the root cause's one line, and the whole remote traceback for
         # -v), drop the objects, collect.
-        root = root_cause(exc)
-        message = f"{type(root).__name__}: {first_line(root)}"
+        message = summary_line(exc)
         details = f"{type(exc).__name__}: {exc}"
     gc.collect()
     if message is not None:
-        raise AssignmentError(
-            f"assignment of {config.input_url} failed: {message}", details=details
-        )
+        raise AssignmentError(message, details=details)
 
 
 def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after) -> None:
     import ray
 
     from clam_dist.data.ray_dataset import to_ray_dataset
+    from clam_dist.logs import quiet_ray
 
+    quiet_ray()
     ds = labelled = None
     try:
         ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
@@ -441,6 +440,8 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     staging = prefix.prepare(config.overwrite)
     try:
         return _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, lap)
+    except InjectedCrash:
+        raise  # a simulated kill of the driver leaves what a real kill leaves
     except BaseException:
         # Nothing of this attempt may look complete, and a committed result it was to
         # replace stays as it was: remove only this attempt's (recorded) staging.

@@ -16,7 +16,7 @@ import numpy as np
 
 from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
-from clam_dist.errors import first_line, root_cause
+from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event
 from clam_dist.pipeline.config import PipelineConfig
 from clam_dist.secrets import persistable
@@ -454,8 +454,8 @@ def run_pipeline(
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
-        root = root_cause(exc)  # through Ray's wrappers, to the message that names it
-        summary["error"] = f"{type(root).__name__}: {first_line(root)}"
+        # through Ray's wrappers, to the message that names the file, rows or field
+        summary["error"] = str(exc) if isinstance(exc, JobError) else summary_line(exc)
         summary["traceback"] = traceback.format_exc()
         log_event("stage_failed", level="error", stage=stage, error=summary["error"])
     finally:

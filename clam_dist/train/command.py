@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from clam_dist.train.trainer import run_training
 
     summary_target = writable_target(args.summary, None)
-    ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
+    if not ray.is_initialized():
+        ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
     try:
         result = run_training(config)
     except ValueError as exc:  # the fail-fast checks, before any work

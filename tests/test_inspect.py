@@ -189,6 +189,35 @@ def test_an_older_artifact_missing_fields_says_not_recorded(tmp_path, capsys):
         assert fields[label] == "not recorded", label
 
 
+def test_attention_kmeans_and_dcam_artifacts_show_their_own_fields(tmp_path, capsys):
+    from clam_dist import DCAM, AttentionClustering, KMeans
+
+    x = _blobs()
+    fitted = {
+        "attention": AttentionClustering(n_clusters=3, similarity="dot", epochs=2, random_state=0),
+        "kmeans": KMeans(n_clusters=3, n_init=1, random_state=0),
+        "dcam": DCAM(
+            n_clusters=3, latent_dim=2, hidden=(8,), pretrain_epochs=2, epochs=1, random_state=0
+        ),
+    }
+    for name, est in fitted.items():
+        save_artifact(est.fit(x).to_artifact(), str(tmp_path / name))
+        code, out, err = _inspect(capsys, str(tmp_path / name), "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["method"] == name and data["k"] == 3 and data["n_features"] == 4
+        if name == "attention":
+            assert data["attention_score"] == "dot" and data["am_steps"] == 1
+        if name == "kmeans":
+            assert data["am_steps"] == 0
+            _, table, _ = _inspect(capsys, str(tmp_path / name))
+            assert _fields(table)["T (AM steps)"] == "0 (nearest prototype, no dynamics)"
+        if name == "dcam":
+            assert data["d"] == 2  # prototypes live in the 2-D latent space
+            assert data["encoder"]["kind"] == "mlp" and data["encoder"]["latent_dim"] == 2
+            assert any(t.startswith("extra.encoder.") for t in data["tensor_shapes"])
+
+
 def test_model_json_of_another_format_is_refused(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / META_FILE).write_text(json.dumps({"format": "someone-else"}))
@@ -232,6 +261,30 @@ def test_run_directory_without_summary_is_unknown_status(pipeline_run, tmp_path,
     assert _fields(out)["status"].startswith("unknown (no summary.json")
     stage_lines = {line.split()[0]: line for line in out.splitlines()[-4:]}
     assert " done " in stage_lines["data"] and "not done" in stage_lines["train"]
+
+
+def test_failed_pipeline_run_shows_its_error(tmp_path, capsys):
+    """A run whose train stage failed (no data: the data stage was not run)."""
+    from clam_dist.pipeline.config import DataSection, ModelSection, PipelineConfig
+    from clam_dist.pipeline.stages import run_pipeline
+
+    run_dir = tmp_path / "failed"
+    summary = run_pipeline(
+        PipelineConfig(
+            run_dir=str(run_dir),
+            data=DataSection(url=str(tmp_path / "no-such-data")),
+            model=ModelSection(trainer="sample", n_clusters=3, epochs=1),
+        ),
+        only=["train"],
+    )
+    assert summary["status"] == "failed"
+    code, out, err = _inspect(capsys, str(run_dir))
+    assert code == 0, err
+    fields = _fields(out)
+    assert fields["status"] == "failed"
+    assert fields["error"] == summary["error"].splitlines()[0]
+    stage_lines = {line.split()[0]: line for line in out.splitlines()[-4:]}
+    assert all("not done" in stage_lines[s] for s in ("data", "train", "assign", "evaluate"))
 
 
 def test_committed_assignment_output(assignments, capsys):

@@ -361,6 +361,24 @@ def test_bad_storage_options_exit_2(tmp_path, capsys):
     assert len(lines) == 1 and "--storage-options" in lines[0]
 
 
+def test_unreachable_endpoint_exit_2_with_one_line(capsys):
+    """No S3 server on that port: one line naming the URL and the error, no traceback,
+    and credentials passed in the URL are masked."""
+    from clam_dist.data.local_s3 import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    creds = json.dumps({"key": "k", "secret": "s"})
+    code, out, err = _inspect(
+        capsys, "s3://bucket/model", "--endpoint-url", endpoint, "--storage-options", creds
+    )
+    assert code == 2 and out == ""
+    lines = _human_lines(err)
+    assert len(lines) == 1 and "s3://bucket/model: cannot read" in lines[0]
+    assert "Traceback" not in err
+    code, _, err = _inspect(capsys, "s3://user:pw@bucket/model", "--endpoint-url", endpoint)
+    assert code == 2 and "user:pw" not in err and len(_human_lines(err)) == 1
+
+
 def test_model_and_output_on_local_s3(s3_server, assignments, capsys):
     """Any fsspec URL: the artifact and the assignment output uploaded to the S3 server,
     inspected with --storage-options (credentials) and --endpoint-url."""

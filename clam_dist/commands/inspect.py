@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         report = inspect_path(args.path, options)
     except InspectError as exc:
         # One line, no traceback: a scheduler's log shows exactly what was wrong.
-        print(f"clam-dist inspect: {exc}", file=sys.stderr)
+        print(f"clam-dist inspect: {redact(str(exc))}", file=sys.stderr)
         return EXIT_UNRECOGNISED
     if args.json:
         print(json.dumps(redact(report.data), indent=2, sort_keys=True, default=str))
@@ -134,7 +134,8 @@ class _Reader:
             return fn()
         except FileNotFoundError as exc:
             raise InspectError(f"{what}: does not exist; {EXPECTED}") from exc
-        except (OSError, ValueError) as exc:  # permission, connection, bad bucket name
+        except Exception as exc:  # noqa: BLE001 - any backend error (permission, connection,
+            # botocore's parameter validation) means "cannot read here": one line, no traceback
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InspectError(f"{what}: cannot read ({type(exc).__name__}: {first})") from exc
 
@@ -187,7 +188,8 @@ def inspect_path(url: str, storage_options: dict | None = None) -> Report:
             "(the JSON is written last)"
         )
     else:
-        shown = ", ".join(sorted(names)[:5]) or "nothing"
+        more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+        shown = (", ".join(sorted(names)[:5]) + more) or "nothing"
         raise InspectError(f"{url}: holds {shown}; {EXPECTED}")
     report.data = {"path": url, "kind": report.kind, **report.data}
     return report

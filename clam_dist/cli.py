@@ -31,6 +31,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
         "make/read data -> train -> assign -> evaluate -> report",
     ),
     "tune": ("clam_dist.tune.command", "hyper-parameter search with Ray Tune"),
+    "inspect": ("clam_dist.commands.inspect", "show a model, pipeline run or assignment output"),
 }
 
 

@@ -19,13 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import posixpath
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from clam_dist.artifacts import FORMAT, META_FILE, TENSORS_FILE
-from clam_dist.assign.commit import MANIFEST, PART_RE, STAGING, SUCCESS
+from clam_dist.assign.commit import MANIFEST, STAGING, SUCCESS
 from clam_dist.logs import redact
+
+# part-00000.parquet, or part-<attempt>-00000.parquet after an overwrite
+PART_RE = re.compile(r"part-(?:[\w-]+-)?\d{5}\.parquet")
 
 NOT_RECORDED = "not recorded"
 SUMMARY = "summary.json"
@@ -375,6 +379,7 @@ def _assignments(reader: _Reader, names: dict[str, dict]) -> Report:
     manifest = reader.json(MANIFEST)
     if not isinstance(manifest, dict):
         raise InspectError(f"{reader.url}/{MANIFEST}: expected a JSON object")
+    r.add("written by", manifest.get("writer", "clam-dist assign"), "writer")
     files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
     missing = [f for f in files if f not in names]
     r.add("rows", manifest.get("rows"), "rows")

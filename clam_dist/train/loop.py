@@ -461,6 +461,15 @@ def _maybe_fail(
     )
     if fs.exists(path):
         return
+    # Ray Train's controller registers a reported checkpoint asynchronously: on a loaded
+    # machine a worker dying right after a report could beat that registration, and the
+    # run would resume from an older checkpoint than the test (or drill) names. Die only
+    # once every report so far is committed, so where it resumes is not a race.
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+    )
     fs.pipe(path, f"killed at epoch {epoch}, global step {global_step}".encode())
     os._exit(1)
 

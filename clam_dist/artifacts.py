@@ -18,13 +18,13 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 import clam_dist
+from clam_dist import methods
 from clam_dist.secrets import persistable
 
 FORMAT = "clam-dist-model"
 FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"
 META_FILE = "model.json"
-METHODS = ("clam", "kmeans", "dcam", "attention")
 
 
 class ArtifactError(ValueError):
@@ -54,9 +54,20 @@ class ModelArtifact:
     def d(self) -> int:
         return int(self.prototypes.shape[1])
 
+    @property
+    def assignment_rule(self) -> str:
+        """How this model labels rows ("am", "dot" or "nearest"): its method's say."""
+        return methods.get(self.method).assignment_rule(self)
+
+    def encoder(self):
+        """The torch module from input to model space, or None (the input space)."""
+        return methods.get(self.method).encoder(self)
+
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ArtifactError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in methods.names():
+            raise ArtifactError(
+                f"method must be one of {list(methods.names())}, got {self.method!r}"
+            )
         self.prototypes = np.ascontiguousarray(self.prototypes, dtype=np.float32)
         if self.prototypes.ndim != 2 or self.prototypes.shape[0] == 0:
             raise ArtifactError(

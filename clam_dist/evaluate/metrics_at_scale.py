@@ -185,7 +185,7 @@ def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, di
         "inertia": totals.inertia,
         "inertia_per_row": totals.inertia / max(1, totals.rows),
         "inertia_space": "model space (standardised"
-        + (", encoded)" if art.method == "dcam" else ")"),
+        + (", encoded)" if "encoder" in art.meta else ")"),
     }
     if totals.energy_rows:
         metrics["mean_energy"] = totals.energy_sum / totals.energy_rows

@@ -23,6 +23,9 @@ from clam_dist.models.am import (
 )
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
+# How rows are labelled: "am" (T AM steps, then the nearest prototype), "dot" (the largest
+# dot-product score, attention clustering's dot similarity), "nearest" (nearest prototype).
+RULES = ("am", "dot", "nearest")
 ROW_CHUNK = 65_536  # rows per chunk at most
 # (rows x prototypes) entries per chunk at most: the (rows, k) score and probability
 # blocks stay within ~64 MiB whatever k is (the AM core chunks its own work the same way).
@@ -34,7 +37,7 @@ class ClusterPredictor:
 
     def __init__(
         self,
-        method: str,
+        rule: str,
         prototypes: torch.Tensor,
         n_features: int,
         beta: float,
@@ -44,13 +47,10 @@ class ClusterPredictor:
         scaler_mean: np.ndarray | None = None,
         scaler_scale: np.ndarray | None = None,
         encoder: torch.nn.Module | None = None,
-        score: str = "distance",
     ):
-        if method not in ("clam", "dcam", "kmeans", "attention"):
-            raise ValueError(f"unknown method {method!r}")
-        if score not in ("distance", "dot"):
-            raise ValueError(f"attention score must be 'distance' or 'dot', got {score!r}")
-        self.method = method
+        if rule not in RULES:
+            raise ValueError(f"unknown assignment rule {rule!r}; rules: {RULES}")
+        self.rule = rule
         self.prototypes = prototypes.float()
         self.device = self.prototypes.device
         # What the dynamics use (unit rows for the spherical metric), prepared once.
@@ -73,7 +73,6 @@ class ClusterPredictor:
             else torch.as_tensor(scaler_scale, dtype=torch.float32, device=self.device)
         )
         self.encoder = encoder.to(self.device).eval() if encoder is not None else None
-        self.score = score
 
     @property
     def k(self) -> int:
@@ -81,13 +80,11 @@ class ClusterPredictor:
 
     @classmethod
     def from_artifact(cls, artifact, device: str = "cpu") -> ClusterPredictor:
-        encoder = None
-        if artifact.method == "dcam":
-            from clam_dist.models.dcam import encoder_from_artifact
-
-            encoder = encoder_from_artifact(artifact)
+        """The artifact says how its rows are assigned and which encoder maps them to the
+        model space (``ModelArtifact.assignment_rule`` / ``.encoder()``, answered by the
+        method's registration): this module knows rules, never method names."""
         return cls(
-            method=artifact.method,
+            rule=artifact.assignment_rule,
             prototypes=torch.as_tensor(artifact.prototypes).to(device),
             n_features=artifact.n_features,
             beta=artifact.beta,
@@ -96,8 +93,7 @@ class ClusterPredictor:
             metric=artifact.metric,
             scaler_mean=artifact.scaler_mean,
             scaler_scale=artifact.scaler_scale,
-            encoder=encoder,
-            score=artifact.meta.get("score", "distance"),
+            encoder=artifact.encoder(),
         )
 
     def _validate(self, x: np.ndarray) -> np.ndarray:
@@ -160,14 +156,14 @@ class ClusterPredictor:
     def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         protos = self.model_prototypes
         zm = normalize_rows(z) if self.metric == "spherical" else z
-        if self.method in ("clam", "dcam"):
+        if self.rule == "am":
             labels, dist = assign(z, protos, self.beta, self.alpha, self.steps, self.metric)
-        elif self.method == "attention" and self.score == "dot":
+        elif self.rule == "dot":
             from clam_dist.models.attention import attention_assign
 
             labels = attention_assign(z, protos, self.beta, "dot")
             dist = ((zm - protos[labels]) ** 2).sum(1)
-        else:  # kmeans, distance-score attention: nearest prototype
+        else:  # "nearest"
             d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
             labels, dist = idx[:, 0], d2[:, 0]
         out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}

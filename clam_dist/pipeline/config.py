@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist import methods
 from clam_dist.data.urls import absolute
 from clam_dist.train.config import TrainDCAM
 
@@ -35,7 +36,7 @@ class ModelSection:
     # "sample": the in-memory estimator on a uniform sample (quick look, no Ray Train).
     trainer: Literal["ray", "sample"] = "ray"
     num_workers: int = 2
-    method: Literal["clam", "kmeans", "attention", "dcam"] = "clam"
+    method: str = "clam"  # a registered method (clam_dist.methods.names())
     similarity: Literal["distance", "dot"] = "distance"  # attention scores
     n_clusters: int = 16
     beta: float | None = None
@@ -49,6 +50,9 @@ class ModelSection:
     n_init: int = 1
     standardize: bool = True
     train_sample: int = 20_000
+
+    def __post_init__(self) -> None:
+        methods.check_name(self.method, "model.method")
 
 
 @dataclass

@@ -4,7 +4,6 @@ is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clam_dist import methods
 from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
 from clam_dist.errors import JobError, summary_line
@@ -29,7 +29,7 @@ STAGES = ("data", "train", "assign", "evaluate")
 # unchanged, and refuses (naming the fields) otherwise.
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "data": ("data", "seed"),
-    "train": ("model", "dcam", "seed"),
+    "train": ("model", "seed"),
     "assign": ("assign",),
     "evaluate": ("eval_sample", "seed"),
 }
@@ -66,9 +66,10 @@ class Run:
         fields: dict = {}
         for name in STAGES[: STAGES.index(stage) + 1]:
             for key in STAGE_FIELDS[name]:
-                if key == "dcam" and self.config.model.method != "dcam":
-                    continue  # DCAM's knobs do not change the other methods' models
                 fields.update(_flatten(cfg[key], key))
+            if name == "train":  # a method's own sections (DCAM's [dcam]) change its model
+                for key in methods.get(self.config.model.method).config_sections:
+                    fields.update(_flatten(cfg[key], key))
         if self.config.data.url is not None:
             fields["data.files"] = self._input_files_digest()
         return fields
@@ -263,77 +264,19 @@ def _train_with_ray(run: Run):
 
 
 def _train_on_sample(run: Run, stats):
-    from clam_dist.attention_estimator import AttentionClustering
     from clam_dist.data.stats import sample_rows
-    from clam_dist.dcam_estimator import DCAM
-    from clam_dist.estimator import ClAM, KMeans
     from clam_dist.models.predictor import drift_threshold
 
     cfg, m = run.config, run.config.model
+    spec = methods.get(m.method)
     sample = sample_rows(run.source(), m.train_sample, cfg.seed)
     mean = stats.mean if m.standardize else np.zeros_like(stats.mean)
     scale = np.where(stats.std > 0, stats.std, 1.0) if m.standardize else np.ones_like(stats.std)
     z = ((sample.x - mean) / scale).astype(np.float32)
-    if m.method == "clam":
-        est = ClAM(
-            n_clusters=m.n_clusters,
-            beta=m.beta,
-            alpha=m.alpha,
-            steps=m.steps,
-            metric=m.metric,
-            mask_ratio=m.mask_ratio,
-            lr=m.lr,
-            epochs=m.epochs,
-            batch_size=m.batch_size,
-            n_init=m.n_init,
-            random_state=cfg.seed,
-        ).fit(z)
-        meta = {"loss_history": est.loss_history_}
-    elif m.method == "attention":
-        est = AttentionClustering(
-            n_clusters=m.n_clusters,
-            similarity=m.similarity,
-            beta=m.beta,
-            lr=m.lr,
-            epochs=m.epochs,
-            batch_size=m.batch_size,
-            random_state=cfg.seed,
-        ).fit(z)
-        meta = {"loss_history": est.loss_history_}
-    elif m.method == "dcam":
-        dc = cfg.dcam
-        est = DCAM(
-            n_clusters=m.n_clusters,
-            encoder=dc.encoder,
-            latent_dim=dc.latent_dim,
-            hidden=None if dc.hidden is None else tuple(dc.hidden),
-            image_shape=None if dc.image_shape is None else tuple(dc.image_shape),
-            beta=m.beta,
-            alpha=m.alpha,
-            steps=m.steps,
-            metric=m.metric,
-            mask_ratio=m.mask_ratio,
-            pretrain_epochs=dc.pretrain_epochs,
-            epochs=m.epochs,
-            batch_size=m.batch_size,
-            lr=m.lr,
-            recon_weight=dc.recon_weight,
-            recon_tolerance=dc.recon_tolerance,
-            recon_bound=dc.recon_bound,
-            standardize=False,  # the sample is standardised above, with global statistics
-            random_state=cfg.seed,
-        ).fit(z)
-        meta = {"joint_history": est.history_}
-    else:
-        est = KMeans(
-            n_clusters=m.n_clusters, n_init=max(1, m.n_init), metric=m.metric, random_state=cfg.seed
-        ).fit(z)
-        meta = {}
+    est = spec.fit_on_sample(cfg, z)
+    meta = dict(spec.estimator_history(est))
     meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
-    if m.method == "dcam":  # DCAM stores its own scaler; here the global one applies
-        art = dataclasses.replace(est.to_artifact(meta=meta), scaler_mean=mean, scaler_scale=scale)
-    else:
-        art = est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
+    art = spec.artifact_from_estimator(est, mean, scale, meta)
     art.meta.update(drift_threshold(art, sample.x))  # on the rows it was trained on
     return art
 

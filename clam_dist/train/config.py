@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist import methods
 from clam_dist.data.urls import absolute
 
 
@@ -34,7 +35,7 @@ class TrainData:
 class TrainModel:
     # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
     # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
-    method: Literal["clam", "kmeans", "attention", "dcam"] = "clam"
+    method: str = "clam"  # a registered method (clam_dist.methods.names())
     n_clusters: int = 16
     beta: float | None = None
     alpha: float = 0.1
@@ -49,6 +50,9 @@ class TrainModel:
     kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"
     # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
     similarity: Literal["distance", "dot"] = "distance"
+
+    def __post_init__(self) -> None:
+        methods.check_name(self.method, "model.method")
 
 
 @dataclass

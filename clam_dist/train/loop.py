@@ -99,11 +99,7 @@ def train_loop(loop_config: dict) -> None:
     k, d_in = len(init["prototypes"]), len(init["mean"])
     # k-means updates its centres in closed form; every other method is gradient-trained
     # through an objective (train/objectives.py) with ONE flat all-reduced gradient.
-    objective = (
-        None
-        if am.method == "kmeans"
-        else make_objective(cfg, init, device, loop_config.get("sample"))
-    )
+    objective = make_objective(cfg, init, device, loop_config.get("sample"))
     protos = (
         torch.tensor(init["prototypes"], dtype=torch.float32, device=device)
         if objective is None

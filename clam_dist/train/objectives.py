@@ -423,19 +423,15 @@ def encoder_spec(cfg: TrainConfig, n_features: int):
 
 def make_objective(
     cfg: TrainConfig, init: dict, device: torch.device, sample: np.ndarray | None = None
-) -> Objective:
-    method = cfg.model.method
-    if method == "clam":
-        return ClAMObjective(cfg, init, device)
-    if method == "attention":
-        return AttentionObjective(cfg, init, device)
-    if method == "dcam":
-        if sample is None:
-            raise ValueError("DCAM training needs the initialisation sample (for k-means)")
-        return DCAMObjective(cfg, init, device, sample)
-    raise ValueError(f"model.method {method!r} is not gradient-trained")
+) -> Objective | None:
+    """The method's objective (clam_dist.methods), or None for a closed-form update."""
+    from clam_dist import methods
+
+    return methods.get(cfg.model.method).make_objective(cfg, init, device, sample)
 
 
 def total_epochs(cfg: TrainConfig) -> int:
-    """Epochs of the run: DCAM's pretraining epochs come before optim.epochs."""
-    return cfg.optim.epochs + (cfg.dcam.pretrain_epochs if cfg.model.method == "dcam" else 0)
+    """Epochs of the run: a method's own phases (DCAM's pretraining) come first."""
+    from clam_dist import methods
+
+    return cfg.optim.epochs + methods.get(cfg.model.method).extra_epochs(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clam_dist import methods
 from clam_dist.config import ConfigError
 from clam_dist.data.source import VectorSource
 from clam_dist.train.config import TrainConfig
@@ -61,13 +62,10 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
         "fill": np.asarray(fill, dtype=np.float32).tolist(),
         "rows": int(stats.count),
     }
-    if cfg.model.method == "dcam":
-        # DCAM's prototypes live in the latent space of an autoencoder that does not exist
-        # yet: the loop sets them (k-means on the pretrained latents of the sample) when
-        # pretraining ends; here placeholders.
-        latent = cfg.dcam.latent_dim
-        return {"prototypes": [[0.0] * latent] * k, "beta": 1.0, **common}
     gen = torch.Generator().manual_seed(cfg.run.seed)
+    own = methods.get(cfg.model.method).initial_prototypes
+    if own is not None:  # a method that seeds its prototypes itself (DCAM: in its latents)
+        return {**own(cfg, z, gen), **common}
     if cfg.model.init == "kmeans||":
         protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
     else:

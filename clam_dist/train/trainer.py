@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clam_dist import methods
 from clam_dist.config import to_dict
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
-from clam_dist.train.objectives import encoder_spec, total_epochs
+from clam_dist.train.objectives import total_epochs
 from clam_dist.train.sources import init_sample, initialise, make_source, standardize
 from clam_dist.train.step import resolve_lanes, steps_in_epoch
 
@@ -124,20 +125,7 @@ def check_method_config(cfg: TrainConfig, d: int) -> None:
     """Method-specific checks that need the data's width, before any work starts."""
     if cfg.model.n_clusters < 1:
         raise ValueError(f"model.n_clusters must be >= 1, got {cfg.model.n_clusters}")
-    if cfg.model.method != "dcam":
-        return
-    dc = cfg.dcam
-    if dc.pretrain_epochs < 0 or dc.recon_tolerance < 0 or dc.recon_weight < 0:
-        raise ValueError(
-            "dcam.pretrain_epochs, dcam.recon_tolerance and dcam.recon_weight must be >= 0, "
-            f"got {dc.pretrain_epochs}, {dc.recon_tolerance}, {dc.recon_weight}"
-        )
-    encoder_spec(cfg, d)  # raises naming the shape when the images do not fit the encoder
-    if cfg.data.init_sample < cfg.model.n_clusters:
-        raise ValueError(
-            f"data.init_sample={cfg.data.init_sample} rows cannot seed model.n_clusters="
-            f"{cfg.model.n_clusters} latent prototypes"
-        )
+    methods.get(cfg.model.method).check_train_config(cfg, d)
 
 
 def plan_steps(cfg: TrainConfig, source) -> dict:
@@ -199,7 +187,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         _remove_if_empty(created)  # a refused run leaves no empty storage folder behind
         raise
     loop_config = {"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url}
-    if cfg.model.method == "dcam":  # the sample DCAM's joint phase starts from (numpy)
+    if methods.get(cfg.model.method).needs_sample_on_workers:  # DCAM's joint phase
         loop_config["sample"] = standardize(sample.x, init["mean"], init["scale"])
     trainer = TorchTrainer(
         train_loop,

@@ -11,7 +11,7 @@ import json
 
 from clam_dist.config import load_config
 from clam_dist.tune.config import TuneJobConfig
-from clam_dist.tune.space import KNOBS, check_job_config
+from clam_dist.tune.space import check_job_config, knobs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,14 +71,18 @@ def run(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     summary = run_tune(config)  # its ConfigErrors come before the search (need the data)
     metric = summary["criterion"]["metric"]
-    knobs = KNOBS[summary["method"]]
+    method_knobs = knobs(summary["method"])
     print(f"\nmethod {summary['method']}")
-    print(f"{'trial':>5} {'epochs':>6} " + " ".join(f"{n:>12}" for n in knobs) + f" {metric:>12}")
+    print(
+        f"{'trial':>5} {'epochs':>6} "
+        + " ".join(f"{n:>12}" for n in method_knobs)
+        + f" {metric:>12}"
+    )
     for rec in sorted(summary["trials"], key=lambda r: r["trial"]):
         p = rec["point"]
         mark = " (default)" if rec["is_default"] else ""
         cells = " ".join(
-            f"{p[n]:>12.4g}" if isinstance(p[n], float) else f"{p[n]!s:>12}" for n in knobs
+            f"{p[n]:>12.4g}" if isinstance(p[n], float) else f"{p[n]!s:>12}" for n in method_knobs
         )
         print(f"{rec['trial']:>5} {rec['epochs']:>6} {cells} {rec['last'][metric]:>12.4f}{mark}")
     fin = summary["final"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clam_dist import methods
 from clam_dist.data.urls import absolute
 
 
@@ -27,7 +28,7 @@ class TuneData:
 class TuneModel:
     # The method whose knobs are searched and whose training config is written: "clam",
     # "attention" (attention clustering) or "dcam" (knobs: see TuneSearch).
-    method: Literal["clam", "attention", "dcam"] = "clam"
+    method: str = "clam"  # a registered method that registers Tune hooks
     n_clusters: int = 0  # 0: the number of classes of a bundled data set
     # The AM metric (ClAM; DCAM in its latent space). Attention clustering takes only
     # "euclidean": its score function is search.similarity.
@@ -35,6 +36,9 @@ class TuneModel:
     fill: Literal["mean", "min", "max", "zero"] = "mean"  # ClAM; DCAM: of latent coordinates
     batch_size: int = 32  # rows per optimiser step in every trial (written to optim.batch_size)
     steps: int = 10  # T when search.steps_from_alpha is false
+
+    def __post_init__(self) -> None:
+        methods.check_name(self.method, "model.method", tunable_only=True)
 
 
 @dataclass

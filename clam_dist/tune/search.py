@@ -20,16 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from clam_dist import methods
 from clam_dist.config import dumps_toml, load_config, to_dict
 from clam_dist.logs import log_event
 from clam_dist.secrets import persistable
 from clam_dist.tune.config import TuneJobConfig
 from clam_dist.tune.methods import check_for_data, make_trial, model_sections, steps_of
 from clam_dist.tune.space import (
-    DEFAULT_POINTS,
-    KNOBS,
     check_job_config,
     default_in_space,
+    default_point,
+    knobs,
     resolved_space,
     tune_domains,
 )
@@ -109,7 +110,7 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
     b, metric_mode = config.budget, _metric_mode(config)
     metric, mode = metric_mode
     method = config.model.method
-    default = DEFAULT_POINTS[method]
+    default = default_point(method)
     points = (
         [dict(default)]
         if config.run.include_default and default_in_space(config.search, method)
@@ -169,7 +170,7 @@ def run_search(config: TuneJobConfig, data: TrialData, k: int) -> list[dict]:
         if result.error is not None:
             log_event("trial_error", trial=i, error=str(result.error).splitlines()[0])
             continue
-        point = {key: result.config[key] for key in KNOBS[method]}
+        point = {key: result.config[key] for key in knobs(method)}
         last = {key: result.metrics.get(key) for key in (metric, *_REPORTED)}
         rec = {
             "trial": i,
@@ -365,7 +366,7 @@ def run_tune(config: TuneJobConfig) -> dict:
     check_job_config(config)
     timings: dict[str, float] = {}
     metric, mode = _metric_mode(config)
-    default_point = DEFAULT_POINTS[config.model.method]
+    default_pt = default_point(config.model.method)
 
     t0 = time.perf_counter()
     loaded = load_sample(config)
@@ -402,7 +403,7 @@ def run_tune(config: TuneJobConfig) -> dict:
     # 1. Selection: the finalists and the default re-trained on the selection seeds; the
     #    best finalist by mean goes on.
     checked = final_compare(
-        config, data, loaded.x, k, [r["point"] for r in finalists] + [default_point], select_seeds
+        config, data, loaded.x, k, [r["point"] for r in finalists] + [default_pt], select_seeds
     )
     default_select, finalist_finals = checked[-1], checked[:-1]
     for rec, fin in zip(finalists, finalist_finals, strict=True):
@@ -424,16 +425,16 @@ def run_tune(config: TuneJobConfig) -> dict:
     #    the default only when at least as good there (mean over the same seeds).
     if best is not None:
         best_final, default_final = final_compare(
-            config, data, loaded.x, k, [best["point"], default_point], confirm_seeds
+            config, data, loaded.x, k, [best["point"], default_pt], confirm_seeds
         )
         best_final.update(_paired(best_final, default_final, metric, mode))
         search_wins = _better(best_final[metric], default_final[metric], mode)
     else:  # every searched trial failed or scored nothing
-        (default_final,) = final_compare(config, data, loaded.x, k, [default_point], confirm_seeds)
+        (default_final,) = final_compare(config, data, loaded.x, k, [default_pt], confirm_seeds)
         best_final, search_wins = default_final, False
     timings["final_check"] = time.perf_counter() - t0
     chosen_point, chosen = (
-        (best["point"], best_final) if search_wins else (default_point, default_final)
+        (best["point"], best_final) if search_wins else (default_pt, default_final)
     )
     log_event(
         "confirmed",
@@ -455,7 +456,7 @@ def run_tune(config: TuneJobConfig) -> dict:
         f"chosen = {'searched configuration' if search_wins else 'default configuration'}; "
         f"beta = {chosen_point['beta_scale']:.3g} x data-derived "
         f"{chosen['beta_default'] if chosen['beta_default'] is not None else float('nan'):.4g}"
-        + (" (latent; mean over the seeds)" if config.model.method == "dcam" else ""),
+        + methods.get(config.model.method).tune.score_note,
     ]
     text = train_config_text(config, k, chosen_point, chosen, header)
     _write_atomic(out, text)
@@ -479,14 +480,14 @@ def run_tune(config: TuneJobConfig) -> dict:
                 {"trial": r["trial"], "point": r["point"], **f}
                 for r, f in zip(finalists, finalist_finals, strict=True)
             ],
-            "default_select": {"point": default_point, **default_select},
+            "default_select": {"point": default_pt, **default_select},
             # on the confirmation seeds: what decided, and the figures to report
             "search_best": {
                 "trial": best["trial"] if best else None,
-                "point": best["point"] if best else default_point,
+                "point": best["point"] if best else default_pt,
                 **best_final,
             },
-            "default": {"point": default_point, **default_final},
+            "default": {"point": default_pt, **default_final},
         },
         "chosen": "search" if search_wins else "default",
         "output": str(out),

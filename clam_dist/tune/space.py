@@ -12,15 +12,9 @@ import math
 from clam_dist.config import ConfigError
 from clam_dist.tune.config import TuneBudget, TuneDCAM, TuneJobConfig, TuneScore, TuneSearch
 
-METHODS: tuple[str, ...] = ("clam", "attention", "dcam")
 SIMILARITIES: tuple[str, ...] = ("distance", "dot")
-
-# The knobs each method searches (TuneSearch fields); any other knob must stay unset.
-KNOBS: dict[str, tuple[str, ...]] = {
-    "clam": ("beta_scale", "lr", "mask_ratio", "alpha"),
-    "attention": ("beta_scale", "lr", "similarity"),
-    "dcam": ("beta_scale", "lr", "mask_ratio", "alpha", "recon_weight"),
-}
+# Each method's knobs (TuneSearch fields it searches) and default point are registered
+# with the method (clam_dist.methods, MethodSpec.tune); any other knob must stay unset.
 CHOICE_KNOBS: frozenset[str] = frozenset({"similarity"})
 
 # numeric name -> (sampled on a log scale?, smallest allowed low, largest allowed high,
@@ -41,30 +35,35 @@ _COMMON_RANGES: dict[str, list] = {
     "recon_weight": [0.25, 4.0],
     "similarity": list(SIMILARITIES),
 }
-# DCAM's Adam also trains an autoencoder (both phases use optim.lr): above ~0.03 its
-# pretraining is erratic on standardised tabular data, so its range sits a decade lower
-# while still containing the training job's default 0.01.
-DEFAULT_RANGES: dict[str, dict[str, list]] = {
-    method: {
-        name: ([0.0003, 0.03] if (method, name) == ("dcam", "lr") else _COMMON_RANGES[name])
-        for name in knobs
-    }
-    for method, knobs in KNOBS.items()
-}
-
-# The default configuration of each method = what the training job does when none of
-# these knobs is set (TrainConfig's defaults: lr 0.01, mask 0.2, alpha 0.1 with T 10,
-# recon_weight 1, distance scores, beta from the data). Tuning must beat THAT.
-DEFAULT_POINTS: dict[str, dict] = {
-    "clam": {"beta_scale": 1.0, "lr": 0.01, "mask_ratio": 0.2, "alpha": 0.1},
-    "attention": {"beta_scale": 1.0, "lr": 0.01, "similarity": "distance"},
-    "dcam": {"beta_scale": 1.0, "lr": 0.01, "mask_ratio": 0.2, "alpha": 0.1, "recon_weight": 1.0},
-}
-DEFAULT_POINT: dict = DEFAULT_POINTS["clam"]  # kept for callers written for ClAM only
 
 
 class SearchSpaceError(ConfigError):
     """A search space that is empty, inverted or outside a parameter's domain."""
+
+
+def _hooks(method: str):
+    from clam_dist import methods
+
+    hooks = methods.get(method).tune
+    if hooks is None:
+        raise SearchSpaceError(f"model.method={method} has no search space (not tunable)")
+    return hooks
+
+
+def knobs(method: str) -> tuple[str, ...]:
+    """The TuneSearch knobs ``method`` searches (its registration's)."""
+    return _hooks(method).knobs
+
+
+def default_ranges(method: str) -> dict[str, list]:
+    """Each knob's default range: the shared one unless the method overrides it."""
+    hooks = _hooks(method)
+    return {n: list(hooks.range_overrides.get(n, _COMMON_RANGES[n])) for n in hooks.knobs}
+
+
+def default_point(method: str) -> dict:
+    """What the training job does when none of the knobs is set: tuning must beat it."""
+    return dict(_hooks(method).default_point)
 
 
 def _check_range(name: str, value: list[float]) -> None:
@@ -101,7 +100,7 @@ def resolved_space(search: TuneSearch, method: str = "clam") -> dict[str, list]:
     """The method's knobs with their ranges (choices): as given, or the default range."""
     return {
         name: list(getattr(search, name)) if getattr(search, name) is not None else list(rng)
-        for name, rng in DEFAULT_RANGES[method].items()
+        for name, rng in default_ranges(method).items()
     }
 
 
@@ -112,13 +111,12 @@ def _is_fixed(name: str, value: list) -> bool:
 def check_search_space(search: TuneSearch, method: str = "clam") -> None:
     """Raise SearchSpaceError for an empty, inverted or out-of-domain space, or a knob the
     method does not have."""
-    if method not in METHODS:
-        raise SearchSpaceError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
+    own = knobs(method)
     for name in (*_RANGES, *CHOICE_KNOBS):
-        if name not in KNOBS[method] and getattr(search, name) is not None:
+        if name not in own and getattr(search, name) is not None:
             raise SearchSpaceError(
                 f"search.{name} does not apply to model.method={method} "
-                f"(its knobs: {', '.join(KNOBS[method])})"
+                f"(its knobs: {', '.join(own)})"
             )
     space = resolved_space(search, method)
     for name, value in space.items():
@@ -171,7 +169,7 @@ def check_dcam(dc: TuneDCAM) -> None:
         raise ConfigError(f"dcam.image_shape must be [C, H, W] > 0, got {dc.image_shape}")
 
 
-def _check_bundled_width(config: TuneJobConfig) -> None:
+def check_bundled_width(config: TuneJobConfig) -> None:
     """A bundled data set's width is known without reading it: check that the encoder fits
     now (a URL's width is checked once its sample is read, still before any trial)."""
     from clam_dist.datasets.clam_paper import CLAM_PAPER_FILES
@@ -195,15 +193,11 @@ def check_job_config(config: TuneJobConfig) -> None:
         raise ConfigError("model.n_clusters must be given (> 0) when data.url is used")
     if m.batch_size < 1 or m.steps < 1:
         raise ConfigError("model.batch_size and model.steps must be >= 1")
-    if m.method == "attention" and m.metric != "euclidean":
-        raise ConfigError(
-            f"model.metric={m.metric!r} does not apply to model.method=attention: its score "
-            "function is search.similarity (distance or dot)"
-        )
+    from clam_dist import methods
+
+    methods.check_name(m.method, "model.method", tunable_only=True)
+    methods.get(m.method).tune.check_job(config)  # the method's own checks
     check_search_space(config.search, m.method)
-    if m.method == "dcam":
-        check_dcam(config.dcam)
-        _check_bundled_width(config)
     check_budget(config.budget, config.score)
 
 
@@ -217,7 +211,7 @@ def default_in_space(search: TuneSearch, method: str = "clam") -> bool:
     space = resolved_space(search, method)
     return all(
         v in space[n] if n in CHOICE_KNOBS else float(space[n][0]) <= v <= float(space[n][1])
-        for n, v in DEFAULT_POINTS[method].items()
+        for n, v in default_point(method).items()
     )
 
 

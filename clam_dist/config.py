@@ -23,10 +23,6 @@ class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the field."""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
     origin = get_origin(tp)
@@ -204,11 +200,6 @@ def load_config(
     """Defaults of ``cls`` <- file at ``path`` <- ``overrides``, validated."""
     data = read_mapping(path) if path else {}
     return from_dict(cls, apply_overrides(data, overrides))
-
-
-def write_config(config: Any, path: str | Path) -> None:
-    """Write a dataclass config as TOML (a format ``load_config`` reads back)."""
-    Path(path).write_text(dumps_toml(to_dict(config)))
 
 
 def _toml_value(value: Any) -> str:

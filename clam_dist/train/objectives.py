@@ -126,7 +126,7 @@ class _Prototypes(nn.Module):
 
 
 class ClAMObjective(Objective):
-    """Masked pattern completion by AM dynamics (DESIGN.md), the ClAM paper's loss."""
+    """Masked pattern completion by AM dynamics (docs/design.md), the ClAM paper's loss."""
 
     method = "clam"
 

@@ -237,11 +237,6 @@ def record_drift_threshold(cfg: TrainConfig, artifact_url: str, x) -> None:
     save_artifact(artifact, artifact_url, cfg.data.storage_options)
 
 
-def check_checkpoint_shape(checkpoint, k: int, d: int) -> None:
-    """Raise when a ray.train.Checkpoint was trained with another k or d."""
-    ckpt.check_shape(ckpt.read_state(checkpoint), k, d)
-
-
 def tensorboard_dir(cfg: TrainConfig, run_url: str) -> str | None:
     """Where the training metrics' TensorBoard events go (None: off)."""
     setting = cfg.run.tensorboard_dir

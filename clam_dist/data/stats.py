@@ -1,7 +1,8 @@
 """Whole-table passes with Dask: feature statistics, a uniform sample, validation.
 
-Each pass is one parallel pass over the files: a Dask task per file reads it in bounded
-batches (the same reader as training, so schema checks and the NaN policy are shared) and
+Each pass is one parallel pass over row ranges (data/units.py: row groups merged up to
+UNIT_ROWS rows, huge ones split), so one big file still gives several tasks; each task
+reads its range in bounded batches (the same reader as training, so schema checks and the NaN policy are shared) and
 returns a small partial result; partials are combined exactly. We use ``dask.delayed`` per
 file rather than ``dask.dataframe`` because vectors are usually a fixed-size-list column,
 which Dask DataFrames carry as Python objects (slow, and no per-coordinate reductions).
@@ -16,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource, record_batches
+from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import (
     VectorBatch,
     generated_or_column_ids,
-    read_table_batches,
+    read_unit,
+    record_batches_in,
     table_to_matrix,
 )
+from clam_dist.data.units import Unit, plan_units
 
 BATCH_ROWS = 65_536
 
@@ -56,12 +59,16 @@ class FeatureStats:
         )
 
 
-def _file_moments(
-    source: VectorSource, file: str
+def _units(source: VectorSource) -> list[Unit]:
+    return plan_units(source.files(), source.row_group_rows())
+
+
+def _unit_moments(
+    source: VectorSource, unit: Unit
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(count, mean, M2, min, max, dropped) of one file, combined batch by batch (Chan)."""
+    """(count, mean, M2, min, max, dropped) of one unit, combined batch by batch (Chan)."""
     count, mean, m2, lo, hi, dropped = 0, None, None, None, None, 0
-    for b in read_table_batches(source, file, BATCH_ROWS):
+    for b in read_unit(source, unit, BATCH_ROWS):
         dropped += b.dropped
         if not len(b):
             continue
@@ -81,7 +88,8 @@ def _file_moments(
 
 def feature_stats(source: VectorSource, scheduler: str | None = None) -> FeatureStats:
     """count, mean, std (population), min, max per feature, in one parallel pass."""
-    parts = _compute([dask.delayed(_file_moments)(source, f) for f in source.files()], scheduler)
+    source.dim()  # mixed widths fail here, naming both files
+    parts = _compute([dask.delayed(_unit_moments)(source, u) for u in _units(source)], scheduler)
     count, mean, m2, lo, hi = 0, None, None, None, None
     dropped = sum(p[5] for p in parts)
     for c, mu, q, a, b, _ in parts:
@@ -99,12 +107,14 @@ def feature_stats(source: VectorSource, scheduler: str | None = None) -> Feature
     return FeatureStats(count, mean, np.sqrt(m2 / count), lo, hi, dropped)
 
 
-def _file_sample(source: VectorSource, file_index: int, file: str, m: int, seed: int):
-    """The m rows of a file with the smallest random keys (keys seeded per file)."""
-    rng = np.random.default_rng([seed, file_index])
+def _unit_sample(source: VectorSource, file_index: int, unit: Unit, m: int, seed: int):
+    """The m rows of a unit with the smallest random keys (keys seeded per file and first
+    row of the unit, so the sample does not depend on the scheduler)."""
+    rng = np.random.default_rng([seed, file_index, unit.start])
+    file = unit.file
     best_keys = np.zeros(0)
     best: VectorBatch | None = None
-    for b in read_table_batches(source, file, BATCH_ROWS):
+    for b in read_unit(source, unit, BATCH_ROWS):
         keys = rng.random(len(b))
         if best is None:
             best_keys, best = keys, b
@@ -134,14 +144,16 @@ def sample_rows(
     """A uniform random sample of min(m, n) rows without replacement, in one pass.
 
     Every row gets an independent uniform key; the m smallest keys overall are a uniform
-    sample. Each file keeps its own m smallest, so memory is O(m) per task.
+    sample. Each unit keeps its own m smallest, so memory is O(m) per task.
     Deterministic for a seed (and file listing).
     """
     if m < 1:
         raise ValueError(f"sample size must be >= 1, got {m}")
-    files = source.files()
+    source.dim()  # mixed widths fail here, naming both files
+    index = {f: i for i, f in enumerate(source.files())}
     parts = _compute(
-        [dask.delayed(_file_sample)(source, i, f, m, seed) for i, f in enumerate(files)], scheduler
+        [dask.delayed(_unit_sample)(source, index[u.file], u, m, seed) for u in _units(source)],
+        scheduler,
     )
     parts = [p for p in parts if p[1] is not None and len(p[1])]
     if not parts:
@@ -182,7 +194,7 @@ def _scan_file(pf, source: VectorSource, file: str):
     width, rows, bad_rows, by_feature, ids = None, 0, 0, None, []
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
-    for rb in record_batches(pf, BATCH_ROWS, wanted):
+    for _, rb in record_batches_in(pf, BATCH_ROWS, wanted):
         table = pa.Table.from_batches([rb])
         x = table_to_matrix(table, source, file)
         width = x.shape[1]

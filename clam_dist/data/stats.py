@@ -25,9 +25,11 @@ from clam_dist.data.stream import (
     record_batches_in,
     table_to_matrix,
 )
-from clam_dist.data.units import Unit, plan_units
+from clam_dist.data.units import UNIT_ROWS, Unit, plan_units
 
 BATCH_ROWS = 65_536
+# Rows per Dask task at most (a row group larger than this is split into row ranges).
+TASK_ROWS = UNIT_ROWS
 
 
 def _compute(tasks: list, scheduler: str | None):
@@ -60,7 +62,7 @@ class FeatureStats:
 
 
 def _units(source: VectorSource) -> list[Unit]:
-    return plan_units(source.files(), source.row_group_rows())
+    return plan_units(source.files(), source.row_group_rows(), TASK_ROWS)
 
 
 def _unit_moments(

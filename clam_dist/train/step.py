@@ -18,6 +18,7 @@ import math
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from clam_dist.data.prefetch import DEPTH, Prefetcher
@@ -205,6 +206,8 @@ class LaneStream:
 
     def _iterate(self):
         for seg in segments(self._units):
+            # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
+            pa.default_memory_pool().release_unused()
             for b in read_unit(self._source, seg, self._read_rows):
                 if len(b) and b.x.shape[1] != self._dim:
                     raise ValueError(

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clam_dist.data import stats as stats_module
+from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import iter_batches, read_rows
 from clam_dist.data.units import Unit, deal, plan_parts, plan_units, segments
@@ -173,3 +174,19 @@ def test_ray_dataset_reads_one_file_with_two_read_tasks(ray_local, one_file):
     assert ids.size == len(x) and np.unique(ids).size == len(x)
     rows = np.array([int(str(i).split(":")[1]) for i in ids])
     np.testing.assert_array_equal(np.concatenate(xs), x[rows])
+
+
+def test_a_corrupt_row_group_is_named_by_file_and_row_range(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3_000, 8)).astype(np.float32)
+    path = tmp_path / "f.parquet"
+    _write(path, x, 1_000)
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)  # rows 1000-1999
+    data = bytearray(path.read_bytes())
+    at = chunk.data_page_offset + 100
+    data[at : at + 2_000] = bytes(2_000)  # zeroed pages; the footer stays readable
+    path.write_bytes(bytes(data))
+    source = VectorSource(str(path))
+    ok = np.concatenate([b.x for b in read_rows(source, source.files()[0], 0, 1_000)])
+    np.testing.assert_array_equal(ok, x[:1_000])  # ranges before the damage still read
+    with pytest.raises(DataError, match=r"f.parquet: failed reading rows 1000-2500 \(corrupt"):
+        list(read_rows(source, source.files()[0], 500, 2_500, batch_rows=256))

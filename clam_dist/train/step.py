@@ -169,8 +169,10 @@ class LaneStream:
     counts.
 
     ``skip_rows`` resumes mid-epoch: whole units are skipped by their footer row counts
-    when no rows can be dropped (nan_policy "error" and ``row_counts`` given), the rest is
-    read and discarded, so a resumed run sees exactly the rows an uninterrupted one would.
+    when no rows can be dropped (nan_policy "error") and ``row_counts`` is given (any
+    footer-derived mapping: it only allows the skip, the unit sizes come from the plan);
+    the rest is read and discarded, so a resumed run sees exactly the rows an
+    uninterrupted one would.
     Read batches are kept as they come (views of Arrow memory) and copied ONCE, into the
     training batch that ``take`` returns.
     """

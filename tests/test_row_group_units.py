@@ -190,3 +190,22 @@ def test_a_corrupt_row_group_is_named_by_file_and_row_range(tmp_path):
     np.testing.assert_array_equal(ok, x[:1_000])  # ranges before the damage still read
     with pytest.raises(DataError, match=r"f.parquet: failed reading rows 1000-2500 \(corrupt"):
         list(read_rows(source, source.files()[0], 500, 2_500, batch_rows=256))
+
+
+def test_validate_splits_one_file_and_sums_per_file(tmp_path, monkeypatch):
+    x = np.random.default_rng(2).standard_normal((900, 3)).astype(np.float32)
+    x[[5, 450, 899], [0, 1, 1]] = np.nan
+    ids = np.arange(900, dtype=np.int64)
+    ids[800] = 3  # a duplicate across units
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 3)
+    pq.write_table(pa.table({"id": ids, "x": col}), tmp_path / "v.parquet", row_group_size=900)
+    (tmp_path / "w.parquet").write_bytes(b"PAR1 not really")
+    monkeypatch.setattr(stats_module, "TASK_ROWS", 200)  # 5 tasks for the one row group
+    source = VectorSource(str(tmp_path), id_column="id")
+    units, problems = stats_module._readable_units(source)
+    assert len(units) == 5 and len(problems) == 1 and "w.parquet" in problems[0]
+    rep = stats_module.validate(source, scheduler="sync")
+    assert rep.rows == 900 and rep.widths == {source.files()[0]: 3}
+    assert rep.nonfinite_rows == {source.files()[0]: 3} and rep.nonfinite_by_feature == [1, 2, 0]
+    assert rep.duplicate_ids == 1
+    assert any("w.parquet: not a readable Parquet file" in p for p in rep.problems)

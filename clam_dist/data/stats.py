@@ -10,6 +10,7 @@ which Dask DataFrames carry as Python objects (slow, and no per-coordinate reduc
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dask
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource
+from clam_dist.data.source import FOOTER_THREADS, VectorSource
 from clam_dist.data.stream import (
     VectorBatch,
     generated_or_column_ids,
@@ -191,50 +192,100 @@ class ValidationReport:
             raise DataError("; ".join(self.problems))
 
 
-def _scan_file(pf, source: VectorSource, file: str):
-    """(width, rows, rows with NaN/inf, NaN/inf count per feature, ids) of one file."""
-    width, rows, bad_rows, by_feature, ids = None, 0, 0, None, []
+def _scan_unit(pf, source: VectorSource, unit: Unit):
+    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature, ids) of a unit."""
+    file = unit.file
+    widths, rows, bad_rows, by_feature, ids = set(), 0, 0, None, []
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
-    for _, rb in record_batches_in(pf, BATCH_ROWS, wanted):
+    for row0, rb in record_batches_in(pf, BATCH_ROWS, wanted, unit.start, unit.stop):
         table = pa.Table.from_batches([rb])
         x = table_to_matrix(table, source, file)
-        width = x.shape[1]
+        widths.add(x.shape[1])
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())
         by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
         if source.id_column:  # generated ids are unique by construction: keep none
-            ids.append(generated_or_column_ids(table, source, file, rows))
+            ids.append(generated_or_column_ids(table, source, file, row0))
         rows += table.num_rows
-    return width, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
+    return widths, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
 
 
-def _file_validate(source: VectorSource, file: str):
-    """Per-file width, row count, NaN/inf counts and ids; a DataError becomes a problem."""
-    width, rows, bad_rows, by_feature, ids, error = None, 0, 0, None, np.zeros(0), None
+def _unit_validate(source: VectorSource, unit: Unit):
+    """Widths, row count, NaN/inf counts and ids of one unit; a DataError (or an
+    unreadable range) becomes a problem instead of stopping the pass."""
+    widths, rows, bad_rows, by_feature, ids, error = set(), 0, 0, None, np.zeros(0), None
     try:
-        with source.parquet_file(file) as pf:
-            width, rows, bad_rows, by_feature, ids = _scan_file(pf, source, file)
+        with source.parquet_file(unit.file) as pf:
+            widths, rows, bad_rows, by_feature, ids = _scan_unit(pf, source, unit)
     except DataError as exc:
         error = str(exc)
     except (pa.ArrowInvalid, OSError) as exc:
-        error = f"{file}: unreadable Parquet (corrupt or truncated?): {exc}"
-    return file, width, rows, bad_rows, by_feature, ids, error
+        error = (
+            f"{unit.file}: rows {unit.start}-{unit.stop} unreadable (corrupt or truncated?): {exc}"
+        )
+    return unit.file, widths, rows, bad_rows, by_feature, ids, error
+
+
+def _readable_units(source: VectorSource) -> tuple[list[Unit], list[str]]:
+    """Units of every file whose footer reads, and a problem for each one that does not
+    (validation reports every bad file rather than stopping at the first)."""
+    files, problems, groups = source.files(), [], {}
+
+    def footer(f):
+        try:
+            meta = source._footer(f)
+            return f, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)), None
+        except DataError as exc:
+            return f, None, str(exc)
+
+    with ThreadPoolExecutor(min(FOOTER_THREADS, len(files))) as pool:
+        for f, rgs, error in pool.map(footer, files):
+            if error:
+                problems.append(error)
+            else:
+                groups[f] = rgs
+    readable = [f for f in files if f in groups]
+    return plan_units(readable, groups, TASK_ROWS), problems
+
+
+def _merge_files(parts) -> list:
+    """Unit results combined per file, in file order (same tuple shape, widths a set)."""
+    merged: dict[str, list] = {}
+    for file, widths, rows, bad, by_feature, ids, error in parts:
+        m = merged.setdefault(file, [file, set(), 0, 0, None, [], []])
+        if error:
+            if error not in m[6]:
+                m[6].append(error)
+            continue
+        m[1] |= widths
+        m[2] += rows
+        m[3] += bad
+        if by_feature is not None:
+            same = m[4] is not None and len(m[4]) == len(by_feature)
+            m[4] = m[4] + by_feature if same else (by_feature if m[4] is None else m[4])
+        m[5].append(ids)
+    return list(merged.values())
 
 
 def validate(source: VectorSource, scheduler: str | None = None) -> ValidationReport:
     """NaN/inf counts per feature and per file, widths per file, duplicate ids, unreadable
-    files: everything that is wrong, in one pass, instead of stopping at the first."""
-    parts = _compute([dask.delayed(_file_validate)(source, f) for f in source.files()], scheduler)
+    files: everything that is wrong, in one pass (one Dask task per unit), instead of
+    stopping at the first."""
+    units, footer_problems = _readable_units(source)
+    parts = _compute([dask.delayed(_unit_validate)(source, u) for u in units], scheduler)
     rep = ValidationReport()
     all_ids = []
-    for file, width, rows, bad, by_feature, ids, error in parts:
-        if error:
-            rep.problems.append(error)
+    rep.problems.extend(footer_problems)
+    for file, widths, rows, bad, by_feature, ids, errors in _merge_files(parts):
+        if errors:
+            rep.problems.extend(errors)
             continue
         rep.rows += rows
-        if width is not None:
-            rep.widths[file] = width
+        if len(widths) > 1:
+            rep.problems.append(f"{file}: vectors of several widths {sorted(widths)}")
+        if widths:
+            rep.widths[file] = min(widths)
         if bad:
             rep.nonfinite_rows[file] = bad
             rep.problems.append(f"{file}: {bad} row(s) with NaN/inf")
@@ -245,7 +296,7 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
                 rep.nonfinite_by_feature = [
                     a + int(b) for a, b in zip(rep.nonfinite_by_feature, by_feature)
                 ]
-        all_ids.append(ids)
+        all_ids.extend(ids)
     widths = set(rep.widths.values())
     if len(widths) > 1:
         first = next(iter(rep.widths.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import posixpath
 import time
@@ -24,6 +25,7 @@ from clam_dist.logs import redact as _redact
 # exponential backoff from RETRY_DELAY_S; bad credentials and missing paths are not.
 RETRY_ATTEMPTS = 3
 RETRY_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
 # Footers are read concurrently: thousands of small ranged GETs are latency bound.
 FOOTER_THREADS = 16
 
@@ -68,11 +70,113 @@ def open_filesystem(url: str, storage_options: dict | None = None):
         raise DataError(f"{url}: cannot open this URL ({exc})") from exc
 
 
-def _retrying(what: str, fn, retries: int | None = None, delay_s: float | None = None):
-    """Call fn with bounded retries on transient errors; names ``what`` in every error."""
+# OSError errnos of a network hiccup (the peer, route or socket), not of a bad request.
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "ETIMEDOUT",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "EHOSTDOWN",
+        "EPIPE",
+        "EAGAIN",
+        "EBUSY",
+    )
+    if hasattr(errno, name)
+)
+# Error codes object stores answer when they want the client to slow down or come back.
+_THROTTLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+    }
+)
+# Client libraries' own network error classes, by module and name so that neither botocore
+# nor aiohttp has to be importable for local files.
+_TRANSIENT_CLASSES = frozenset(
+    {
+        ("botocore.exceptions", "ConnectionError"),  # EndpointConnectionError, timeouts, ...
+        ("botocore.exceptions", "HTTPClientError"),
+        ("aiohttp.client_exceptions", "ClientConnectionError"),
+        ("aiohttp.client_exceptions", "ClientPayloadError"),
+        ("aiohttp.client_exceptions", "ServerTimeoutError"),
+        ("urllib3.exceptions", "ProtocolError"),
+        ("urllib3.exceptions", "TimeoutError"),
+    }
+)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a botocore ClientError / aiohttp ClientResponseError, if any."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status else None
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _one_is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, DataError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if any((k.__module__, k.__name__) in _TRANSIENT_CLASSES for k in type(exc).__mro__):
+        return True
+    status = _http_status(exc)
+    if status is not None and (status >= 500 or status == 429):
+        return True
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code in _THROTTLE_CODES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a connection error, timeout, throttling or HTTP 5xx, here or in
+    the exceptions it wraps (s3fs re-raises botocore errors as OSError(EIO) with the
+    original as the cause). A missing file, denied access or a programming error is not."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (FileNotFoundError, PermissionError, DataError)):
+            return False
+        if _one_is_transient(e):
+            return True
+        seen.add(id(e))
+        e = e.__cause__  # explicit wrapping only: an error raised while handling another
+    return False
+
+
+def _retrying(
+    what: str,
+    fn,
+    retries: int | None = None,
+    delay_s: float | None = None,
+    max_delay_s: float | None = None,
+):
+    """Call fn; retry ONLY transient errors (see is_transient), at most ``retries`` calls,
+    sleeping delay_s, 2*delay_s, ... (capped at max_delay_s) between them. Anything else
+    is raised at once: a missing path or denied access as a DataError naming ``what``, any
+    other error unchanged (a bug must not be retried and then blamed on the endpoint)."""
     retries = RETRY_ATTEMPTS if retries is None else retries
     delay_s = RETRY_DELAY_S if delay_s is None else delay_s
-    last = None
+    max_delay_s = RETRY_MAX_DELAY_S if max_delay_s is None else max_delay_s
+    last: BaseException | None = None
     for attempt in range(retries):
         try:
             return fn()
@@ -84,31 +188,19 @@ def _retrying(what: str, fn, retries: int | None = None, delay_s: float | None =
             ) from exc
         except FileNotFoundError as exc:
             raise DataError(f"{what}: not found ({exc})") from exc
-        except (DataError, pa.ArrowException):
-            raise
-        except Exception as exc:  # connection refused, timeouts, 5xx: botocore/aiohttp/OSError
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             last = exc
             if attempt + 1 < retries:
-                time.sleep(delay_s * (2**attempt))
+                time.sleep(min(max_delay_s, delay_s * (2**attempt)))
     raise DataError(
-        f"{what}: failed after {retries} attempts (endpoint unreachable?): {last}"
+        f"{what}: failed after {retries} attempts (endpoint unreachable?): "
+        f"{type(last).__name__}: {last}"
     ) from last
 
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-
-
-def record_batches(
-    pf: pq.ParquetFile, batch_rows: int, columns: list[str]
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of at most ``batch_rows`` rows, ONE ROW GROUP AT A TIME.
-
-    Asking Arrow for all row groups at once makes it pre-buffer every selected column
-    chunk of the whole file, so memory would grow with the file size; per row group it is
-    bounded by the largest row group, and reads within one are still coalesced.
-    """
-    for i in range(pf.num_row_groups):
-        yield from pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns)
 
 
 def _hidden(relative_path: str) -> bool:
@@ -315,18 +407,39 @@ class VectorSource:
         return None, cols
 
     def dim(self) -> int:
-        """Vector width, from the first file (every file is checked when read)."""
-        vec, cols = self.resolve_columns()
-        if vec is None:
-            return len(cols)
-        t = self.schema.field(vec).type
-        if pa.types.is_fixed_size_list(t):
-            return t.list_size
-        with self.parquet_file(self.files()[0]) as pf:
-            first = pf.read_row_group(0, columns=[vec]).column(0) if pf.num_row_groups else None
-        if first is None or len(first) == 0:
-            raise DataError(f"{self.files()[0]}: empty file, cannot infer the vector width")
-        return len(first[0].as_py())
+        """Vector width. Every file's footer is checked first (concurrently, cached), so a
+        dataset mixing widths fails here, for every consumer, naming both files."""
+        widths = self.file_widths()
+        known = {f: w for f, w in widths.items() if w is not None}
+        if known:
+            return next(iter(known.values()))
+        first = self.files()[0]
+        vec, _ = self.resolve_columns(self._schema_of(first), first)
+        with self.parquet_file(first) as pf:
+            col = pf.read_row_group(0, columns=[vec]).column(0) if pf.num_row_groups else None
+        if col is None or len(col) == 0:
+            raise DataError(f"{first}: empty file, cannot infer the vector width")
+        return len(col[0].as_py())
+
+    def file_widths(self) -> dict[str, int | None]:
+        """Vector width per file from its schema (None for variable-length list columns,
+        whose widths are checked as rows are read). Raises naming two files that differ."""
+        widths = {f: info[1] for f, info in self._footer_info}
+        first: tuple[str, int] | None = None
+        for f, w in widths.items():
+            if w is None:
+                continue
+            if first is None:
+                first = (f, w)
+            elif w != first[1]:
+                raise DataError(
+                    f"{f}: vectors have width {w}, but {first[0]} has {first[1]} "
+                    "(every file of one input must hold vectors of the same width)"
+                )
+        return widths
+
+    def _schema_of(self, file: str) -> pa.Schema:
+        return dict(self._footer_info)[file][2]
 
     def num_rows(self) -> int:
         """Total rows from Parquet footers (no data read)."""
@@ -334,11 +447,30 @@ class VectorSource:
 
     def file_row_counts(self) -> dict[str, int]:
         """Rows per file from the footers, read concurrently (latency-bound on S3)."""
-        return dict(self._row_counts)
+        return {f: sum(info[0]) for f, info in self._footer_info}
+
+    def row_group_rows(self) -> dict[str, tuple[int, ...]]:
+        """Rows of each row group, per file, from the footers (no data read)."""
+        return {f: info[0] for f, info in self._footer_info}
+
+    def _width_of(self, schema: pa.Schema, file: str) -> int | None:
+        vec, cols = self.resolve_columns(schema, file)
+        if vec is None:
+            return len(cols)
+        t = schema.field(vec).type
+        return t.list_size if pa.types.is_fixed_size_list(t) else None
 
     @cached_property
-    def _row_counts(self) -> tuple[tuple[str, int], ...]:
+    def _footer_info(self) -> tuple[tuple[str, tuple], ...]:
+        """(file, (row-group row counts, width or None, arrow schema)) per file."""
         files = self.files()
+
+        def one(f: str):
+            meta = self._footer(f)
+            schema = meta.schema.to_arrow_schema()
+            rgs = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+            return (rgs, self._width_of(schema, f), schema)
+
         with ThreadPoolExecutor(min(FOOTER_THREADS, len(files))) as pool:
-            counts = list(pool.map(lambda f: self._footer(f).num_rows, files))
-        return tuple(zip(files, counts))
+            infos = list(pool.map(one, files))
+        return tuple(zip(files, infos))

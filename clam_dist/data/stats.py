@@ -1,7 +1,8 @@
 """Whole-table passes with Dask: feature statistics, a uniform sample, validation.
 
-Each pass is one parallel pass over the files: a Dask task per file reads it in bounded
-batches (the same reader as training, so schema checks and the NaN policy are shared) and
+Each pass is one parallel pass over row ranges (data/units.py: row groups merged up to
+UNIT_ROWS rows, huge ones split), so one big file still gives several tasks; each task
+reads its range in bounded batches (the same reader as training, so schema checks and the NaN policy are shared) and
 returns a small partial result; partials are combined exactly. We use ``dask.delayed`` per
 file rather than ``dask.dataframe`` because vectors are usually a fixed-size-list column,
 which Dask DataFrames carry as Python objects (slow, and no per-coordinate reductions).
@@ -9,6 +10,7 @@ which Dask DataFrames carry as Python objects (slow, and no per-coordinate reduc
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dask
@@ -16,15 +18,19 @@ import numpy as np
 import pyarrow as pa
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource, record_batches
+from clam_dist.data.source import FOOTER_THREADS, VectorSource
 from clam_dist.data.stream import (
     VectorBatch,
     generated_or_column_ids,
-    read_table_batches,
+    read_unit,
+    record_batches_in,
     table_to_matrix,
 )
+from clam_dist.data.units import UNIT_ROWS, Unit, plan_units
 
 BATCH_ROWS = 65_536
+# Rows per Dask task at most (a row group larger than this is split into row ranges).
+TASK_ROWS = UNIT_ROWS
 
 
 def _compute(tasks: list, scheduler: str | None):
@@ -56,12 +62,16 @@ class FeatureStats:
         )
 
 
-def _file_moments(
-    source: VectorSource, file: str
+def _units(source: VectorSource) -> list[Unit]:
+    return plan_units(source.files(), source.row_group_rows(), TASK_ROWS)
+
+
+def _unit_moments(
+    source: VectorSource, unit: Unit
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(count, mean, M2, min, max, dropped) of one file, combined batch by batch (Chan)."""
+    """(count, mean, M2, min, max, dropped) of one unit, combined batch by batch (Chan)."""
     count, mean, m2, lo, hi, dropped = 0, None, None, None, None, 0
-    for b in read_table_batches(source, file, BATCH_ROWS):
+    for b in read_unit(source, unit, BATCH_ROWS):
         dropped += b.dropped
         if not len(b):
             continue
@@ -81,7 +91,8 @@ def _file_moments(
 
 def feature_stats(source: VectorSource, scheduler: str | None = None) -> FeatureStats:
     """count, mean, std (population), min, max per feature, in one parallel pass."""
-    parts = _compute([dask.delayed(_file_moments)(source, f) for f in source.files()], scheduler)
+    source.dim()  # mixed widths fail here, naming both files
+    parts = _compute([dask.delayed(_unit_moments)(source, u) for u in _units(source)], scheduler)
     count, mean, m2, lo, hi = 0, None, None, None, None
     dropped = sum(p[5] for p in parts)
     for c, mu, q, a, b, _ in parts:
@@ -99,12 +110,14 @@ def feature_stats(source: VectorSource, scheduler: str | None = None) -> Feature
     return FeatureStats(count, mean, np.sqrt(m2 / count), lo, hi, dropped)
 
 
-def _file_sample(source: VectorSource, file_index: int, file: str, m: int, seed: int):
-    """The m rows of a file with the smallest random keys (keys seeded per file)."""
-    rng = np.random.default_rng([seed, file_index])
+def _unit_sample(source: VectorSource, file_index: int, unit: Unit, m: int, seed: int):
+    """The m rows of a unit with the smallest random keys (keys seeded per file and first
+    row of the unit, so the sample does not depend on the scheduler)."""
+    rng = np.random.default_rng([seed, file_index, unit.start])
+    file = unit.file
     best_keys = np.zeros(0)
     best: VectorBatch | None = None
-    for b in read_table_batches(source, file, BATCH_ROWS):
+    for b in read_unit(source, unit, BATCH_ROWS):
         keys = rng.random(len(b))
         if best is None:
             best_keys, best = keys, b
@@ -134,14 +147,16 @@ def sample_rows(
     """A uniform random sample of min(m, n) rows without replacement, in one pass.
 
     Every row gets an independent uniform key; the m smallest keys overall are a uniform
-    sample. Each file keeps its own m smallest, so memory is O(m) per task.
+    sample. Each unit keeps its own m smallest, so memory is O(m) per task.
     Deterministic for a seed (and file listing).
     """
     if m < 1:
         raise ValueError(f"sample size must be >= 1, got {m}")
-    files = source.files()
+    source.dim()  # mixed widths fail here, naming both files
+    index = {f: i for i, f in enumerate(source.files())}
     parts = _compute(
-        [dask.delayed(_file_sample)(source, i, f, m, seed) for i, f in enumerate(files)], scheduler
+        [dask.delayed(_unit_sample)(source, index[u.file], u, m, seed) for u in _units(source)],
+        scheduler,
     )
     parts = [p for p in parts if p[1] is not None and len(p[1])]
     if not parts:
@@ -177,50 +192,100 @@ class ValidationReport:
             raise DataError("; ".join(self.problems))
 
 
-def _scan_file(pf, source: VectorSource, file: str):
-    """(width, rows, rows with NaN/inf, NaN/inf count per feature, ids) of one file."""
-    width, rows, bad_rows, by_feature, ids = None, 0, 0, None, []
+def _scan_unit(pf, source: VectorSource, unit: Unit):
+    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature, ids) of a unit."""
+    file = unit.file
+    widths, rows, bad_rows, by_feature, ids = set(), 0, 0, None, []
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
-    for rb in record_batches(pf, BATCH_ROWS, wanted):
+    for row0, rb in record_batches_in(pf, BATCH_ROWS, wanted, unit.start, unit.stop):
         table = pa.Table.from_batches([rb])
         x = table_to_matrix(table, source, file)
-        width = x.shape[1]
+        widths.add(x.shape[1])
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())
         by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
         if source.id_column:  # generated ids are unique by construction: keep none
-            ids.append(generated_or_column_ids(table, source, file, rows))
+            ids.append(generated_or_column_ids(table, source, file, row0))
         rows += table.num_rows
-    return width, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
+    return widths, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
 
 
-def _file_validate(source: VectorSource, file: str):
-    """Per-file width, row count, NaN/inf counts and ids; a DataError becomes a problem."""
-    width, rows, bad_rows, by_feature, ids, error = None, 0, 0, None, np.zeros(0), None
+def _unit_validate(source: VectorSource, unit: Unit):
+    """Widths, row count, NaN/inf counts and ids of one unit; a DataError (or an
+    unreadable range) becomes a problem instead of stopping the pass."""
+    widths, rows, bad_rows, by_feature, ids, error = set(), 0, 0, None, np.zeros(0), None
     try:
-        with source.parquet_file(file) as pf:
-            width, rows, bad_rows, by_feature, ids = _scan_file(pf, source, file)
+        with source.parquet_file(unit.file) as pf:
+            widths, rows, bad_rows, by_feature, ids = _scan_unit(pf, source, unit)
     except DataError as exc:
         error = str(exc)
     except (pa.ArrowInvalid, OSError) as exc:
-        error = f"{file}: unreadable Parquet (corrupt or truncated?): {exc}"
-    return file, width, rows, bad_rows, by_feature, ids, error
+        error = (
+            f"{unit.file}: rows {unit.start}-{unit.stop} unreadable (corrupt or truncated?): {exc}"
+        )
+    return unit.file, widths, rows, bad_rows, by_feature, ids, error
+
+
+def _readable_units(source: VectorSource) -> tuple[list[Unit], list[str]]:
+    """Units of every file whose footer reads, and a problem for each one that does not
+    (validation reports every bad file rather than stopping at the first)."""
+    files, problems, groups = source.files(), [], {}
+
+    def footer(f):
+        try:
+            meta = source._footer(f)
+            return f, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)), None
+        except DataError as exc:
+            return f, None, str(exc)
+
+    with ThreadPoolExecutor(min(FOOTER_THREADS, len(files))) as pool:
+        for f, rgs, error in pool.map(footer, files):
+            if error:
+                problems.append(error)
+            else:
+                groups[f] = rgs
+    readable = [f for f in files if f in groups]
+    return plan_units(readable, groups, TASK_ROWS), problems
+
+
+def _merge_files(parts) -> list:
+    """Unit results combined per file, in file order (same tuple shape, widths a set)."""
+    merged: dict[str, list] = {}
+    for file, widths, rows, bad, by_feature, ids, error in parts:
+        m = merged.setdefault(file, [file, set(), 0, 0, None, [], []])
+        if error:
+            if error not in m[6]:
+                m[6].append(error)
+            continue
+        m[1] |= widths
+        m[2] += rows
+        m[3] += bad
+        if by_feature is not None:
+            same = m[4] is not None and len(m[4]) == len(by_feature)
+            m[4] = m[4] + by_feature if same else (by_feature if m[4] is None else m[4])
+        m[5].append(ids)
+    return list(merged.values())
 
 
 def validate(source: VectorSource, scheduler: str | None = None) -> ValidationReport:
     """NaN/inf counts per feature and per file, widths per file, duplicate ids, unreadable
-    files: everything that is wrong, in one pass, instead of stopping at the first."""
-    parts = _compute([dask.delayed(_file_validate)(source, f) for f in source.files()], scheduler)
+    files: everything that is wrong, in one pass (one Dask task per unit), instead of
+    stopping at the first."""
+    units, footer_problems = _readable_units(source)
+    parts = _compute([dask.delayed(_unit_validate)(source, u) for u in units], scheduler)
     rep = ValidationReport()
     all_ids = []
-    for file, width, rows, bad, by_feature, ids, error in parts:
-        if error:
-            rep.problems.append(error)
+    rep.problems.extend(footer_problems)
+    for file, widths, rows, bad, by_feature, ids, errors in _merge_files(parts):
+        if errors:
+            rep.problems.extend(errors)
             continue
         rep.rows += rows
-        if width is not None:
-            rep.widths[file] = width
+        if len(widths) > 1:
+            rep.problems.append(f"{file}: vectors of several widths {sorted(widths)}")
+        if widths:
+            rep.widths[file] = min(widths)
         if bad:
             rep.nonfinite_rows[file] = bad
             rep.problems.append(f"{file}: {bad} row(s) with NaN/inf")
@@ -231,7 +296,7 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
                 rep.nonfinite_by_feature = [
                     a + int(b) for a, b in zip(rep.nonfinite_by_feature, by_feature)
                 ]
-        all_ids.append(ids)
+        all_ids.extend(ids)
     widths = set(rep.widths.values())
     if len(widths) > 1:
         first = next(iter(rep.widths.items()))

@@ -1,8 +1,14 @@
-"""Streaming reads: bounded-memory iterators of (ids, float32 matrix) batches, sharded by
-file so that worker i of N reads a disjoint, covering subset."""
+"""Streaming reads: bounded-memory iterators of (ids, float32 matrix) batches of row
+ranges of files (see units.py), so that shard i of N reads a disjoint, covering subset.
+
+Vectors come out of Arrow without copies where the layout allows it: a float32
+fixed-size-list column in one chunk becomes a read-only numpy VIEW of the Arrow buffer;
+a cast (float64, integers) costs one copy and is announced once in the log."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,7 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource, record_batches
+from clam_dist.data.source import VectorSource
+from clam_dist.data.units import Unit, plan_parts, segments
+
+log = logging.getLogger(__name__)
+_cast_lock = threading.Lock()
+_casts_announced: set[str] = set()
 
 
 @dataclass
@@ -46,33 +57,96 @@ def shard_files(
     return order[shard_index::num_shards]
 
 
+def _announce_cast(dtype: np.dtype, what: str) -> None:
+    """Log ONCE per process and source dtype that vectors are cast (a copy per batch)."""
+    key = str(dtype)
+    with _cast_lock:
+        if key in _casts_announced:
+            return
+        _casts_announced.add(key)
+    log.warning(
+        "%s: vectors stored as %s are cast to float32 (one copy per batch); store them as "
+        "float32 to read them without copying",
+        what,
+        key,
+    )
+
+
+def _list_chunk_matrix(chunk: pa.Array, file: str, vec: str) -> np.ndarray:
+    """(rows, width) numpy view of one chunk of a list column (no copy for float32)."""
+    n = len(chunk)
+    if pa.types.is_fixed_size_list(chunk.type):
+        width = chunk.type.list_size
+    else:
+        lengths = pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if n else 0
+        if n and (lengths != width).any():
+            bad = int(np.flatnonzero(lengths != width)[0])
+            raise DataError(
+                f"{file}: column {vec!r} mixes vector widths ({width} in row 0, {int(lengths[bad])} in row {bad})"
+            )
+    # flatten() honours the chunk's slice offset and is a view of the child buffer;
+    # to_numpy copies only when it must (nulls inside vectors, which become NaN).
+    values = chunk.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(n, width)
+
+
 def table_to_matrix(table: pa.Table, source: VectorSource, file: str) -> np.ndarray:
-    """The vectors of a table as float32 (n, d); errors name the file and column."""
+    """The vectors of a table as float32 (n, d), C-contiguous; errors name the file and
+    column. A float32 list column in one chunk is returned as a read-only view."""
     vec, cols = source.resolve_columns(table.schema, file)
     n = table.num_rows
     if vec is not None:
-        col = table.column(vec).combine_chunks()
+        col = table.column(vec)
         if col.null_count:
             raise DataError(f"{file}: column {vec!r} has {col.null_count} null vectors")
-        if pa.types.is_fixed_size_list(col.type):
-            width = col.type.list_size
-        else:
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            width = int(lengths[0]) if n else 0
-            if n and (lengths != width).any():
-                bad = int(np.flatnonzero(lengths != width)[0])
-                raise DataError(
-                    f"{file}: column {vec!r} mixes vector widths ({width} in row 0, {int(lengths[bad])} in row {bad})"
-                )
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        return np.ascontiguousarray(values.astype(np.float32, copy=False).reshape(n, width))
-    parts = []
-    for c in cols:
+        mats = [_list_chunk_matrix(c, file, vec) for c in col.chunks if len(c)]
+        if not mats:
+            t = col.type
+            return np.zeros((0, t.list_size if pa.types.is_fixed_size_list(t) else 0), np.float32)
+        if len({m.shape[1] for m in mats}) > 1:
+            raise DataError(f"{file}: column {vec!r} mixes vector widths across batches")
+        x = mats[0] if len(mats) == 1 else np.concatenate(mats)  # several chunks: one copy
+        if x.dtype != np.float32:
+            _announce_cast(x.dtype, f"{file}: column {vec!r}")
+            x = x.astype(np.float32)
+        return np.ascontiguousarray(x)
+    # Feature columns are stored column by column: a (n, d) row-major matrix is always one
+    # copy, into which any cast is folded.
+    out = np.empty((n, len(cols)), np.float32)
+    for j, c in enumerate(cols):
         arr = table.column(c)
         if arr.null_count:
             raise DataError(f"{file}: feature column {c!r} has {arr.null_count} nulls")
-        parts.append(arr.to_numpy().astype(np.float32, copy=False))
-    return np.ascontiguousarray(np.stack(parts, axis=1)) if parts else np.zeros((n, 0), np.float32)
+        values = arr.to_numpy()
+        if values.dtype != np.float32:
+            _announce_cast(values.dtype, f"{file}: feature column {c!r}")
+        out[:, j] = values
+    return out
+
+
+def generated_ids(key: str, row0: int, n: int) -> np.ndarray:
+    """``"<key>:<row>"`` for rows row0 .. row0+n-1, built as one fixed-width unicode array
+    from digit arithmetic (no Python string per row)."""
+    if n == 0:
+        return np.zeros(0, dtype=f"<U{len(key) + 2}")
+    width = len(str(row0 + n - 1))
+    prefix = np.frombuffer(f"{key}:".encode("utf-32-le"), dtype=np.uint32)
+    codes = np.zeros((n, prefix.size + width), dtype=np.uint32)  # NULs: numpy trims them
+    codes[:, : prefix.size] = prefix
+    # Rows are consecutive, so each digit count is one contiguous run: fill every run's
+    # digits right to left, one column per decimal place.
+    lo = row0
+    while lo < row0 + n:
+        digits = len(str(lo))
+        hi = min(row0 + n, 10**digits)
+        rest = np.arange(lo, hi, dtype=np.int64)
+        block = codes[lo - row0 : hi - row0, prefix.size :]
+        for k in range(digits - 1, -1, -1):
+            block[:, k] = rest % 10 + ord("0")
+            rest //= 10
+        lo = hi
+    return codes.view(f"<U{prefix.size + width}").reshape(n)
 
 
 def generated_or_column_ids(
@@ -86,11 +160,11 @@ def generated_or_column_ids(
         ids = table.column(source.id_column)
         if ids.null_count:
             raise DataError(f"{file}: id column {source.id_column!r} has {ids.null_count} nulls")
-        return ids.to_numpy(zero_copy_only=False)
+        # Integer ids stay a numpy integer array (a view for one chunk), never objects.
+        return ids.to_numpy()
     # Generated ids: "<path relative to the dataset root>:<row in file>", counted before
     # any NaN drop, so they are stable across runs, machines and shardings.
-    key = source.file_key(file)
-    return np.array([f"{key}:{row0 + i}" for i in range(table.num_rows)], dtype=object)
+    return generated_ids(source.file_key(file), row0, table.num_rows)
 
 
 def _check_finite(x: np.ndarray, file: str, row0: int, policy: str) -> np.ndarray | None:
@@ -110,14 +184,34 @@ def _check_finite(x: np.ndarray, file: str, row0: int, policy: str) -> np.ndarra
 def read_table_batches(
     source: VectorSource, file: str, batch_rows: int, columns_extra: list[str] | None = None
 ) -> Iterator[VectorBatch]:
-    """Batches of one file, read row group by row group (bounded memory)."""
+    """Batches of one whole file, read row group by row group (bounded memory)."""
+    yield from read_rows(source, file, 0, None, batch_rows, columns_extra)
+
+
+def read_rows(
+    source: VectorSource,
+    file: str,
+    start: int = 0,
+    stop: int | None = None,
+    batch_rows: int = 65_536,
+    columns_extra: list[str] | None = None,
+) -> Iterator[VectorBatch]:
+    """Batches of rows [start, stop) of one file (row numbers within the file), reading
+    only the row groups that overlap the range, one at a time."""
     with source.parquet_file(file) as pf:
-        yield from _batches_of(pf, source, file, batch_rows, columns_extra)
+        yield from _batches_of(pf, source, file, batch_rows, columns_extra, start, stop)
 
 
-def _batches_of(
-    pf, source: VectorSource, file: str, batch_rows: int, columns_extra: list[str] | None
-):
+def read_unit(
+    source: VectorSource,
+    unit: Unit,
+    batch_rows: int = 65_536,
+    columns_extra: list[str] | None = None,
+) -> Iterator[VectorBatch]:
+    yield from read_rows(source, unit.file, unit.start, unit.stop, batch_rows, columns_extra)
+
+
+def _wanted_columns(pf, source: VectorSource, file: str, columns_extra: list[str] | None):
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = [vec] if vec else list(cols)
     for extra in [source.id_column, source.label_column, *(columns_extra or [])]:
@@ -127,9 +221,53 @@ def _batches_of(
                     f"{file}: column {extra!r} not found; columns: {pf.schema_arrow.names}"
                 )
             wanted.append(extra)
-    row0 = 0
+    return wanted
+
+
+def record_batches_in(
+    pf, batch_rows: int, columns: list[str], start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row within the file, record batch) for rows [start, stop), ONE ROW GROUP AT
+    A TIME: asking Arrow for all row groups at once pre-buffers every selected column
+    chunk of the whole file, so memory would grow with the file size."""
+    meta = pf.metadata
+    stop = meta.num_rows if stop is None else stop
+    rg_start = 0
+    for i in range(meta.num_row_groups):
+        rg_rows = meta.row_group(i).num_rows
+        rg_stop = rg_start + rg_rows
+        if rg_stop <= start or rg_rows == 0:
+            rg_start = rg_stop
+            continue
+        if rg_start >= stop:
+            break
+        row = rg_start
+        for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns):
+            end = row + rb.num_rows
+            if end > start and row < stop:
+                a, b = max(start, row), min(stop, end)
+                # slice() is zero-copy: the range's rows stay views of the row group.
+                yield a, (rb if (a, b) == (row, end) else rb.slice(a - row, b - a))
+            if end >= stop:
+                break
+            row = end
+        rg_start = rg_stop
+
+
+def _batches_of(
+    pf,
+    source: VectorSource,
+    file: str,
+    batch_rows: int,
+    columns_extra: list[str] | None,
+    start: int = 0,
+    stop: int | None = None,
+):
+    wanted = _wanted_columns(pf, source, file, columns_extra)
+    row0 = start
+    last = pf.metadata.num_rows if stop is None else stop
     try:
-        for record_batch in record_batches(pf, batch_rows, wanted):
+        for row0, record_batch in record_batches_in(pf, batch_rows, wanted, start, stop):
             table = pa.Table.from_batches([record_batch])
             x = table_to_matrix(table, source, file)
             ids = generated_or_column_ids(table, source, file, row0)
@@ -151,11 +289,27 @@ def _batches_of(
             row0 += table.num_rows
             yield VectorBatch(ids, x, labels, file, extras or None, dropped)
     except PermissionError as exc:
-        raise DataError(f"{file}: access denied after row {row0} ({exc})") from exc
+        raise DataError(f"{file}: access denied reading rows {row0}-{last} ({exc})") from exc
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
-            f"{file}: failed reading after row {row0} (corrupt or truncated?): {exc}"
+            f"{file}: failed reading rows {row0}-{last} (corrupt or truncated?): {exc}"
         ) from exc
+
+
+def shard_units(
+    source: VectorSource,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> list[Unit]:
+    """The row ranges of shard ``shard_index`` of ``num_shards`` for an epoch (units.py):
+    disjoint and covering for any shard count, whatever the number of files."""
+    if not (0 <= shard_index < num_shards):
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    parts = plan_parts(source.files(), source.row_group_rows(), num_shards, epoch, seed, shuffle)
+    return parts[shard_index]
 
 
 def iter_batches(
@@ -170,17 +324,18 @@ def iter_batches(
 ) -> Iterator[VectorBatch]:
     """Stream this shard's rows in batches of at most ``batch_rows``.
 
-    Memory is one Parquet record batch at a time. Widths are checked against the first
-    file's so a dataset with mixed widths fails naming the offending file.
+    Memory is one Parquet record batch at a time. Widths are checked on every footer
+    first (source.dim), so a dataset with mixed widths fails naming both files.
     """
     expected_dim = source.dim()
-    for file in shard_files(source.files(), shard_index, num_shards, epoch, seed, shuffle):
+    for seg in segments(shard_units(source, shard_index, num_shards, epoch, seed, shuffle)):
         # Hand freed buffers back to the OS between files: allocators otherwise keep
         # fragments of every file's row groups and RSS creeps up with the dataset size.
         pa.default_memory_pool().release_unused()
-        for batch in read_table_batches(source, file, batch_rows, columns_extra):
+        for batch in read_unit(source, seg, batch_rows, columns_extra):
             if batch.x.shape[1] != expected_dim and len(batch):
                 raise DataError(
-                    f"{file}: vectors have width {batch.x.shape[1]}, but {source.files()[0]} has {expected_dim}"
+                    f"{seg.file}: vectors have width {batch.x.shape[1]}, but "
+                    f"{source.files()[0]} has {expected_dim}"
                 )
             yield batch

@@ -28,9 +28,9 @@ from clam_dist.train.step import (
     batch_mask,
     fingerprint,
     lr_factor,
+    prefetch_steps,
     resolve_lanes,
     scale_to_global,
-    take_step,
     worker_lanes,
 )
 
@@ -230,9 +230,12 @@ def train_loop(loop_config: dict) -> None:
             )
             for lane in lanes
         ]
+        # The next batches are read in a thread while this one computes (bounded, closed
+        # below; an early exit drops it and its finaliser stops the thread).
+        reader = prefetch_steps(streams, lane_batch, steps_per_epoch[epoch] - step_in_epoch)
         for step in range(step_in_epoch, steps_per_epoch[epoch]):
             _maybe_fail(cfg, run_url, rank, world, epoch, step, global_step)
-            xb, ids = take_step(streams, lane_batch)
+            xb, ids = next(reader)
             x = (torch.from_numpy(xb).to(device) - mean) / scale
             t0 = time.perf_counter()
             global_rows = int(comm.all_reduce(torch.tensor([float(len(x))]), kind="step").item())
@@ -382,6 +385,7 @@ def train_loop(loop_config: dict) -> None:
                 break  # next epoch (fresh lane streams), or done
         else:  # an epoch with no steps (cannot happen with non-empty data): move on
             epoch, step_in_epoch = epoch + 1, 0
+        reader.close()
 
 
 def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> None:

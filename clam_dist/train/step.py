@@ -1,8 +1,9 @@
 """The per-worker step math and data plan, free of Ray so it is unit-testable.
 
 Three things make N workers equal to one worker with the same global batch:
-- the global batch of a step is fixed by the LANES (files dealt to ``lanes`` streams per
-  epoch; every step takes ``lane_batch`` rows from every lane), and a worker reads lanes
+- the global batch of a step is fixed by the LANES (row ranges of files, see
+  data/units.py, dealt to ``lanes`` streams per epoch; every step takes ``lane_batch``
+  rows from every lane), and a worker reads lanes
   rank, rank + W, ...: 1 worker reading lanes {0, 1} sees the rows that 2 workers reading
   {0} and {1} see together;
 - masks are a function of (row id, epoch, seed), never of which worker reads the row;
@@ -17,9 +18,12 @@ import math
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from clam_dist.data.stream import read_table_batches, shard_files
+from clam_dist.data.prefetch import DEPTH, Prefetcher
+from clam_dist.data.stream import read_unit
+from clam_dist.data.units import Unit, plan_parts, segments
 from clam_dist.models.clam import clam_loss, hidden_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -138,26 +142,39 @@ def worker_lanes(rank: int, world: int, n_lanes: int) -> list[int]:
 
 def steps_in_epoch(
     files: list[str],
-    row_counts: dict[str, int],
+    row_counts: dict[str, int | tuple[int, ...]],
     n_lanes: int,
     lane_batch: int,
     epoch: int,
     seed: int,
 ) -> int:
-    """Global steps of one epoch: the longest lane's rows / lane_batch, rounded up."""
-    longest = max(
-        sum(row_counts[f] for f in shard_files(files, lane, n_lanes, epoch, seed, True))
-        for lane in range(n_lanes)
-    )
+    """Global steps of one epoch: the longest lane's rows / lane_batch, rounded up.
+
+    ``row_counts`` maps each file to its row-group sizes (source.row_group_rows(); a bare
+    row count means one row group): the same footers LaneStream plans from."""
+    parts = plan_parts(files, row_counts, n_lanes, epoch, seed, True)
+    longest = max(sum(u.rows for u in part) for part in parts)
     return math.ceil(longest / lane_batch) if longest else 0
 
 
-class LaneStream:
-    """The rows of one lane (its files in this epoch's order), handed out in exact counts.
+def lane_units(source, lane: int, n_lanes: int, epoch: int, seed: int) -> list[Unit]:
+    """The row ranges of ``lane`` in this epoch (the plan of data/units.py)."""
+    if not (0 <= lane < n_lanes):
+        raise ValueError(f"lane must be in [0, {n_lanes}), got {lane}")
+    return plan_parts(source.files(), source.row_group_rows(), n_lanes, epoch, seed, True)[lane]
 
-    ``skip_rows`` resumes mid-epoch: whole files are skipped by their footer row counts
-    when no rows can be dropped (nan_policy "error"), the rest is read and discarded, so
-    a resumed run sees exactly the rows an uninterrupted one would.
+
+class LaneStream:
+    """The rows of one lane (its row ranges in this epoch's order), handed out in exact
+    counts.
+
+    ``skip_rows`` resumes mid-epoch: whole units are skipped by their footer row counts
+    when no rows can be dropped (nan_policy "error") and ``row_counts`` is given (any
+    footer-derived mapping: it only allows the skip, the unit sizes come from the plan);
+    the rest is read and discarded, so a resumed run sees exactly the rows an
+    uninterrupted one would.
+    Read batches are kept as they come (views of Arrow memory) and copied ONCE, into the
+    training batch that ``take`` returns.
     """
 
     def __init__(
@@ -169,54 +186,114 @@ class LaneStream:
         seed: int,
         read_rows: int = 65_536,
         skip_rows: int = 0,
-        row_counts: dict[str, int] | None = None,
+        row_counts: dict | None = None,
     ):
-        files = shard_files(source.files(), lane, n_lanes, epoch, seed, True)
+        units = lane_units(source, lane, n_lanes, epoch, seed)
         if row_counts is not None and source.nan_policy == "error":
-            while files and row_counts[files[0]] <= skip_rows:
-                skip_rows -= row_counts[files[0]]
-                files = files[1:]
-        self._source, self._files, self._read_rows = source, files, read_rows
+            while units and units[0].rows <= skip_rows:
+                skip_rows -= units[0].rows
+                units = units[1:]
+        self._source, self._units, self._read_rows = source, units, read_rows
+        self._dim = source.dim()
         self._batches = self._iterate()
-        self._buf_x: list[np.ndarray] = []
-        self._buf_ids: list[np.ndarray] = []
-        self._have = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (x, ids) not yet taken
+        self._offset = 0  # rows of _pending[0] already taken
+        self._have = 0  # rows in _pending minus _offset
         while skip_rows > 0:
-            got, _ = self.take(min(skip_rows, 1 << 20))
-            if len(got) == 0:
+            got = self._fill(min(skip_rows, 1 << 20))
+            if got == 0:
                 break
-            skip_rows -= len(got)
+            self._drop(got)
+            skip_rows -= got
 
     def _iterate(self):
-        d = self._source.dim()
-        for file in self._files:
-            for b in read_table_batches(self._source, file, self._read_rows):
-                if len(b) and b.x.shape[1] != d:
-                    raise ValueError(f"{file}: vectors have width {b.x.shape[1]}, expected {d}")
+        for seg in segments(self._units):
+            # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
+            pa.default_memory_pool().release_unused()
+            for b in read_unit(self._source, seg, self._read_rows):
+                if len(b) and b.x.shape[1] != self._dim:
+                    raise ValueError(
+                        f"{seg.file}: vectors have width {b.x.shape[1]}, expected {self._dim}"
+                    )
                 yield b
 
-    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``rows`` rows (fewer only when the lane is exhausted)."""
+    def _fill(self, rows: int) -> int:
+        """Read until ``rows`` rows are pending (or the lane ends); how many are ready."""
         while self._have < rows:
             b = next(self._batches, None)
             if b is None:
                 break
             if len(b):
-                self._buf_x.append(b.x)
-                self._buf_ids.append(b.ids)
+                self._pending.append((b.x, b.ids))
                 self._have += len(b)
-        if not self._buf_x:
-            return np.zeros((0, self._source.dim()), np.float32), np.zeros(0, dtype=object)
-        x, ids = np.concatenate(self._buf_x), np.concatenate(self._buf_ids)
-        self._buf_x, self._buf_ids = ([x[rows:]], [ids[rows:]]) if len(x) > rows else ([], [])
-        self._have = max(0, len(x) - rows)
-        return x[:rows], ids[:rows]
+        return min(rows, self._have)
+
+    def _drop(self, rows: int, out_x: np.ndarray | None = None, out_ids: list | None = None):
+        """Consume ``rows`` pending rows, copying them into out_x / out_ids if given."""
+        done = 0
+        while done < rows:
+            x, ids = self._pending[0]
+            n = min(rows - done, len(x) - self._offset)
+            if out_x is not None:
+                out_x[done : done + n] = x[self._offset : self._offset + n]
+                out_ids.append(ids[self._offset : self._offset + n])
+            done += n
+            self._offset += n
+            if self._offset == len(x):
+                self._pending.pop(0)
+                self._offset = 0
+        self._have -= rows
+
+    def ready(self, rows: int) -> int:
+        """Rows the next ``take(rows)`` will return (reads ahead as needed)."""
+        return self._fill(rows)
+
+    def take_into(self, out_x: np.ndarray) -> np.ndarray:
+        """Fill ``out_x`` (len(out_x) <= ready(...)) with the next rows; returns their ids."""
+        ids: list[np.ndarray] = []
+        self._drop(len(out_x), out_x, ids)
+        return ids[0] if len(ids) == 1 else _concat_ids(ids)
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``rows`` rows (fewer only when the lane is exhausted), as one new
+        writable float32 buffer."""
+        out = np.empty((self._fill(rows), self._dim), np.float32)
+        return out, self.take_into(out)
+
+
+def _concat_ids(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def take_step(streams: list[LaneStream], lane_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """This worker's rows of one step: ``lane_batch`` rows from each of its lanes."""
-    parts = [s.take(lane_batch) for s in streams]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    """This worker's rows of one step: ``lane_batch`` rows from each of its lanes, copied
+    once into one buffer (lane after lane)."""
+    counts = [s.ready(lane_batch) for s in streams]
+    d = streams[0]._dim if streams else 0
+    x = np.empty((sum(counts), d), np.float32)
+    ids, row = [], 0
+    for s, n in zip(streams, counts):
+        ids.append(s.take_into(x[row : row + n]))
+        row += n
+    return x, _concat_ids(ids)
+
+
+def prefetch_steps(
+    streams: list[LaneStream], lane_batch: int, steps: int, depth: int = DEPTH
+) -> Prefetcher:
+    """The next ``steps`` results of take_step, read in a background thread at most
+    ``depth`` steps ahead (so memory is bounded by depth + 1 training batches). Errors
+    of the reader are re-raised by ``next`` with their own message; ``close()`` stops the
+    thread when the consumer stops early."""
+
+    def produce():
+        for _ in range(steps):
+            yield take_step(streams, lane_batch)
+
+    return Prefetcher(produce(), depth, name="clam-dist-lane-reader")
 
 
 # --------------------------------------------------------------------------- schedule, checks

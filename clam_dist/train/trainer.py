@@ -130,12 +130,14 @@ def check_method_config(cfg: TrainConfig, d: int) -> None:
 
 def plan_steps(cfg: TrainConfig, source) -> dict:
     """Steps per epoch (from Parquet footers; the same on every worker) and the total."""
-    files, counts = source.files(), source.file_row_counts()
+    # Lanes are row ranges (row groups, split when large), so any lane count fits any
+    # number of files; planned from the footers' row-group sizes, as the workers do.
+    files, counts = source.files(), source.row_group_rows()
     n_lanes, lane_batch = resolve_lanes(cfg.data.lanes, cfg.run.num_workers, cfg.optim.batch_size)
-    if n_lanes > len(files):
+    if n_lanes > source.num_rows():
         raise ValueError(
             f"{n_lanes} lanes (data.lanes, default one per worker) but the data has only "
-            f"{len(files)} Parquet files; workers shard by file, so use at most {len(files)}"
+            f"{source.num_rows()} rows"
         )
     per_epoch = [
         steps_in_epoch(files, counts, n_lanes, lane_batch, e, cfg.run.seed)

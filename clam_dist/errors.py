@@ -87,6 +87,8 @@ def _wrapped(node: BaseException) -> BaseException | None:
 
 # "clam_dist.data.errors.DataError: <message>" as a remote traceback prints it.
 _REMOTE_OURS = re.compile(r"^clam_dist(?:\.\w+)*\.(?P<type>\w+): (?P<message>.+)$", re.M)
+# Any "SomeError: message" line of a remote traceback (the last one is the original).
+_REMOTE_ANY = re.compile(r"^(?:\w+\.)*(?P<type>\w*(?:Error|Exception)): (?P<message>.+)$", re.M)
 
 
 def summary_line(exc: BaseException) -> str:
@@ -97,17 +99,29 @@ def summary_line(exc: BaseException) -> str:
     root = root_cause(exc)
     if _ours(root):
         return f"{type(root).__name__}: {first_line(root)}"
-    found = _REMOTE_OURS.findall(str(exc))
+    text = str(exc)
+    found = _REMOTE_OURS.findall(text) or [
+        hit for hit in _REMOTE_ANY.findall(_strip_ansi(text)) if hit[0] not in _RAY_WRAPPERS
+    ]
     if found:
         kind, message = found[-1]
         return f"{kind}: {redact(message.strip())}"
     return f"{type(root).__name__}: {first_line(root)}"
 
 
+# Ray's wrappers, never the error that matters.
+_RAY_WRAPPERS = {"RayTaskError", "RayActorError", "UserCodeException", "TaskCancelledError"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
 def first_line(exc: BaseException) -> str:
     """The message's first line, credentials masked (a Ray error's text goes on with the
     remote traceback; ours fit one line)."""
-    text = str(exc).strip()
+    text = _strip_ansi(str(exc)).strip()
     return redact(text.splitlines()[0] if text else type(exc).__name__)
 
 

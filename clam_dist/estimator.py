@@ -21,7 +21,7 @@ from clam_dist.models.am import (
 )
 from clam_dist.models.clam import FILL_VALUES, AMParams, MaskSpec
 from clam_dist.models.clam_fit import ClAMConfig, fit_clam
-from clam_dist.models.kmeans import kmeans_plus_plus, lloyd, minibatch_kmeans
+from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus, minibatch_kmeans
 
 
 def _seed(random_state) -> int:
@@ -37,6 +37,27 @@ def _validate_n_clusters(n_clusters, n_samples: int) -> None:
         raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
     if n_samples < n_clusters:
         raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
+
+
+# Up to this many rows ClAM keeps the paper's schedule (15 epochs, batches of 32).
+_SMALL_N = 10_000
+
+
+def _clam_schedule(n: int, k: int, epochs, batch_size, init_restarts) -> dict:
+    """ClAM's epochs / batch size / rows per epoch / k-means restarts, from n when None.
+
+    See the ClAM docstring for the rule. Explicit values are kept; rows_per_epoch is only
+    bounded when neither epochs nor batch_size was given (an explicit schedule means
+    "every row, every epoch").
+    """
+    small = n <= _SMALL_N
+    explicit = epochs is not None or batch_size is not None
+    return {
+        "epochs": 15 if epochs is None else epochs,
+        "batch_size": (32 if small else 1024) if batch_size is None else batch_size,
+        "rows_per_epoch": None if small or explicit else min(n, max(_SMALL_N, 64 * k)),
+        "kmeans_restarts": (10 if small else 1) if init_restarts is None else init_restarts,
+    }
 
 
 class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -90,18 +111,25 @@ class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
 class KMeans(_PrototypeClusterer):
     """k-means in torch: k-means++ seeding, then Lloyd (``algorithm='lloyd'``) or
-    mini-batch updates (``algorithm='minibatch'``); best of ``n_init`` by inertia."""
+    mini-batch updates (``algorithm='minibatch'``).
+
+    Lloyd runs ``kmeans_fit``: seeding and the first Lloyd passes on a sample of
+    ``sample_per_centroid * n_clusters`` rows (None = all rows), ``n_init`` restarts
+    compared on that sample, then Lloyd on all rows until the relative inertia change is
+    below ``tol``. ``n_init`` defaults to 1, as scikit-learn's "auto" does for k-means++.
+    """
 
     def __init__(
         self,
         n_clusters: int = 8,
         *,
         algorithm: str = "lloyd",
-        n_init: int = 3,
+        n_init: int = 1,
         max_iter: int = 300,
         tol: float = 1e-4,
         batch_size: int = 1024,
         metric: str = "euclidean",
+        sample_per_centroid: int | None = 256,
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -111,6 +139,7 @@ class KMeans(_PrototypeClusterer):
         self.tol = tol
         self.batch_size = batch_size
         self.metric = metric
+        self.sample_per_centroid = sample_per_centroid
         self.random_state = random_state
 
     def fit(self, X, y=None) -> KMeans:
@@ -124,15 +153,24 @@ class KMeans(_PrototypeClusterer):
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         x = self._tensor(X)
         gen = torch.Generator().manual_seed(_seed(self.random_state))
-        best = None
-        for _ in range(self.n_init):
-            init = kmeans_plus_plus(x, self.n_clusters, gen, metric=self.metric)
-            if self.algorithm == "lloyd":
-                res = lloyd(x, init, self.max_iter, self.tol, self.metric)
-            else:
+        if self.algorithm == "lloyd":
+            best = kmeans_fit(
+                x,
+                self.n_clusters,
+                n_init=int(self.n_init),
+                max_iter=self.max_iter,
+                tol=self.tol,
+                sample_per_centroid=self.sample_per_centroid,
+                generator=gen,
+                metric=self.metric,
+            )
+        else:
+            best = None
+            for _ in range(self.n_init):
+                init = kmeans_plus_plus(x, self.n_clusters, gen, metric=self.metric)
                 res = minibatch_kmeans(x, init, self.batch_size, self.max_iter, gen, self.metric)
-            if best is None or res.inertia < best.inertia:
-                best = res
+                if best is None or res.inertia < best.inertia:
+                    best = res
         self.cluster_centers_ = best.centers.numpy().astype(X.dtype)
         self.labels_ = best.labels.numpy()
         self.inertia_ = float(best.inertia)
@@ -168,7 +206,16 @@ class ClAM(_PrototypeClusterer):
     standardise: do it first if features have different units (the paper does).
 
     ``init="kmeans"`` starts from the best of ``init_restarts`` k-means++ + Lloyd runs (by
-    inertia); ``n_init`` full ClAM restarts are compared by their own training loss.
+    inertia) on at most 256 rows per cluster; ``n_init`` full ClAM restarts are compared
+    by their own training loss.
+
+    Defaults chosen from n (the number of rows) when ``epochs``, ``batch_size`` or
+    ``init_restarts`` are None: up to 10,000 rows (the paper's data sets) 15 epochs over
+    every row in batches of 32 and 10 k-means restarts; above that 15 epochs each over a
+    fresh random subset of max(10,000, 64 * n_clusters) rows in batches of 1024 (CPU
+    GEMMs need ~1k rows to run near peak) and 1 restart. The prototypes start at k-means
+    centroids, so training refines them; a 1M-row fit then costs a small multiple of
+    a k-means fit, dominated by the final AM assignment of every row.
     ``score`` is the negative mean AM energy; ``inertia_`` is the k-means inertia of the
     prototypes (squared distance to the nearest one, summed).
     """
@@ -186,10 +233,10 @@ class ClAM(_PrototypeClusterer):
         shared_mask_every: int = 3,
         masked: bool = True,
         init: str = "kmeans",
-        init_restarts: int = 10,
+        init_restarts: int | None = None,
         lr: float = 0.01,
-        epochs: int = 15,
-        batch_size: int = 32,
+        epochs: int | None = None,
+        batch_size: int | None = None,
         n_init: int = 1,
         random_state=None,
     ):
@@ -210,7 +257,7 @@ class ClAM(_PrototypeClusterer):
         self.n_init = n_init
         self.random_state = random_state
 
-    def _config(self, seed: int) -> ClAMConfig:
+    def _config(self, seed: int, n: int) -> ClAMConfig:
         if self.beta is not None:
             check_dynamics(self.beta, self.alpha, self.steps)
         if self.fill not in FILL_VALUES:
@@ -224,10 +271,10 @@ class ClAM(_PrototypeClusterer):
             masked=bool(self.masked),
             init=self.init,
             lr=self.lr,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
             seed=seed,
-            kmeans_restarts=self.init_restarts,
+            **_clam_schedule(
+                n, int(self.n_clusters), self.epochs, self.batch_size, self.init_restarts
+            ),
         )
 
     def fit(self, X, y=None) -> ClAM:
@@ -239,7 +286,7 @@ class ClAM(_PrototypeClusterer):
         best = None
         for _ in range(self.n_init):
             # Restarts are compared by their own training loss: unsupervised selection.
-            res = fit_clam(X, self._config(int(rs.randint(0, 2**31 - 1))))
+            res = fit_clam(X, self._config(int(rs.randint(0, 2**31 - 1)), X.shape[0]))
             if best is None or min(res.loss_history) < min(best.loss_history):
                 best = res
         self.cluster_centers_ = best.prototypes.numpy().astype(X.dtype)
@@ -247,7 +294,8 @@ class ClAM(_PrototypeClusterer):
         self.loss_history_ = list(best.loss_history)
         self.n_iter_ = int(best.n_epochs)
         self.best_epoch_ = int(best.best_epoch)
-        self.labels_ = self.predict(X)
+        # fit_clam's last AM pass already assigned every training row: no second pass.
+        self.labels_ = best.labels.numpy() if best.labels is not None else self.predict(X)
         self.n_nonempty_ = int(np.unique(self.labels_).size)
         d2, _ = nearest_prototypes(
             self._tensor(X), self._tensor(self.cluster_centers_), self.metric

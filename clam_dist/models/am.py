@@ -76,11 +76,22 @@ def _logits(
 
 
 def squared_distances(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """||x_i - rho_j||^2 as one GEMM, clamped at 0 against cancellation. Shape (n, k)."""
+    """||x_i - rho_j||^2 as one GEMM, clamped at 0 against cancellation. Shape (n, k).
+
+    The prototype norms ride in addmm's broadcast input and the row norms are added in
+    place, so no separate (n, k) norm-sum tensor is built."""
     x_sq = (x * x).sum(dim=1, keepdim=True)
     p_sq = (prototypes * prototypes).sum(dim=1)
-    d2 = torch.addmm(p_sq.unsqueeze(0) + x_sq, x, prototypes.t(), alpha=-2.0)
-    return d2.clamp_min(0.0)
+    d2 = torch.addmm(p_sq, x, prototypes.t(), alpha=-2.0)
+    return d2.add_(x_sq).clamp_min_(0.0)
+
+
+def set_matmul_precision() -> None:
+    """THE place that sets torch's float32 matmul precision ("high": TF32 tensor cores on
+    GPUs that have them, ~2-8x faster GEMMs with a 10-bit mantissa, which the AM softmax
+    and k-means argmin tolerate). CPU GEMMs ignore it. Called where training
+    (``fit_clam``, ``kmeans_fit``) starts; call it yourself before GPU inference."""
+    torch.set_float32_matmul_precision("high")
 
 
 def _block_sizes(n: int, k: int, block_elems: int) -> tuple[int, int]:
@@ -95,36 +106,60 @@ def _block_sizes(n: int, k: int, block_elems: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------
 
 
+def _folded_keys(protos: torch.Tensor, beta: float, metric: Metric) -> torch.Tensor:
+    """K = beta * [R, -||rho||^2 / 2] (Euclidean) or beta * R (spherical), shape (k, d[+1]).
+
+    With queries q = [x, 1] the logits beta x.rho - beta/2 ||rho||^2 are ONE GEMM q K^T:
+    scale and bias ride inside the product instead of two extra (rows x k) passes."""
+    if metric == "spherical":
+        return protos * beta
+    col = (protos * protos).sum(dim=1, keepdim=True).mul_(-0.5)
+    return torch.cat([protos, col], dim=1).mul_(beta)
+
+
+def _folded_queries(x: torch.Tensor, metric: Metric) -> torch.Tensor:
+    if metric == "spherical":
+        return x
+    return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+
+
 def _readout_forward_chunked(
     x: torch.Tensor, protos: torch.Tensor, beta: float, metric: Metric, row_chunk: int, k_chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (softmax(logits) @ R, logsumexp(logits)) without an (n, k) tensor."""
+    """Return (softmax(logits) @ R, logsumexp(logits)) without an (n, k) tensor.
+
+    Per (row, prototype) block: one GEMM for the logits, in-place subtract and exp, a row
+    sum, and one GEMM accumulating into the read-out."""
     n, k = x.shape[0], protos.shape[0]
     out = torch.empty_like(x)
     lse = torch.empty(n, dtype=x.dtype, device=x.device)
-    bias_all = _bias(protos, beta, metric)
+    keys = _folded_keys(protos, beta, metric)
+    q = _folded_queries(x, metric)
     for r0 in range(0, n, row_chunk):
-        xr = x[r0 : r0 + row_chunk]
-        run_max = torch.full((xr.shape[0], 1), -float("inf"), dtype=x.dtype, device=x.device)
-        run_sum = torch.zeros((xr.shape[0], 1), dtype=x.dtype, device=x.device)
-        acc = torch.zeros_like(xr)
+        qr = q[r0 : r0 + row_chunk]
+        run_max = torch.full((qr.shape[0], 1), -float("inf"), dtype=x.dtype, device=x.device)
+        run_sum = torch.zeros((qr.shape[0], 1), dtype=x.dtype, device=x.device)
+        acc = torch.zeros((qr.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
         for c0 in range(0, k, k_chunk):
-            pc = protos[c0 : c0 + k_chunk]
-            bias = None if bias_all is None else bias_all[c0 : c0 + k_chunk]
-            logits = _logits(xr, pc, beta, bias)
-            new_max = torch.maximum(run_max, logits.amax(dim=1, keepdim=True))
+            weights = torch.mm(qr, keys[c0 : c0 + k_chunk].t())
+            new_max = torch.maximum(run_max, weights.amax(dim=1, keepdim=True))
             scale = torch.exp(run_max - new_max)
-            weights = torch.exp(logits - new_max)
-            run_sum = run_sum * scale + weights.sum(dim=1, keepdim=True)
-            acc = acc * scale + weights @ pc
+            weights.sub_(new_max).exp_()
+            run_sum.mul_(scale).add_(weights.sum(dim=1, keepdim=True))
+            acc.mul_(scale).addmm_(weights, protos[c0 : c0 + k_chunk])
             run_max = new_max
-        out[r0 : r0 + row_chunk] = acc / run_sum
+        out[r0 : r0 + row_chunk] = acc.div_(run_sum)
         lse[r0 : r0 + row_chunk] = (run_max + run_sum.log()).squeeze(1)
     return out, lse
 
 
 class _ChunkedReadout(torch.autograd.Function):
-    """softmax(beta x R^T + bias) @ R with O(rows x chunk) memory in both passes."""
+    """softmax(beta x R^T + bias) @ R with O(rows x chunk) memory in both passes.
+
+    The bias is folded into the product (``_folded_keys``): forward 2 GEMMs per block,
+    backward 5 (the logits are recomputed, not stored: that recompute is what the
+    O(rows x chunk) memory costs over the direct path's 4), and the keys' gradient and
+    the bias' gradient come out of one GEMM against q = [x, 1]."""
 
     @staticmethod
     def forward(ctx, x, protos, beta: float, metric: str, row_chunk: int, k_chunk: int):
@@ -137,32 +172,34 @@ class _ChunkedReadout(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, protos, out, lse = ctx.saved_tensors
         beta, metric, row_chunk, k_chunk = ctx.cfg
-        n, k = x.shape[0], protos.shape[0]
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        grad_p = torch.zeros_like(protos) if ctx.needs_input_grad[1] else None
-        bias_all = _bias(protos, beta, metric)
+        n, k, d = x.shape[0], protos.shape[0], x.shape[1]
+        need_x, need_p = ctx.needs_input_grad[:2]
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_p = torch.zeros_like(protos) if need_p else None
+        keys = _folded_keys(protos, beta, metric)
+        q = _folded_queries(x, metric)
         # D_i = <dO_i, O_i>: the softmax Jacobian's row correction.
-        delta = (grad_out * out).sum(dim=1, keepdim=True)
+        neg_delta = (grad_out * out).sum(dim=1, keepdim=True).neg_()
         for r0 in range(0, n, row_chunk):
-            xr, go, dr = (
-                x[r0 : r0 + row_chunk],
-                grad_out[r0 : r0 + row_chunk],
-                delta[r0 : r0 + row_chunk],
-            )
+            qr, go = q[r0 : r0 + row_chunk], grad_out[r0 : r0 + row_chunk]
+            nd = neg_delta[r0 : r0 + row_chunk]
             lr = lse[r0 : r0 + row_chunk].unsqueeze(1)
             for c0 in range(0, k, k_chunk):
-                pc = protos[c0 : c0 + k_chunk]
-                bias = None if bias_all is None else bias_all[c0 : c0 + k_chunk]
-                probs = torch.exp(_logits(xr, pc, beta, bias) - lr)
-                grad_logits = probs * (go @ pc.t() - dr)
-                if grad_x is not None:
-                    grad_x[r0 : r0 + row_chunk] += beta * (grad_logits @ pc)
-                if grad_p is not None:
-                    # values path + keys path + bias path (-beta/2 ||rho||^2).
-                    g = probs.t() @ go + beta * (grad_logits.t() @ xr)
-                    if bias is not None:
-                        g -= beta * grad_logits.sum(dim=0).unsqueeze(1) * pc
-                    grad_p[c0 : c0 + k_chunk] += g
+                pc, kc = protos[c0 : c0 + k_chunk], keys[c0 : c0 + k_chunk]
+                probs = torch.mm(qr, kc.t()).sub_(lr).exp_()
+                # dL/dlogits = P * (dY R^T - D)
+                grad_logits = torch.addmm(nd, go, pc.t()).mul_(probs)
+                if need_x:
+                    grad_x[r0 : r0 + row_chunk].addmm_(grad_logits, pc, alpha=beta)
+                if need_p:
+                    # Keys and bias gradient in one GEMM against q = [x, 1]; with
+                    # K = beta [R, -||R||^2/2]: dR = beta (dK[:, :d] - dK[:, d] R).
+                    # Mapped onto R per block so no (k, d+1) buffer outlives the block.
+                    g_keys = torch.mm(grad_logits.t(), qr)
+                    g = grad_p[c0 : c0 + k_chunk].addmm_(probs.t(), go)
+                    g.add_(g_keys[:, :d], alpha=beta)
+                    if metric != "spherical":
+                        g.sub_(g_keys[:, d:] * pc, alpha=beta)
         return grad_x, grad_p, None, None, None, None
 
 
@@ -364,6 +401,17 @@ def nearest_prototypes(
         cur_d = cur_i = None
         for c0 in range(0, k, k_chunk):
             d2 = squared_distances(xr, protos[c0 : c0 + k_chunk])
+            if top == 1:
+                # min, not topk(1): one fused reduction instead of a selection.
+                vals, idx = d2.min(dim=1, keepdim=True)
+                idx = idx + c0
+                if cur_d is None:
+                    cur_d, cur_i = vals, idx
+                else:
+                    better = vals < cur_d
+                    cur_d = torch.where(better, vals, cur_d)
+                    cur_i = torch.where(better, idx, cur_i)
+                continue
             t = min(top, d2.shape[1])
             vals, idx = torch.topk(d2, t, dim=1, largest=False)
             idx = idx + c0

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 
-from clam_dist.models.am import assign, normalize_rows
+from clam_dist.models.am import assign, normalize_rows, set_matmul_precision
 from clam_dist.models.clam import (
     AMParams,
     MaskSpec,
@@ -18,7 +19,7 @@ from clam_dist.models.clam import (
     draw_mask,
     fill_vector,
 )
-from clam_dist.models.kmeans import kmeans_plus_plus, lloyd
+from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus
 
 Init = Literal["kmeans", "kmeans++", "gaussian"]
 
@@ -44,6 +45,14 @@ class ClAMConfig:
     # init="kmeans": best of this many k-means runs by inertia (the estimator uses 10; 1
     # here keeps the Ray Tune stepper, which seeds with one run, identical to this loop).
     kmeans_restarts: int = 1
+    # Rows per epoch: None = every row; otherwise each epoch trains on a fresh random
+    # subset of this many rows (how the estimator keeps a 1M-row fit a small multiple of
+    # a k-means fit: the prototypes start at k-means centroids and need refinement, not
+    # many passes over a million rows).
+    rows_per_epoch: int | None = None
+    # Initialisation (k-means++ seeding and Lloyd) and the beta heuristic see at most this
+    # many rows per cluster (kmeans_fit's bound); None = all rows.
+    init_per_centroid: int | None = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
@@ -56,6 +65,8 @@ class ClAMConfig:
             raise ValueError(
                 f"kmeans_restarts must be an integer >= 1, got {self.kmeans_restarts!r}"
             )
+        if self.rows_per_epoch is not None and self.rows_per_epoch < 1:
+            raise ValueError(f"rows_per_epoch must be >= 1 or None, got {self.rows_per_epoch!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
@@ -71,50 +82,79 @@ class ClAMFitResult:
     n_epochs: int
     n_nonempty: int
     n_reseeded: int
+    labels: torch.Tensor | None = None  # (n,) AM assignment of the training rows
 
 
 def init_prototypes(
-    x: torch.Tensor, k: int, init: Init, generator: torch.Generator, kmeans_restarts: int = 1
+    x: torch.Tensor,
+    k: int,
+    init: Init,
+    generator: torch.Generator,
+    kmeans_restarts: int = 1,
+    per_centroid: int | None = 256,
 ) -> torch.Tensor:
-    """k-means++ seeding (optionally refined by Lloyd), or the authors' Gaussian."""
+    """k-means++ seeding (optionally refined by Lloyd), or the authors' Gaussian.
+
+    Seeding and Lloyd run on at most ``per_centroid * k`` rows (``kmeans_fit``'s sample),
+    never full-data Lloyd to convergence: at large n the training that follows refines
+    the prototypes anyway. When n fits in the sample this is the full k-means it was.
+    """
     if init == "kmeans++":
+        size = x.shape[0] if per_centroid is None else per_centroid * k
+        if size < x.shape[0]:
+            rows = torch.randperm(x.shape[0], generator=generator)[:size]
+            return kmeans_plus_plus(x[rows], k, generator)
         return kmeans_plus_plus(x, k, generator)
     if init == "kmeans":
         # Best of several k-means++ + Lloyd restarts by inertia: a poor local optimum at
         # the start is rarely escaped by the (slow, local) prototype training.
-        best = None
-        for _ in range(max(1, kmeans_restarts)):
-            res = lloyd(x, kmeans_plus_plus(x, k, generator), max_iter=100)
-            if best is None or res.inertia < best.inertia:
-                best = res
-        return best.centers
+        with warnings.catch_warnings():
+            # Small data sets with many clusters are normal here; no k-means warning.
+            warnings.simplefilter("ignore", UserWarning)
+            res = kmeans_fit(
+                x,
+                k,
+                n_init=max(1, kmeans_restarts),
+                max_iter=100,
+                sample_per_centroid=per_centroid,
+                full_iter=0,
+                generator=generator,
+            )
+        return res.centers
     mean, std = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[1])
     return mean + std * torch.randn((k, x.shape[1]), generator=generator, dtype=x.dtype)
 
 
 @torch.no_grad()
 def reseed_dead_prototypes(
-    x: torch.Tensor, prototypes: torch.Tensor, am: AMParams, generator: torch.Generator
-) -> tuple[torch.Tensor, int]:
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    am: AMParams,
+    generator: torch.Generator,
+    return_labels: bool = False,
+):
     """Move prototypes that own no point onto the worst-served points.
 
     "Worst served" = largest squared distance to the prototype the AM dynamics assign
     them to; a dead prototype placed there takes over the far tail of an overloaded
-    cluster, so the model returns the k clusters asked for.
+    cluster, so the model returns the k clusters asked for. With ``return_labels`` the
+    assignment computed here is returned too (valid when nothing moved), which saves the
+    caller another full AM pass over x.
     """
     labels, dist = assign(x, prototypes, am.beta, am.alpha, am.steps, am.metric)
     k = prototypes.shape[0]
     counts = torch.bincount(labels, minlength=k)
     dead = torch.nonzero(counts == 0).flatten()
     if dead.numel() == 0:
-        return prototypes, 0
+        return (prototypes, 0, labels) if return_labels else (prototypes, 0)
     order = torch.argsort(dist, descending=True)
     # Skip points that are alone in their cluster (moving them would kill another).
     movable = order[counts[labels[order]] > 1][: dead.numel()]
     new = prototypes.clone()
     src = x if am.metric == "euclidean" else normalize_rows(x)
     new[dead[: movable.numel()]] = src[movable]
-    return new, int(movable.numel())
+    moved = int(movable.numel())
+    return (new, moved, labels) if return_labels else (new, moved)
 
 
 def fit_clam(
@@ -135,15 +175,21 @@ def fit_clam(
     k = config.n_clusters
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}")
+    set_matmul_precision()
     gen = torch.Generator().manual_seed(int(config.seed))
     protos0 = (
         init_prototypes_
         if init_prototypes_ is not None
-        else init_prototypes(x, k, config.init, gen, config.kmeans_restarts)
+        else init_prototypes(
+            x, k, config.init, gen, config.kmeans_restarts, config.init_per_centroid
+        )
     )
     am = config.am
     if am.beta is None:
-        am = am.with_beta(beta_from_data(x, protos0, am.metric))
+        # The median-gap heuristic is a median: a bounded sample of rows estimates it.
+        cap = n if config.init_per_centroid is None else config.init_per_centroid * k
+        rows = None if cap >= n else torch.randperm(n, generator=gen)[:cap]
+        am = am.with_beta(beta_from_data(x if rows is None else x[rows], protos0, am.metric))
     stats = fill_stats or {"mean": x.mean(0), "min": x.min(0).values, "max": x.max(0).values}
     fill = fill_vector(stats.get("mean"), stats.get("min"), stats.get("max"), config.mask.fill, d)
 
@@ -158,9 +204,12 @@ def fit_clam(
     n_reseeded = 0
     for epoch in range(config.epochs):
         perm = torch.randperm(n, generator=gen)
+        if config.rows_per_epoch is not None:
+            perm = perm[: config.rows_per_epoch]
+        seen = perm.numel()
         shared = config.mask.shared_for_epoch(epoch)
         total = 0.0
-        for b0 in range(0, n, config.batch_size):
+        for b0 in range(0, seen, config.batch_size):
             xb = x[perm[b0 : b0 + config.batch_size]]
             mask = draw_mask(xb.shape[0], d, config.mask.ratio, shared, gen) if use_mask else None
             loss = clam_loss(xb, prototypes, am.beta, am.alpha, am.steps, am.metric, mask, fill)
@@ -168,7 +217,7 @@ def fit_clam(
             loss.backward()
             optim.step()
             total += float(loss.detach()) * xb.shape[0]
-        epoch_loss = total / n
+        epoch_loss = total / seen
         if not np.isfinite(epoch_loss):
             raise FloatingPointError(
                 f"ClAM loss became {epoch_loss} at epoch {epoch}; lower lr or beta"
@@ -189,14 +238,15 @@ def fit_clam(
                     n_reseeded += moved
     # Re-seed until every prototype owns a point: a moved prototype can still lose its
     # points to the dynamics, so repeat (bounded by k rounds).
-    final = best
+    final, labels = best, None
     for _ in range(k):
-        final, moved = reseed_dead_prototypes(x, final, am, gen)
+        final, moved, labels = reseed_dead_prototypes(x, final, am, gen, return_labels=True)
         n_reseeded += moved
         if not moved:
             break
-    labels, _ = assign(x, final, am.beta, am.alpha, am.steps, am.metric)
+    else:
+        labels, _ = assign(x, final, am.beta, am.alpha, am.steps, am.metric)
     n_nonempty = int((torch.bincount(labels, minlength=k) > 0).sum())
     return ClAMFitResult(
-        final, float(am.beta), history, best_epoch, config.epochs, n_nonempty, n_reseeded
+        final, float(am.beta), history, best_epoch, config.epochs, n_nonempty, n_reseeded, labels
     )

@@ -9,14 +9,21 @@ update is split into ``batch_sums_counts`` (local, per worker) and ``apply_sums_
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from clam_dist.models.am import Metric, nearest_prototypes, normalize_rows, squared_distances
+from clam_dist.models.am import (
+    Metric,
+    nearest_prototypes,
+    normalize_rows,
+    set_matmul_precision,
+    squared_distances,
+)
 
 # Rows per block when scoring k-means++ candidates (bounded memory for any n).
-_PP_ROW_CHUNK = 65_536
+_PP_ROW_CHUNK = 1 << 18
 
 
 @dataclass
@@ -27,9 +34,55 @@ class KMeansResult:
     n_iter: int
 
 
+# Rows per distance block: (rows x k) float32 stays within ~16 MiB, so the block is still
+# in cache-friendly territory while the GEMM is wide enough to run at full rate.
+_ASSIGN_BLOCK_ELEMS = 1 << 22
+
+# faiss's rule of thumb: fewer rows than this per centroid gives noisy centroids.
+MIN_ROWS_PER_CENTROID = 39
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """||x_i||^2 for every row, computed once per fit and reused by every pass."""
+    return torch.einsum("ij,ij->i", x, x)
+
+
+@torch.no_grad()
+def assign_nearest(
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    x_sq: torch.Tensor | None = None,
+    block_elems: int = _ASSIGN_BLOCK_ELEMS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to, and index of, the nearest centre for every row: (n,), (n,).
+
+    Fused per row block: one addmm computes ||c||^2 - 2 x.c (the -2 rides in addmm's alpha,
+    the centre norms in its broadcast input, so no (n, k) norm sum is ever built), then a
+    min over the block. ||x||^2 is constant over centres, so it is added to the n minima
+    only, not to the n*k block.
+    """
+    n, k = x.shape[0], centers.shape[0]
+    if x_sq is None:
+        x_sq = row_sq_norms(x)
+    c_sq = row_sq_norms(centers)
+    ct = centers.t()
+    rows = max(1, min(n, block_elems // max(k, 1)))
+    vals = torch.empty(n, dtype=x.dtype, device=x.device)
+    idx = torch.empty(n, dtype=torch.long, device=x.device)
+    buf = torch.empty((min(rows, n), k), dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, rows):
+        xr = x[r0 : r0 + rows]
+        blk = buf[: xr.shape[0]]
+        torch.addmm(c_sq, xr, ct, alpha=-2.0, out=blk)
+        torch.min(blk, dim=1, out=(vals[r0 : r0 + rows], idx[r0 : r0 + rows]))
+    # Clamp: cancellation in ||x||^2 - 2x.c + ||c||^2 can leave tiny negatives.
+    return vals.add_(x_sq).clamp_(min=0.0), idx
+
+
 def _sq_dist_to_nearest(x: torch.Tensor, centers: torch.Tensor, metric: Metric) -> torch.Tensor:
-    d2, _ = nearest_prototypes(x, centers, metric, top=1)
-    return d2[:, 0]
+    if metric == "spherical":
+        x, centers = normalize_rows(x), normalize_rows(centers)
+    return assign_nearest(x, centers)[0]
 
 
 @torch.no_grad()
@@ -40,34 +93,57 @@ def kmeans_plus_plus(
     n_local_trials: int | None = None,
     metric: Metric = "euclidean",
 ) -> torch.Tensor:
-    """Greedy k-means++ seeding: each new centre is the best of several D^2-sampled trials."""
+    """Greedy k-means++ seeding: each new centre is the best of several D^2-sampled trials.
+
+    Cost is k passes over x, so callers with large n pass a subsample (``kmeans_fit`` does).
+    Row norms are computed once; each pass is one (n x trials) GEMM plus a min.
+    """
     n = x.shape[0]
     if k < 1 or k > n:
         raise ValueError(f"k-means++ needs 1 <= k <= n_samples, got k={k}, n_samples={n}")
     if metric == "spherical":
         x = normalize_rows(x)
     trials = n_local_trials or 2 + int(math.log(k))
+    x_sq = row_sq_norms(x)
     first = int(torch.randint(n, (1,), generator=generator).item())
-    centers = [x[first]]
-    closest = _sq_dist_to_nearest(x, x[first : first + 1], "euclidean")
+    chosen = [first]
+    # Work with offset distances ||c||^2 - 2 x.c (= d^2 - ||x||^2): ||x||^2 is the same for
+    # every candidate, so it changes neither min(closest, d2) per row nor the argmin of the
+    # potentials; each trial round is then one addmm, one minimum and one sum.
+    closest_off = _offset_dist(x, x[[first]])[:, 0]
+    # Column sums as a GEMV: a tall-thin reduction over dim 0 is slow in torch on CPU.
+    ones = torch.ones(min(n, _PP_ROW_CHUNK), dtype=x.dtype, device=x.device)
     for _ in range(1, k):
+        closest = (closest_off + x_sq).clamp_(min=0.0)
         total = closest.sum()
         if total <= 0:
             # All points coincide with a centre: any remaining point is as good as another.
             idx = torch.randint(n, (trials,), generator=generator)
         else:
-            idx = torch.multinomial(closest / total, trials, replacement=True, generator=generator)
-        cand = x[idx]
+            idx = torch.multinomial(closest / total, trials, True, generator=generator)
+        pots = torch.zeros(trials, dtype=torch.float64)
+        parts = []
         # Potential of each candidate = sum of min(closest, dist to candidate); rows are
         # chunked so memory stays O(chunk x trials) whatever n is.
-        pots = torch.zeros(trials, dtype=torch.float64)
         for r0 in range(0, n, _PP_ROW_CHUNK):
-            d2 = squared_distances(x[r0 : r0 + _PP_ROW_CHUNK], cand)
-            pots += torch.minimum(closest[r0 : r0 + _PP_ROW_CHUNK, None], d2).sum(0).double()
+            d2 = _offset_dist(x[r0 : r0 + _PP_ROW_CHUNK], x[idx])
+            torch.minimum(d2, closest_off[r0 : r0 + _PP_ROW_CHUNK, None], out=d2)
+            pots += torch.mv(d2.t(), ones[: d2.shape[0]]).double()
+            parts.append(d2)
         best = int(pots.argmin())
-        closest = torch.minimum(closest, squared_distances(x, cand[best : best + 1])[:, 0])
-        centers.append(cand[best])
-    return torch.stack(centers).clone()
+        closest_off = (
+            parts[0][:, best] if len(parts) == 1 else torch.cat([p[:, best] for p in parts])
+        )
+        chosen.append(int(idx[best]))
+    return x[chosen].clone()
+
+
+def _offset_dist(xr: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """||c||^2 - 2 x.c for rows xr against candidates cand, shape (rows, m).
+
+    A plain mm then an in-place add: for a thin (m ~ 8) product, addmm's broadcast input
+    costs more than the GEMM itself (measured ~2.5x on CPU)."""
+    return torch.mm(xr, cand.t().mul(-2.0)).add_(row_sq_norms(cand))
 
 
 @torch.no_grad()
@@ -149,13 +225,20 @@ def batch_sums_counts(
     Summable across workers: all-reducing sums and counts gives the global statistics.
     """
     if metric == "spherical":
-        x = normalize_rows(x)
-    _, idx = nearest_prototypes(x, centers, metric, top=1)
-    labels = idx[:, 0]
-    k = centers.shape[0]
-    sums = torch.zeros_like(centers).index_add_(0, labels, x)
-    counts = torch.bincount(labels, minlength=k).to(centers.dtype)
+        x, centers = normalize_rows(x), normalize_rows(centers)
+    _, labels = assign_nearest(x, centers)
+    sums, counts = _sums_counts(x, labels, centers.shape[0])
     return sums, counts, labels
+
+
+def _sums_counts(
+    x: torch.Tensor, labels: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # index_add_ rather than a one-hot GEMM: one memory pass instead of 2*n*k*d FLOPs, and
+    # deterministic on CPU (rows are added in index order).
+    sums = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    return sums, counts
 
 
 @torch.no_grad()
@@ -218,19 +301,41 @@ def inertia(x: torch.Tensor, centers: torch.Tensor, metric: Metric = "euclidean"
     return float(_sq_dist_to_nearest(x, centers, metric).double().sum())
 
 
+# Relative size of the perturbation that splits a centroid in two (faiss uses 1/1024).
+_SPLIT_EPS = 1.0 / 1024
+
+
 @torch.no_grad()
-def _reseed_empty(
-    x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
-):
-    """Move empty centres onto the points farthest from their centre (as scikit-learn)."""
-    empty = torch.nonzero(counts == 0).flatten()
-    if empty.numel() == 0:
-        return centers
-    d2 = ((x - centers[labels]) ** 2).sum(1)
-    far = torch.topk(d2, min(empty.numel(), x.shape[0])).indices
-    centers = centers.clone()
-    centers[empty[: far.numel()]] = x[far]
-    return centers
+def split_empty(centers: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Repair empty clusters by splitting the largest one (the faiss recipe).
+
+    Each empty centre becomes a copy of the currently largest cluster's centre shifted by
+    +eps, the donor is shifted by -eps (eps = 1/1024 of the coordinate's magnitude, sign
+    alternating over coordinates), and the donor's count is halved between the two, so the
+    next largest cluster donates for the next empty centre. The next assignment pass then
+    divides the donor's rows between the two copies. No extra data pass is needed.
+    Returns (centres, number of clusters repaired).
+    """
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if not empty:
+        return centers, 0
+    centers, counts = centers.clone(), counts.clone()
+    d = centers.shape[1]
+    sign = torch.ones(d, dtype=centers.dtype, device=centers.device)
+    sign[1::2] = -1.0
+    for j in empty:
+        donor = int(counts.argmax())
+        if counts[donor] <= 1:
+            break  # nothing left to split: more centres than distinct points
+        c = centers[donor]
+        # Scale by the coordinate's magnitude (floored by the centre's mean magnitude, so
+        # zero coordinates still move) to keep the split relative, as faiss does.
+        delta = _SPLIT_EPS * sign * torch.maximum(c.abs(), c.abs().mean().clamp_min(1e-12))
+        centers[j] = c + delta
+        centers[donor] = c - delta
+        half = torch.floor(counts[donor] / 2)
+        counts[j], counts[donor] = half, counts[donor] - half
+    return centers, len(empty)
 
 
 @torch.no_grad()
@@ -240,24 +345,135 @@ def lloyd(
     max_iter: int = 300,
     tol: float = 1e-4,
     metric: Metric = "euclidean",
+    x_sq: torch.Tensor | None = None,
+    callback=None,
 ) -> KMeansResult:
-    """Lloyd's algorithm. Stops when the squared centre shift falls below tol * mean
-    feature variance (scikit-learn's convention), so results match scikit-learn's."""
+    """Lloyd's algorithm.
+
+    One data pass per iteration: the fused assignment (``assign_nearest``) gives labels
+    AND the inertia of the current centres, then index_add_ gives the new means. Stops
+    when the inertia's relative decrease falls below ``tol`` (or labels stop changing);
+    the returned labels/inertia are then those of the returned centres with no extra pass.
+    Only when max_iter updates run out is one final assignment pass made. Empty clusters
+    are repaired by ``split_empty``. ``x_sq`` (row norms) may be passed in to reuse them;
+    ``callback(iteration, inertia)`` sees the inertia of every pass.
+    """
     if metric == "spherical":
         x = normalize_rows(x)
+    if x_sq is None:
+        x_sq = row_sq_norms(x)
+    k = init_centers.shape[0]
     centers = init_centers.clone().to(x.dtype)
-    tol_abs = tol * float(x.var(dim=0).mean()) if x.shape[0] > 1 else 0.0
+    if metric == "spherical":
+        centers = normalize_rows(centers)
+    prev_inertia, prev_labels = float("inf"), None
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        sums, counts, labels = batch_sums_counts(x, centers, metric)
+    while True:
+        d2, labels = assign_nearest(x, centers, x_sq)
+        cur = float(d2.sum(dtype=torch.float64))
+        if callback is not None:
+            callback(n_iter, cur)
+        converged = (prev_labels is not None and torch.equal(labels, prev_labels)) or (
+            prev_inertia - cur <= tol * cur
+        )
+        if converged or n_iter >= max_iter:
+            return KMeansResult(centers, labels, cur, n_iter)
+        sums, counts = _sums_counts(x, labels, k)
         new_centers = apply_lloyd(centers, sums, counts, metric)
-        new_centers = _reseed_empty(x, new_centers, labels, counts)
-        shift = float(((new_centers - centers) ** 2).sum())
-        centers = new_centers
-        if shift <= tol_abs:
-            break
-    _, _, labels = batch_sums_counts(x, centers, metric)
-    return KMeansResult(centers, labels, inertia(x, centers, metric), n_iter)
+        centers, _ = split_empty(new_centers, counts)
+        if metric == "spherical":
+            centers = normalize_rows(centers)
+        prev_inertia, prev_labels = cur, labels
+        n_iter += 1
+
+
+def _draw_sample(n: int, size: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """Sorted random row indices (sorted: gathering in memory order is faster); None = all."""
+    if size >= n:
+        return None
+    return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+@torch.no_grad()
+def kmeans_fit(
+    x: torch.Tensor,
+    k: int,
+    *,
+    init: str = "k-means++",
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    sample_per_centroid: int | None = 256,
+    sample_iter: int = 25,
+    full_iter: int | None = None,
+    generator: torch.Generator | None = None,
+    metric: Metric = "euclidean",
+    callback=None,
+) -> KMeansResult:
+    """k-means at scale: seed and train on a bounded subsample, finish on all rows.
+
+    1. Draw ``sample_per_centroid * k`` rows (m = 256 by default, faiss's
+       max_points_per_centroid; None = all rows). Seeding (k-means++ or k-means||) and
+       at most ``sample_iter`` Lloyd passes run on this sample: their cost no longer grows
+       with n, and 256 rows per centroid already place the centroids close to where full
+       Lloyd ends (so the few full passes that follow are the only O(n) work).
+    2. ``n_init`` restarts are compared by sample inertia (cheap: only the sample).
+    3. Lloyd then continues on all rows from the best sample centroids for at most
+       ``full_iter`` passes (default max_iter) until the relative inertia change < tol.
+       When the sample is all rows this is simply Lloyd from the seeds.
+
+    Warns when fewer than 39 rows per centroid are available (faiss's threshold).
+    ``callback(stage, iteration, inertia)`` sees every pass; stage is "sample" or "full".
+    """
+    n = x.shape[0]
+    if k < 1 or k > n:
+        raise ValueError(f"k-means needs 1 <= k <= n_samples, got k={k}, n_samples={n}")
+    if init not in ("k-means++", "k-means||"):
+        raise ValueError(f"init must be 'k-means++' or 'k-means||', got {init!r}")
+    if n < MIN_ROWS_PER_CENTROID * k:
+        warnings.warn(
+            f"k-means: {n} rows for {k} centroids ({n / k:.1f} per centroid); fewer than "
+            f"{MIN_ROWS_PER_CENTROID} per centroid gives noisy centroids",
+            stacklevel=2,
+        )
+    set_matmul_precision()
+    if metric == "spherical":
+        x = normalize_rows(x)
+    size = n if sample_per_centroid is None else max(k, sample_per_centroid * k)
+    best = None
+    for _ in range(max(1, n_init)):
+        rows = _draw_sample(n, size, generator)
+        xs = x if rows is None else x[rows]
+        if init == "k-means++":
+            seeds = kmeans_plus_plus(xs, k, generator)
+        else:
+            seeds = kmeans_parallel_init(xs, k, generator=generator)
+        if rows is None:
+            # No subsample: this Lloyd run is the final one.
+            def cb(i, v):
+                return callback("full", i, v) if callback else None
+
+            res = lloyd(xs, seeds, max_iter, tol, metric, callback=cb)
+        else:
+
+            def cb(i, v):
+                return callback("sample", i, v) if callback else None
+
+            res = lloyd(xs, seeds, min(max_iter, sample_iter), tol, metric, callback=cb)
+            res.labels = None  # sample labels mean nothing for the full data
+        if best is None or res.inertia < best.inertia:
+            best = res
+    if best.labels is not None:
+        return best
+
+    def full_cb(i, v):
+        return callback("full", i, v) if callback else None
+
+    full = lloyd(
+        x, best.centers, max_iter if full_iter is None else full_iter, tol, metric, callback=full_cb
+    )
+    full.n_iter += best.n_iter
+    return full
 
 
 @torch.no_grad()
@@ -279,6 +495,6 @@ def minibatch_kmeans(
         idx = torch.randint(n, (min(batch_size, n),), generator=generator)
         centers, total = minibatch_update(centers, total, x[idx], metric)
     _, counts, labels = batch_sums_counts(x, centers, metric)
-    centers = _reseed_empty(x, centers, labels, counts)
+    centers, _ = split_empty(centers, counts)
     _, _, labels = batch_sums_counts(x, centers, metric)
     return KMeansResult(centers, labels, inertia(x, centers, metric), max_steps)

@@ -29,7 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("faiss", "faiss_all", "sklearn", "minibatch", "kmeans", "clam")
+METHODS = (
+    "faiss",
+    "faiss_all",
+    "sklearn",
+    "minibatch",
+    "kmeans",
+    "clam",
+    "train_kmeans",
+    "train_clam",
+)
 
 
 def make_mixture(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +86,40 @@ def fit_clam_dist(x: np.ndarray, k: int, seed: int, clam: bool):
     return model.cluster_centers_, model.labels_
 
 
+def fit_train_command(x: np.ndarray, k: int, seed: int, method: str):
+    """``clam-dist train`` as a user runs it (a fresh process, a local Ray with 2 workers,
+    one epoch, Parquet input written beforehand and not timed): wall time includes
+    Ray's start. Centres come back in input space (the artifact's scaler undone);
+    labels are the model's own rule (AM dynamics for ClAM) via the predictor."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from clam_dist.artifacts import load_artifact
+    from clam_dist.data.writer import write_vectors
+    from clam_dist.models.predictor import ClusterPredictor
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        data = f"{tmp}/data"
+        write_vectors(data, x, rows_per_file=max(1, x.shape[0] // 8))
+        summary = f"{tmp}/summary.json"
+        argv = [
+            sys.executable, "-m", "clam_dist.cli", "train", "--data", data, "--k", str(k),
+            "--workers", "2", "--set", f"model.method={method}", "--set", "optim.epochs=1",
+            "--set", f"run.storage_path={tmp}/runs", "--set", f"run.seed={seed}",
+            "--summary", summary,
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        art = load_artifact(json.loads(Path(summary).read_text())["artifact"])
+        centers = art.prototypes
+        if art.scaler_mean is not None:
+            centers = centers * art.scaler_scale + art.scaler_mean
+        labels = ClusterPredictor.from_artifact(art).predict(x)["cluster"]
+    return centers, labels, wall
+
+
 def runners(k: int, seed: int) -> dict[str, Callable]:
     return {
         "faiss": lambda x: fit_faiss(x, k, seed, all_rows=False),
@@ -85,6 +128,8 @@ def runners(k: int, seed: int) -> dict[str, Callable]:
         "minibatch": lambda x: fit_sklearn(x, k, seed, minibatch=True),
         "kmeans": lambda x: fit_clam_dist(x, k, seed, clam=False),
         "clam": lambda x: fit_clam_dist(x, k, seed, clam=True),
+        "train_kmeans": lambda x: fit_train_command(x, k, seed, "kmeans"),
+        "train_clam": lambda x: fit_train_command(x, k, seed, "clam"),
     }
 
 
@@ -121,8 +166,12 @@ def main() -> None:
     with threadpool_limits(args.threads):
         for name in methods:
             t0 = time.perf_counter()
-            centers, labels = runners(args.k, args.seed)[name](x)
+            fitted = runners(args.k, args.seed)[name](x)
             wall = time.perf_counter() - t0
+            if len(fitted) == 3:  # the train command times itself (data writing excluded)
+                centers, labels, wall = fitted
+            else:
+                centers, labels = fitted
             c = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
             inertia = float(assign_nearest(xt, c)[0].sum(dtype=torch.float64))
             labels = np.asarray(labels)

@@ -133,3 +133,29 @@ def test_bias_folded_chunked_step_gradcheck(metric):
     assert torch.autograd.gradcheck(
         lambda a, b: am_step(a, b, 1.3, 0.4, metric, block_elems=8), (x, r)
     )
+
+
+def test_seeding_rows_bound_the_seeding_cost_only_for_large_k():
+    from clam_dist.models.kmeans import SEEDING_EVALUATIONS, seeding_rows
+
+    assert seeding_rows(256) > 256 * 256  # the 256-per-centroid sample is seeded whole
+    rows = seeding_rows(4096)
+    assert 8 * 4096 <= rows < 256 * 4096
+    assert rows * 4096 * (2 + 8) <= SEEDING_EVALUATIONS
+
+
+def test_large_k_seeds_from_a_bounded_sample_and_full_iter_0_skips_the_data(monkeypatch):
+    import clam_dist.models.kmeans as km
+
+    seen = []
+    real = km.kmeans_plus_plus
+    monkeypatch.setattr(km, "seeding_rows", lambda k: 20 * k)
+    monkeypatch.setattr(
+        km, "kmeans_plus_plus", lambda xs, k, g: seen.append(len(xs)) or real(xs, k, g)
+    )
+    x = torch.from_numpy(mixture(n=20_000))
+    res = km.kmeans_fit(
+        x, 12, sample_per_centroid=256, full_iter=0, generator=torch.Generator().manual_seed(0)
+    )
+    assert seen == [240]  # 20 per centroid seeded, out of a 3,072-row Lloyd sample
+    assert res.labels is None and res.centers.shape == (12, 8)

@@ -29,7 +29,7 @@ _PP_ROW_CHUNK = 1 << 18
 @dataclass
 class KMeansResult:
     centers: torch.Tensor  # (k, d)
-    labels: torch.Tensor  # (n,)
+    labels: torch.Tensor | None  # (n,); None when only sample centroids were fitted
     inertia: float
     n_iter: int
 
@@ -387,6 +387,20 @@ def lloyd(
         n_iter += 1
 
 
+# Distance evaluations (rows x centres x trials) that k-means++ seeding may spend: 2^31
+# takes ~10 s on 2 CPU cores and bounds the seeding sample only when k is large.
+SEEDING_EVALUATIONS = 1 << 31
+
+
+def seeding_rows(k: int) -> int:
+    """Rows k-means++ seeds from: at most SEEDING_EVALUATIONS / (k * trials), at least
+    8 per centroid. At k = 256 this is 1.1M (the 256-per-centroid sample is smaller, so
+    all of it is used); at k = 4,096, 52k rows (about 13 per centroid), and the Lloyd
+    passes on the full sample then move the seeds to where the data needs them."""
+    trials = 2 + int(math.log(k))
+    return max(8 * k, SEEDING_EVALUATIONS // (k * trials))
+
+
 def _draw_sample(n: int, size: int, generator: torch.Generator | None) -> torch.Tensor | None:
     """Sorted random row indices (sorted: gathering in memory order is faster); None = all."""
     if size >= n:
@@ -413,13 +427,15 @@ def kmeans_fit(
     """k-means at scale: seed and train on a bounded subsample, finish on all rows.
 
     1. Draw ``sample_per_centroid * k`` rows (m = 256 by default, faiss's
-       max_points_per_centroid; None = all rows). Seeding (k-means++ or k-means||) and
-       at most ``sample_iter`` Lloyd passes run on this sample: their cost no longer grows
+       max_points_per_centroid; None = all rows). Seeding (k-means++ or k-means||, on at
+       most ``seeding_rows(k)`` of them) and at most ``sample_iter`` Lloyd passes run on
+       this sample: their cost no longer grows
        with n, and 256 rows per centroid already place the centroids close to where full
        Lloyd ends (so the few full passes that follow are the only O(n) work).
     2. ``n_init`` restarts are compared by sample inertia (cheap: only the sample).
     3. Lloyd then continues on all rows from the best sample centroids for at most
        ``full_iter`` passes (default max_iter) until the relative inertia change < tol.
+       ``full_iter=0`` returns the sample centroids with ``labels=None`` (no O(n) pass).
        When the sample is all rows this is simply Lloyd from the seeds.
 
     Warns when fewer than 39 rows per centroid are available (faiss's threshold).
@@ -444,10 +460,14 @@ def kmeans_fit(
     for _ in range(max(1, n_init)):
         rows = _draw_sample(n, size, generator)
         xs = x if rows is None else x[rows]
+        # Seeding is k sequential passes over its rows: bound those rows so that its cost
+        # does not grow as k^2 (at k = 4,096 a 256-per-centroid sample would take hours).
+        seed_rows = _draw_sample(xs.shape[0], seeding_rows(k), generator)
+        xseed = xs if seed_rows is None else xs[seed_rows]
         if init == "k-means++":
-            seeds = kmeans_plus_plus(xs, k, generator)
+            seeds = kmeans_plus_plus(xseed, k, generator)
         else:
-            seeds = kmeans_parallel_init(xs, k, generator=generator)
+            seeds = kmeans_parallel_init(xseed, k, generator=generator)
         if rows is None:
             # No subsample: this Lloyd run is the final one.
             def cb(i, v):
@@ -463,8 +483,8 @@ def kmeans_fit(
             res.labels = None  # sample labels mean nothing for the full data
         if best is None or res.inertia < best.inertia:
             best = res
-    if best.labels is not None:
-        return best
+    if best.labels is not None or full_iter == 0:
+        return best  # full_iter=0: sample centroids only (labels None), no pass over x
 
     def full_cb(i, v):
         return callback("full", i, v) if callback else None

@@ -184,3 +184,28 @@ def test_bad_runs_fail_fast_with_numbers(dataset, two_worker_run, tmp_path, s3_s
         )
     with pytest.raises(ValueError, match=r"16 lanes .* only 8 Parquet files"):
         run_training(config(root, "data.lanes=16", "optim.batch_size=80"))
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_step(dataset):
+    from safetensors.numpy import load_file
+
+    from clam_dist.errors import summary_line
+    from clam_dist.train.trainer import run_training
+
+    root, _ = dataset
+    cfg = config(
+        root,
+        "run.name=diverged",
+        "optim.lr=1e30",  # Adam moves every prototype by ~1e30: squared norms overflow
+        "optim.schedule=constant",
+        "run.checkpoint_every_steps=1",
+        "run.max_failures=0",
+    )
+    with pytest.raises(Exception) as info:
+        run_training(cfg)
+    line = summary_line(info.value)
+    assert "TrainingDiverged: clam: non-finite loss gradient at step 1 (epoch 0)" in line, line
+    saved = sorted((root / "runs" / "diverged").rglob("*.safetensors"))
+    assert saved  # the step-1 checkpoint exists and holds only finite numbers
+    for path in saved:
+        assert all(np.isfinite(t).all() for t in load_file(str(path)).values()), path

@@ -164,7 +164,11 @@ def train_loop(loop_config: dict) -> None:
         nonlocal verified
         fp = comm.all_reduce(fingerprint(all_parameters()), "max", kind="verify").cpu()
         if int(fp[0]) != -int(fp[1]):
-            raise RuntimeError(f"parameters differ across workers {where} (fingerprints disagree)")
+            gap = parameter_divergence(comm, all_parameters())
+            raise RuntimeError(
+                f"parameters differ across workers {where} (fingerprints disagree; "
+                f"largest absolute difference {gap:.3g})"
+            )
         verified += 1
 
     def save_checkpoint(directory: str) -> None:
@@ -291,10 +295,20 @@ def train_loop(loop_config: dict) -> None:
                 loss.backward()
                 window.compute_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                all_reduce_mean_grads(params, comm, world)
+                finite = all_reduce_mean_grads(params, comm, world)
                 window.comm_s += time.perf_counter() - t0
+                # The gradient is all-reduced, so every worker reaches the same verdict
+                # without another collective; nothing non-finite is ever applied or saved.
+                check_finite(finite, "loss gradient", am.method, global_step, epoch)
                 if global_rows:
                     optimizer.step()
+                    check_finite(
+                        bool(torch.isfinite(all_parameters()).all()),
+                        "parameters after the optimizer step",
+                        am.method,
+                        global_step,
+                        epoch,
+                    )
                 window.sums[0] += float(loss.detach()) * global_rows / world
             else:
                 t0 = time.perf_counter()
@@ -364,7 +378,8 @@ def train_loop(loop_config: dict) -> None:
                 epoch, step_in_epoch = epoch + 1, 0
                 epoch_sums.zero_()
             metrics["verified_steps"] = verified  # fingerprint checks so far (incl. step 0)
-            metrics["prototype_divergence"] = 0.0  # checked above; a mismatch raises
+            # Measured, not assumed: max |difference| of any parameter between workers.
+            metrics["prototype_divergence"] = parameter_divergence(comm, all_parameters())
             history.append(metrics)
             if last:
                 if objective is not None:
@@ -388,11 +403,34 @@ def train_loop(loop_config: dict) -> None:
         reader.close()
 
 
-def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> None:
+def parameter_divergence(comm: Comm, params: torch.Tensor) -> float:
+    """The largest absolute difference of any parameter between any two workers: the
+    elementwise max over workers minus the min (two MAX all-reduces). 0.0 on one worker."""
+    flat = params.detach().reshape(-1).float()
+    hi = comm.all_reduce(flat.clone(), "max", kind="verify")
+    neg_lo = comm.all_reduce(flat.neg(), "max", kind="verify")
+    return float((hi + neg_lo).max()) if flat.numel() else 0.0
+
+
+class TrainingDiverged(FloatingPointError):
+    """A step produced a non-finite gradient or parameter; training stops before applying
+    it, so every checkpoint already written holds finite values."""
+
+
+def check_finite(finite: bool, what: str, method: str, step: int, epoch: int) -> None:
+    if not finite:
+        raise TrainingDiverged(
+            f"{method}: non-finite {what} at step {step} (epoch {epoch}); training stopped, "
+            "the last checkpoint holds the last finite state (lower optim.lr or model.beta)"
+        )
+
+
+def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> bool:
     """Average every parameter's gradient over the workers in ONE flat all-reduce (what
-    DDP's buckets do, in one bucket: the models here are small)."""
+    DDP's buckets do, in one bucket: the models here are small). Returns whether the
+    averaged gradient is finite (the same answer on every worker)."""
     if not params:
-        return
+        return True
     flat = torch.cat(
         [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
     )
@@ -401,6 +439,7 @@ def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: i
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
+    return bool(torch.isfinite(flat).all())
 
 
 class _Window:

@@ -57,6 +57,8 @@ def _clam_schedule(n: int, k: int, epochs, batch_size, init_restarts) -> dict:
         "batch_size": (32 if small else 1024) if batch_size is None else batch_size,
         "rows_per_epoch": None if small or explicit else min(n, max(_SMALL_N, 64 * k)),
         "kmeans_restarts": (10 if small else 1) if init_restarts is None else init_restarts,
+        # Small data: k-means on every row (the paper's protocol); large: a bounded sample.
+        "init_per_centroid": None if small else 256,
     }
 
 

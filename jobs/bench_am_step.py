@@ -12,8 +12,12 @@ Two clocks: wall time and process CPU time. On a machine shared with other jobs 
 clock is the fairer one (time slices lost to other processes do not count); both ratios
 are printed and written.
 
-    python jobs/bench_am_step.py [--n 65536 --d 128 --k 256 --steps 10 --batch 2048
+    python jobs/bench_am_step.py [--n 65536 --d 128 --k 256 --steps 10 --batch 8192
                                   --repeats 5 --threads 1 --json bench_results/am_step.json]
+
+Which AM path runs follows from the batch: the direct step when batch x k fits one block
+(clam_dist.models.am.DEFAULT_BLOCK_ELEMS), the chunked flash-style path otherwise (e.g.
+--batch 8192 --k 4096); the table names it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from clam_dist.models.am import DEFAULT_BLOCK_ELEMS
 from clam_dist.models.clam import clam_loss, draw_mask
 
 BETA, ALPHA, MASK_RATIO = 0.05, 0.1, 0.2
@@ -108,7 +113,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--k", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-autograd epoch")
@@ -118,6 +123,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.n, args.d, generator=torch.Generator().manual_seed(2))
     flops = 12 * args.n * args.k * args.d * args.steps
+    path = "direct" if min(args.batch, args.n) * args.k <= DEFAULT_BLOCK_ELEMS else "chunked"
     variants = {"fused": make_epoch(x, args.k, args.steps, args.batch, fused=True)}
     if not args.no_baseline:
         variants["autograd"] = make_epoch(x, args.k, args.steps, args.batch, fused=False)
@@ -140,7 +146,7 @@ def main() -> None:
 
     print(
         f"n={args.n} d={args.d} k={args.k} T={args.steps} batch={args.batch} "
-        f"threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats} AM path={path} "
         f"({flops / 1e9:.0f} GFLOP per epoch)"
     )
     print(
@@ -161,6 +167,7 @@ def main() -> None:
             {
                 "args": vars(args),
                 "flop_per_epoch": flops,
+                "am_path": path,
                 "threads": torch.get_num_threads(),
                 "rounds": rounds,
                 "median": median,

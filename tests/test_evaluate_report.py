@@ -148,11 +148,16 @@ def test_report_files_exist_and_html_references_them(run):
     rep = run["root"] / "rep2"
     html = (rep / "index.html").read_text()
     pngs = ["cluster_sizes.png", "projection.png", "energy.png", "training.png"]
-    assert set(pngs + ["metrics.json", "index.html", "cluster_sizes.json"]) == set(res.files)
+    json_files = ["metrics.json", "cluster_sizes.json", "clusters.json"]
+    assert set(pngs + json_files + ["index.html"]) == set(res.files)
     for name in pngs:
         assert (rep / name).read_bytes()[:4] == b"\x89PNG" and (rep / name).stat().st_size > 2000
-        assert f'src="{name}"' in html
-    assert 'href="metrics.json"' in html
+    # every PNG the report ships is shown by the page, and every file it links exists
+    for png in rep.glob("*.png"):
+        assert f'src="{png.name}"' in html
+    for name in ("metrics.json", "clusters.json", "cluster_sizes.json"):
+        assert f'href="{name}"' in html
+    assert "<h2>Clusters</h2>" in html and "<h2>Model vs k-means baseline</h2>" in html
     on_disk = json.loads((rep / "metrics.json").read_text())  # strict JSON (no NaN)
     assert on_disk["rows"] == N and on_disk["silhouette_sample_size"] == 500
     assert sum(json.loads((rep / "cluster_sizes.json").read_text())) == N
@@ -228,3 +233,117 @@ def test_cli_config_file_and_errors(run, tmp_path, capsys):
     args = ["evaluate", "--config", str(cfg), "--report-dir", str(tmp_path / "r2")]
     assert main([*args, "--assignments", str(tmp_path / "none")]) == 2
     assert "IncompleteOutputError" in capsys.readouterr().err
+    other = str(run["root"] / "out")  # the same output listed again counts once
+    assert main([*args, "--partitions", other, "--no-kmeans-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert '"drift_partitions": 1' in out and "kmeans_baseline" not in out
+
+
+def _committed_rows(run) -> dict:
+    from clam_dist.assign.commit import iter_assignments
+
+    cols: dict = {"id": [], "cluster": [], "distance": [], "energy": []}
+    for batch in iter_assignments(str(run["root"] / "out"), None, columns=list(cols)):
+        for name in cols:
+            cols[name].append(batch.column(name).to_numpy(zero_copy_only=False))
+    return {name: np.concatenate(v) for name, v in cols.items()}
+
+
+def test_per_cluster_table_matches_a_full_sort(run):
+    res = run_evaluation(_config(run, report_dir=str(run["root"] / "rep3")))
+    table = json.loads((run["root"] / "rep3" / "clusters.json").read_text())
+    rows = _committed_rows(run)
+    assert [c["cluster"] for c in table] == list(range(K))
+    for c in table:
+        mine = rows["cluster"] == c["cluster"]
+        assert c["size"] == mine.sum()
+        d64, e64 = rows["distance"][mine].astype(np.float64), rows["energy"][mine]
+        assert c["mean_distance"] == pytest.approx(d64.mean(), rel=1e-9)
+        assert c["mean_energy"] == pytest.approx(e64.astype(np.float64).mean(), rel=1e-9)
+        nearest = rows["id"][mine][np.argsort(d64, kind="stable")[:3]]
+        assert c["nearest_ids"] == nearest.tolist()
+    html = (run["root"] / "rep3" / "index.html").read_text()
+    assert str(table[0]["nearest_ids"][0]) in html
+    assert res.metrics["rows"] == N
+
+
+def test_cluster_table_streamed_in_small_batches_equals_one_sort(rng):
+    from clam_dist.evaluate.per_cluster import ClusterTable
+
+    n, k = 2_000, 7
+    clusters = rng.integers(0, k, n)
+    clusters[clusters == 6] = 5  # an empty cluster
+    distances, energies = rng.random(n), rng.normal(size=n)
+    ids = np.array([f"row-{i}" for i in range(n)], dtype=object)
+    table = ClusterTable(k)
+    for r0 in range(0, n, 37):
+        sl = slice(r0, r0 + 37)
+        ids_in = pa.array(ids[sl]) if r0 % 2 else ids[sl]  # arrow and numpy ids alike
+        table.update(clusters[sl], distances[sl], ids_in, energies[sl])
+    for c in table.rows():
+        mine = clusters == c["cluster"]
+        assert c["size"] == mine.sum()
+        if not mine.any():
+            assert c["mean_distance"] is None and c["nearest_ids"] == []
+            continue
+        assert c["mean_distance"] == pytest.approx(distances[mine].mean(), rel=1e-12)
+        assert c["mean_energy"] == pytest.approx(energies[mine].mean(), rel=1e-12)
+        assert c["nearest_ids"] == ids[mine][np.argsort(distances[mine])[:3]].tolist()
+
+
+def test_kmeans_baseline_is_fitted_and_scored_on_the_same_sample(run):
+    from clam_dist.estimator import KMeans
+    from clam_dist.metrics import silhouette
+
+    m = run_evaluation(_config(run, report_dir=str(run["root"] / "rep4"))).metrics
+    sample = sample_rows(VectorSource(str(run["root"] / "in"), label_column="label"), 500, 1)
+    z = run["predictor"].to_model_space(np.array(sample.x, dtype=np.float32)).numpy()
+    found = KMeans(n_clusters=K, random_state=1).fit(z).labels_
+    assert m["kmeans_baseline_silhouette"] == pytest.approx(silhouette(z, found, 500), abs=1e-9)
+    assert m["kmeans_baseline_ari"] == pytest.approx(adjusted_rand_score(sample.labels, found))
+    clusters = run["predictor"].predict(sample.x)["cluster"]
+    assert m["sample_ari"] == pytest.approx(adjusted_rand_score(sample.labels, clusters))
+    assert m["kmeans_baseline_on"].startswith("sample (500 rows")
+    assert m["kmeans_baseline_ari"] > 0.5  # well-separated mixture: the baseline works
+    off = run_evaluation(
+        _config(run, report_dir=str(run["root"] / "rep5"), kmeans_baseline=False)
+    ).metrics
+    assert not any(key.startswith("kmeans_baseline") for key in off)
+    tiny = run_evaluation(_config(run, report_dir=str(run["root"] / "rep6"), sample_size=3))
+    assert "sample has 3 rows" in tiny.metrics["kmeans_baseline_note"]
+
+
+def _commit_copy(run, name: str, model: str, partition: str, share: float) -> str:
+    """Another committed output (the same rows) whose manifest says which model and
+    partition made it and what drift share it measured."""
+    from clam_dist.assign.commit import iter_assignments
+
+    prefix = OutputPrefix(str(run["root"] / name))
+    staging = prefix.prepare(False)
+    spath = prefix.staging_path(staging)
+    prefix.fs.makedirs(spath, exist_ok=True)
+    for i, batch in enumerate(iter_assignments(str(run["root"] / "out"), None)):
+        pq.write_table(pa.Table.from_batches([batch]), f"{spath}/b{i:03d}.parquet")
+    drift = {"share_above": share, "energy_p99": run["p99"], "rows": N}
+    manifest = {"k": K, "model": model, "partition": partition, "drift": drift}
+    prefix.commit(staging, N, manifest | {"columns": ["id", "cluster", "distance", "energy"]})
+    return str(run["root"] / name)
+
+
+def test_drift_over_partitions_of_one_model(run, tmp_path):
+    model = str(run["root"] / "model")
+    may = _commit_copy(run, "out-may", model, "2026-05", 0.012)
+    june = _commit_copy(run, "out-june", model, "2026-06", 0.31)
+    rep = tmp_path / "rep"
+    res = run_evaluation(_config(run, report_dir=str(rep), partitions=f"{may},{june}"))
+    assert res.metrics["drift_partitions"] == 3
+    parts = json.loads((rep / "partitions.json").read_text())
+    assert [p["partition"] for p in parts] == [None, "2026-05", "2026-06"]
+    assert [p["share_above"] for p in parts[1:]] == [0.012, 0.31]
+    html = (rep / "index.html").read_text()
+    assert "<h2>Drift by partition</h2>" in html and 'src="drift.png"' in html
+    assert (rep / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    other = _commit_copy(run, "out-other", str(tmp_path / "another-model"), "2026-07", 0.0)
+    with pytest.raises(DataError, match="out-other was assigned with model .*another-model"):
+        run_evaluation(_config(run, report_dir=str(tmp_path / "r2"), partitions=[other]))
+    assert not (tmp_path / "r2").exists()  # refused before any report file was written

@@ -24,13 +24,15 @@ _FLAG_FIELDS = (
     "sample_size",
     "seed",
     "title",
+    "partitions",
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Writes metrics.json, cluster_sizes.json, cluster_sizes.png, projection.png, "
-        "energy.png, training.png (when the model carries a loss history) and index.html."
+        "energy.png, training.png (when the model carries a loss history), clusters.json "
+        "(per-cluster table), partitions.json and drift.png (with --partitions) and index.html."
     )
     parser.add_argument(
         "--config", default=None, help="TOML/YAML/JSON file with EvaluateConfig fields"
@@ -73,6 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (0)")
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument(
+        "--partitions",
+        default=None,
+        help="comma-separated other committed outputs of the same model: the report shows "
+        "the drift share of each beside this one",
+    )
+    parser.add_argument(
+        "--no-kmeans-baseline",
+        dest="kmeans_baseline",
+        action="store_false",
+        default=None,
+        help="skip the k-means fit on the sample that the report compares the model with",
+    )
+    parser.add_argument(
         "--endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs"
     )
     parser.add_argument(
@@ -94,6 +109,8 @@ def config_from_args(args: argparse.Namespace):
             cols = [c.strip() for c in value.split(",") if c.strip()]
             value = cols[0] if len(cols) == 1 and any(ch in cols[0] for ch in "*?[") else cols
         overrides.append(f"{name}={json.dumps(value)}")
+    if args.kmeans_baseline is False:
+        overrides.append("kmeans_baseline=false")
     if args.endpoint_url:
         overrides.append(
             f"storage_options.client_kwargs.endpoint_url={json.dumps(args.endpoint_url)}"

@@ -23,12 +23,15 @@ from clam_dist.assign.commit import OutputPrefix, iter_assignments
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stats import sample_rows
+from clam_dist.evaluate.baseline import kmeans_baseline
 from clam_dist.evaluate.contingency import (
     Contingency,
     acc_from_table,
     ari_from_table,
     nmi_from_table,
 )
+from clam_dist.evaluate.partitions import drift_by_partition
+from clam_dist.evaluate.per_cluster import ClusterTable
 from clam_dist.metrics import ari, clustering_accuracy, nmi, silhouette
 from clam_dist.models.predictor import ClusterPredictor
 
@@ -45,6 +48,8 @@ class EvalConfig:
     seed: int = 0
     storage_options: dict | None = None
     label_column_in_output: str | None = None  # default: the source's label column name
+    kmeans_baseline: bool = True  # fit k-means on the sample and report it beside the model
+    partitions: list[str] = field(default_factory=list)  # other outputs of the same model
 
 
 @dataclass
@@ -56,9 +61,11 @@ class _Totals:
     energy_sum: float = 0.0
     energy_rows: int = 0
     energy_above_p99: int = 0
+    clusters: ClusterTable = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.sizes = np.zeros(self.k, dtype=np.int64)
+        self.clusters = ClusterTable(self.k)
 
 
 def _stream_pass(
@@ -85,13 +92,16 @@ def _stream_pass(
             )
         totals.rows += cl.size
         totals.sizes += np.bincount(cl, minlength=k)
-        totals.inertia += float(batch.column("distance").to_numpy().astype(np.float64).sum())
+        dist = batch.column("distance").to_numpy().astype(np.float64)
+        totals.inertia += float(dist.sum())
+        e = None
         if "energy" in batch.schema.names:
             e = batch.column("energy").to_numpy().astype(np.float64)
             totals.energy_sum += float(e.sum())
             totals.energy_rows += e.size
             if energy_p99 is not None:
                 totals.energy_above_p99 += int((e > energy_p99).sum())
+        totals.clusters.update(cl, dist, batch.column("id"), e)
         if table is not None:
             table.update(batch.column(label_col).to_numpy(zero_copy_only=False), cl)
         id_col = batch.column("id")
@@ -224,7 +234,17 @@ def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, di
     drift = manifest.get("drift") or {}
     if "note" in drift:
         metrics["drift_note"] = drift["note"]
+    if cfg.kmeans_baseline:
+        metrics.update(
+            kmeans_baseline(z, art.k, sample_clusters, sample.labels, art.metric, cfg.seed)
+        )
     lap("sample_metrics")
+    partitions = []
+    if cfg.partitions:
+        urls = [cfg.assignments] + [u for u in cfg.partitions if u != cfg.assignments]
+        partitions = drift_by_partition(urls, cfg.model, cfg.storage_options)
+        metrics["drift_partitions"] = len(partitions)
+        lap("partitions")
     plots = {
         "sizes": sizes,
         "sample_z": z,
@@ -232,5 +252,7 @@ def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, di
         "sample_energy": sample_energy if sample_energy is not None else pred["energy"],
         "energy_p99": energy_p99,
         "loss_history": art.meta.get("loss_history"),
+        "clusters": totals.clusters.rows(),
+        "partitions": partitions,
     }
     return metrics, plots

@@ -1,8 +1,12 @@
 """PNG plots and a small HTML page for a run's metrics (matplotlib, Agg backend).
 
-Files: metrics.json, cluster_sizes.png, projection.png (PCA of a sample coloured by
-cluster), energy.png (sampled AM energy, with the training 99th percentile when known),
-training.png (when a loss history exists) and index.html showing them all.
+Files: metrics.json, cluster_sizes.json, cluster_sizes.png, projection.png (PCA of a
+sample coloured by cluster), energy.png (sampled AM energy, with the training 99th
+percentile when known), training.png (when a loss history exists), clusters.json (per
+cluster: size, mean distance, mean energy, the ids of the rows nearest the prototype),
+partitions.json and drift.png (drift share per partition, when several outputs of the
+model were evaluated together) and index.html showing them all, with the per-cluster
+table and the model beside its k-means baseline on the same sample.
 """
 
 from __future__ import annotations
@@ -82,6 +86,96 @@ def _plot_training(history, path: Path) -> None:
     _save(fig, path)
 
 
+def _plot_drift(partitions: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(partitions) + 2), 3.5))
+    names = [str(p["partition"] or p["assignments"].rsplit("/", 1)[-1]) for p in partitions]
+    shares = [p["share_above"] if p["share_above"] is not None else 0.0 for p in partitions]
+    ax.bar(np.arange(len(names)), shares, color="#cc6677")
+    ax.axhline(0.01, color="#444444", linestyle="--", label="expected without drift (1%)")
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    ax.set(ylabel="share above training energy p99", title="Drift by partition")
+    ax.legend()
+    _save(fig, path)
+
+
+# The HTML table shows the largest clusters; clusters.json has every one.
+HTML_CLUSTER_ROWS = 50
+
+
+def _cluster_table(clusters: list[dict]) -> str:
+    largest = sorted(clusters, key=lambda c: -c["size"])[:HTML_CLUSTER_ROWS]
+    head = (
+        "<tr><th>cluster</th><th>rows</th><th>mean distance</th><th>mean energy</th>"
+        "<th>ids nearest the prototype</th></tr>"
+    )
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(v)}</td>"
+            for v in (
+                str(c["cluster"]),
+                str(c["size"]),
+                _fmt(c["mean_distance"]) if c["mean_distance"] is not None else "",
+                _fmt(c["mean_energy"]) if c["mean_energy"] is not None else "",
+                ", ".join(str(i) for i in c["nearest_ids"]),
+            )
+        )
+        + "</tr>"
+        for c in largest
+    )
+    more = (
+        f"<p>The {len(largest)} largest of {len(clusters)} clusters; all in "
+        '<a href="clusters.json">clusters.json</a>.</p>'
+        if len(clusters) > len(largest)
+        else '<p>Also in <a href="clusters.json">clusters.json</a>.</p>'
+    )
+    return f"<h2>Clusters</h2>\n<table>{head}\n{body}</table>\n{more}\n"
+
+
+def _baseline_table(metrics: dict) -> str:
+    if "kmeans_baseline_silhouette" not in metrics:
+        note = metrics.get("kmeans_baseline_note")
+        return f"<h2>k-means baseline</h2><p>{html.escape(note)}</p>\n" if note else ""
+    rows = [("Silhouette", metrics.get("silhouette"), metrics["kmeans_baseline_silhouette"])]
+    if "kmeans_baseline_nmi" in metrics:
+        rows += [
+            ("NMI", metrics["sample_nmi"], metrics["kmeans_baseline_nmi"]),
+            ("ARI", metrics["sample_ari"], metrics["kmeans_baseline_ari"]),
+        ]
+    body = "".join(
+        f"<tr><td>{name}</td><td>{html.escape(_fmt(a))}</td><td>{html.escape(_fmt(b))}</td></tr>"
+        for name, a, b in rows
+    )
+    return (
+        "<h2>Model vs k-means baseline</h2>\n"
+        f"<p>Both on the same {html.escape(metrics['kmeans_baseline_on'])}.</p>\n"
+        f"<table><tr><th></th><th>this model</th><th>k-means</th></tr>{body}</table>\n"
+    )
+
+
+def _partition_table(partitions: list[dict]) -> str:
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(v)}</td>"
+            for v in (
+                str(p["partition"] or ""),
+                p["assignments"],
+                str(p["rows"]),
+                _fmt(p["share_above"]) if p["share_above"] is not None else "not measured",
+            )
+        )
+        + "</tr>"
+        for p in partitions
+    )
+    return (
+        "<h2>Drift by partition</h2>\n<table><tr><th>partition</th><th>assignments</th>"
+        f"<th>rows</th><th>share above training energy p99</th></tr>{body}</table>\n"
+    )
+
+
 def _has_history(history) -> bool:
     if isinstance(history, dict):
         return any(len(v) for v in history.values())
@@ -134,6 +228,16 @@ def _write_files(out: Path, metrics: dict, plots: dict, title: str) -> list[str]
     if _has_history(plots.get("loss_history")):
         _plot_training(plots["loss_history"], out / "training.png")
         figures.append(("training.png", "Training curve"))
+    clusters = plots.get("clusters") or []
+    partitions = plots.get("partitions") or []
+    if clusters:
+        (out / "clusters.json").write_text(json.dumps(_jsonable(clusters), indent=1))
+        written.append("clusters.json")
+    if partitions:
+        (out / "partitions.json").write_text(json.dumps(_jsonable(partitions), indent=2))
+        written.append("partitions.json")
+        _plot_drift(partitions, out / "drift.png")
+        figures.append(("drift.png", "Share of rows above the training energy p99, per partition"))
     written += [name for name, _ in figures]
 
     rows = "\n".join(
@@ -151,7 +255,10 @@ def _write_files(out: Path, metrics: dict, plots: dict, title: str) -> list[str]
         "<style>body{font-family:sans-serif;margin:2em}td{padding:2px 10px}"
         "figure{display:inline-block;margin:1em}</style></head>\n"
         f"<body><h1>{html.escape(title)}</h1>\n<h2>Metrics</h2>\n<table>{rows}</table>\n"
-        f"<h2>Plots</h2>\n{images}\n"
+        + _baseline_table(metrics)
+        + (_cluster_table(clusters) if clusters else "")
+        + (_partition_table(partitions) if partitions else "")
+        + f"<h2>Plots</h2>\n{images}\n"
         '<p>All numbers: <a href="metrics.json">metrics.json</a>; sizes: '
         '<a href="cluster_sizes.json">cluster_sizes.json</a>.</p>\n</body></html>\n'
     )

@@ -31,6 +31,9 @@ class EvaluateConfig:
     seed: int = 0
     storage_options: dict | None = None
     title: str = "clam-dist run"
+    kmeans_baseline: bool = True  # k-means fitted on the sample, reported beside the model
+    # Other committed outputs of the same model (e.g. later partitions): drift share of each
+    partitions: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("input", "assignments", "model", "report_dir"):
@@ -41,6 +44,9 @@ class EvaluateConfig:
             raise ConfigError(f"sample_size: expected an integer >= 2, got {self.sample_size}")
         if self.vector_column is not None and self.feature_columns is not None:
             raise ConfigError("vector_column and feature_columns: give one, not both")
+        if isinstance(self.partitions, str):
+            self.partitions = [p.strip() for p in self.partitions.split(",") if p.strip()]
+        self.partitions = [absolute(p) for p in self.partitions or []]
 
     def source(self) -> VectorSource:
         return VectorSource.from_config(self.input, self)
@@ -79,6 +85,8 @@ def run_evaluation(config: EvaluateConfig) -> EvalResult:
             config.sample_size,
             config.seed,
             config.storage_options,
+            kmeans_baseline=config.kmeans_baseline,
+            partitions=config.partitions,
         ),
         timings=timings,
     )

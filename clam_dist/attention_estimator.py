@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from clam_dist.dcam_estimator import check_n_clusters
+from clam_dist.estimator_base import PrototypeEstimator
 from clam_dist.models.attention import (
     SCORES,
     attention_assign,
@@ -21,7 +20,7 @@ from clam_dist.models.kmeans import kmeans_plus_plus
 INITS = ("kmeans++", "random")
 
 
-class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
+class AttentionClustering(PrototypeEstimator):
     """Attention layer with ``n_clusters`` heads whose vectors mu_h are the clusters.
 
     For a row x the layer outputs sum_h softmax_h(s(x, mu_h)) mu_h with scores
@@ -36,7 +35,41 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     ``score_samples`` gives the per-row negative reconstruction error, ``score`` its mean.
     (The score function is named ``similarity``, not ``score``: scikit-learn reserves
     ``score`` for the method, and a parameter of that name would shadow it.)
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of heads (clusters).
+    similarity : {"distance", "dot"}, default="distance"
+        Score between a row and a head.
+    beta : float or None, default=None
+        Inverse temperature of the attention softmax; None derives it from the data.
+    init : {"kmeans++", "random"}, default="kmeans++"
+    lr : float, default=0.05
+        Adam learning rate.
+    epochs : int, default=30
+    batch_size : int, default=64
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        The trained heads mu_h.
+    labels_ : ndarray of shape (n_samples,)
+        Head with the highest attention weight for each training row.
+    beta_ : float
+    loss_history_ : list of float
+        Reconstruction risk per epoch.
+    best_epoch_ : int
+        Epoch whose heads were kept.
+    n_iter_ : int
+        Epochs run.
+    n_nonempty_ : int
+        Heads that win at least one training row.
+    n_features_in_ : int
     """
+
+    method = "attention"
 
     def __init__(
         self,
@@ -59,18 +92,9 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
 
-    def _check_x(self, X, reset: bool) -> np.ndarray:
-        return validate_data(
-            self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
-        )
-
-    @staticmethod
-    def _tensor(X) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
-
     def fit(self, X, y=None) -> AttentionClustering:
         X = self._check_x(X, reset=True)
-        check_n_clusters(self.n_clusters, X.shape[0])
+        self._check_n_clusters(X.shape[0])
         if self.similarity not in SCORES:
             raise ValueError(f"similarity must be one of {SCORES}, got {self.similarity!r}")
         if self.init not in INITS:
@@ -78,9 +102,7 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.beta is not None:
             check_beta(self.beta)
         x = self._tensor(X)
-        gen = torch.Generator().manual_seed(
-            int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        )
+        gen = torch.Generator().manual_seed(self._seed())
         k = int(self.n_clusters)
         if self.init == "kmeans++":
             mu0 = kmeans_plus_plus(x, k, gen)
@@ -107,9 +129,6 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.similarity
         ).numpy()
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
-
     def transform(self, X) -> np.ndarray:
         """Attention weights over the heads (soft assignment), shape (n_samples, n_clusters)."""
         check_is_fitted(self, "cluster_centers_")
@@ -135,25 +154,13 @@ class AttentionClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         """Mean of ``score_samples``: minus the reconstruction risk (higher = better)."""
         return float(self.score_samples(X).mean())
 
-    def to_artifact(self, scaler_mean=None, scaler_scale=None, meta: dict | None = None):
-        """The fitted heads as a ``ModelArtifact`` (method 'attention'; meta['score'] is
-        the ``similarity``, the name the predictor reads)."""
-        from clam_dist.artifacts import ModelArtifact
-
-        check_is_fitted(self, "cluster_centers_")
-        return ModelArtifact(
-            method="attention",
-            prototypes=self.cluster_centers_,
-            n_features=int(self.n_features_in_),
-            beta=self.beta_,
-            alpha=1.0,  # the distance-score layer is one AM step with alpha = 1
-            steps=1,
-            metric="euclidean",
-            scaler_mean=scaler_mean,
-            scaler_scale=scaler_scale,
-            meta=dict(
-                meta or {},
-                score=self.similarity,
-                params={k: v for k, v in self.get_params().items() if k != "random_state"},
-            ),
-        )
+    def _artifact_fields(self) -> dict:
+        # The distance-score layer is one AM step with alpha = 1; meta['score'] is the
+        # similarity, the name the predictor reads.
+        return {
+            "beta": self.beta_,
+            "alpha": 1.0,
+            "steps": 1,
+            "metric": "euclidean",
+            "meta": {"score": self.similarity},
+        }

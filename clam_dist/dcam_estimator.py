@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from clam_dist.estimator_base import PrototypeEstimator
 from clam_dist.models.am import check_dynamics
 from clam_dist.models.clam import FILL_VALUES, MaskSpec
 from clam_dist.models.dcam import (
@@ -19,18 +19,7 @@ from clam_dist.models.dcam import (
 )
 
 
-def check_n_clusters(n_clusters, n_samples: int) -> None:
-    if (
-        not isinstance(n_clusters, (int, np.integer))
-        or isinstance(n_clusters, bool)
-        or n_clusters < 1
-    ):
-        raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
-    if n_samples < n_clusters:
-        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
-
-
-class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
+class DCAM(PrototypeEstimator):
     """Deep clustering with associative memories.
 
     An autoencoder ("mlp" for tabular rows and embeddings, "conv" for images given as flat
@@ -44,7 +33,65 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
     Inputs are standardised per feature (``standardize=True``) before the encoder.
     ``transform`` returns the latent representation; ``predict`` the cluster after T AM
     steps in latent space.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of prototypes in latent space.
+    encoder : {"mlp", "conv"}, default="mlp"
+    latent_dim : int, default=10
+    hidden : tuple of int or None, default=None
+        Hidden widths (mlp) or channels (conv); None: (128, 64) / (16, 32).
+    image_shape : (C, H, W) or None, default=None
+        Shape of each flattened row for the conv encoder.
+    beta : float or None, default=None
+        AM inverse temperature; None derives it from the pretrained latent space.
+    alpha : float, default=0.1
+    steps : int, default=10
+        AM steps T.
+    metric : {"euclidean", "spherical"}, default="euclidean"
+    masked : bool, default=True
+    mask_ratio : float, default=0.2
+    fill : {"mean", "min", "max", "zero"}, default="mean"
+    shared_mask_every : int, default=3
+    pretrain_epochs : int, default=40
+        Autoencoder-only epochs before the joint loss.
+    epochs : int, default=20
+        Joint (AM + reconstruction) epochs.
+    batch_size : int, default=64
+    lr : float, default=1e-3
+    recon_weight : float, default=1.0
+        Weight of the plain reconstruction term in the joint loss.
+    recon_tolerance : float, default=0.10
+        Allowed relative rise of the reconstruction loss over its pretrained value.
+    recon_bound : {"select", "stop", "none"}, default="select"
+    standardize : bool, default=True
+        Standardise features before the encoder.
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, latent_dim)
+        Prototypes in latent space.
+    labels_ : ndarray of shape (n_samples,)
+    model_ : torch.nn.Module
+        The trained autoencoder and prototypes.
+    encoder_spec_ : EncoderSpec
+    beta_ : float
+    scaler_mean_, scaler_scale_ : ndarray of shape (n_features,) or None
+    history_, pretrain_history_ : list of dict
+        Per-epoch losses of the joint and the pretraining phase.
+    best_epoch_ : int
+    stopped_early_ : bool
+    recon_pretrained_, recon_ratio_ : float
+        Reconstruction loss after pretraining, and the kept epoch's ratio to it.
+    n_iter_ : int
+        Joint epochs run.
+    n_nonempty_ : int
+    n_features_in_ : int
     """
+
+    method = "dcam"
 
     def __init__(
         self,
@@ -144,7 +191,7 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None) -> DCAM:
         X = self._check_x(X, reset=True)
-        check_n_clusters(self.n_clusters, X.shape[0])
+        self._check_n_clusters(X.shape[0])
         if self.beta is not None:
             check_dynamics(self.beta, self.alpha, self.steps)
         if self.fill not in FILL_VALUES:
@@ -180,7 +227,7 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
             recon_weight=self.recon_weight,
             recon_tolerance=self.recon_tolerance,
             recon_bound=self.recon_bound,
-            seed=int(check_random_state(self.random_state).randint(0, 2**31 - 1)),
+            seed=self._seed(),
         )
         result = fit_dcam(self._scaled(X), config)
         self.model_ = result.model
@@ -194,6 +241,7 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
         self.stopped_early_ = result.stopped_early
         selected = next(h for h in result.history if h["epoch"] == result.best_epoch)
         self.recon_ratio_ = float(selected["recon_ratio"])
+        self.n_iter_ = len(result.history)
         self.labels_ = self.predict(X)
         self.n_nonempty_ = int(np.unique(self.labels_).size)
         return self
@@ -205,39 +253,26 @@ class DCAM(ClusterMixin, TransformerMixin, BaseEstimator):
         labels, _ = dcam_assign(self.model_, self._scaled(X))
         return labels.numpy()
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
-
     def transform(self, X) -> np.ndarray:
         """The latent representation f(x), shape (n_samples, latent_dim)."""
         check_is_fitted(self, "model_")
         X = self._check_x(X, reset=False)
         return encode(self.model_, self._scaled(X)).numpy()
 
-    def to_artifact(self, meta: dict | None = None):
-        """The fitted model as a ``ModelArtifact``: prototypes in latent space, the
-        standardisation, encoder weights ('encoder.*') and architecture (meta['encoder'])."""
-        from clam_dist.artifacts import ModelArtifact
-
-        check_is_fitted(self, "model_")
-        params = {k: v for k, v in self.get_params().items() if k != "random_state"}
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-        return ModelArtifact(
-            method="dcam",
-            prototypes=self.cluster_centers_,
-            n_features=int(self.n_features_in_),
-            beta=self.beta_,
-            alpha=float(self.alpha),
-            steps=int(self.steps),
-            metric=self.metric,
-            scaler_mean=self.scaler_mean_,
-            scaler_scale=self.scaler_scale_,
-            tensors=encoder_tensors(self.model_),
-            meta=dict(
-                meta or {},
-                encoder=self.encoder_spec_.to_json(),
-                params=params,
-                recon_pretrained=self.recon_pretrained_,
-                recon_ratio=self.recon_ratio_,
-            ),
-        )
+    def _artifact_fields(self) -> dict:
+        # Prototypes in latent space; the encoder weights ('encoder.*') and architecture
+        # (meta['encoder']) travel with them, and the estimator's own standardisation.
+        return {
+            "beta": self.beta_,
+            "alpha": float(self.alpha),
+            "steps": int(self.steps),
+            "metric": self.metric,
+            "tensors": encoder_tensors(self.model_),
+            "scaler_mean": self.scaler_mean_,
+            "scaler_scale": self.scaler_scale_,
+            "meta": {
+                "encoder": self.encoder_spec_.to_json(),
+                "recon_pretrained": self.recon_pretrained_,
+                "recon_ratio": self.recon_ratio_,
+            },
+        }

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from clam_dist.estimator_base import PrototypeEstimator
 from clam_dist.models.am import (
     METRICS,
     assign,
@@ -22,22 +22,6 @@ from clam_dist.models.am import (
 from clam_dist.models.clam import FILL_VALUES, AMParams, MaskSpec
 from clam_dist.models.clam_fit import ClAMConfig, fit_clam
 from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus, minibatch_kmeans
-
-
-def _seed(random_state) -> int:
-    return int(check_random_state(random_state).randint(0, 2**31 - 1))
-
-
-def _validate_n_clusters(n_clusters, n_samples: int) -> None:
-    if (
-        not isinstance(n_clusters, (int, np.integer))
-        or isinstance(n_clusters, bool)
-        or n_clusters < 1
-    ):
-        raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
-    if n_samples < n_clusters:
-        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
-
 
 # Up to this many rows ClAM keeps the paper's schedule (15 epochs, batches of 32).
 _SMALL_N = 10_000
@@ -62,18 +46,8 @@ def _clam_schedule(n: int, k: int, epochs, batch_size, init_restarts) -> dict:
     }
 
 
-class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
-    """Shared predict/transform for estimators whose state is a set of prototypes."""
-
-    def _check_x(self, X, reset: bool) -> np.ndarray:
-        # validate_data rejects NaN/inf, non-numeric and empty input with clear messages,
-        # and on predict checks the number of features against n_features_in_.
-        return validate_data(
-            self, X, reset=reset, dtype=[np.float32, np.float64], ensure_min_samples=1
-        )
-
-    def _tensor(self, X) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))
+class _PrototypeClusterer(PrototypeEstimator):
+    """Euclidean distances to the prototypes as the transform (KMeans and ClAM)."""
 
     def transform(self, X) -> np.ndarray:
         """Euclidean distances to every cluster centre, shape (n_samples, n_clusters)."""
@@ -85,31 +59,6 @@ class _PrototypeClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             x, c = normalize_rows(x), normalize_rows(c)
         return torch.cdist(x.double(), c.double()).numpy()
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
-
-    def to_artifact(self, scaler_mean=None, scaler_scale=None, meta: dict | None = None):
-        """The fitted model as a ``ModelArtifact`` (save it with ``save_artifact``)."""
-        from clam_dist.artifacts import ModelArtifact
-
-        check_is_fitted(self, "cluster_centers_")
-        is_clam = isinstance(self, ClAM)
-        return ModelArtifact(
-            method="clam" if is_clam else "kmeans",
-            prototypes=self.cluster_centers_,
-            n_features=int(self.n_features_in_),
-            beta=self.beta_ if is_clam else 1.0,
-            alpha=self.alpha if is_clam else 1.0,
-            steps=self.steps if is_clam else 0,
-            metric=self.metric,
-            scaler_mean=scaler_mean,
-            scaler_scale=scaler_scale,
-            meta=dict(
-                meta or {},
-                params={k: v for k, v in self.get_params().items() if k != "random_state"},
-            ),
-        )
-
 
 class KMeans(_PrototypeClusterer):
     """k-means in torch: k-means++ seeding, then Lloyd (``algorithm='lloyd'``) or
@@ -119,7 +68,43 @@ class KMeans(_PrototypeClusterer):
     ``sample_per_centroid * n_clusters`` rows (None = all rows), ``n_init`` restarts
     compared on that sample, then Lloyd on all rows until the relative inertia change is
     below ``tol``. ``n_init`` defaults to 1, as scikit-learn's "auto" does for k-means++.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of centroids.
+    algorithm : {"lloyd", "minibatch"}, default="lloyd"
+        Full-batch Lloyd iterations or mini-batch updates.
+    n_init : int, default=1
+        Seedings tried; the lowest inertia wins.
+    max_iter : int, default=300
+        Most Lloyd iterations (or mini-batch epochs).
+    tol : float, default=1e-4
+        Stop when the relative change of inertia falls below this.
+    batch_size : int, default=1024
+        Rows per mini-batch update (``algorithm='minibatch'``).
+    metric : {"euclidean", "spherical"}, default="euclidean"
+        Spherical: rows and centroids compared as unit vectors.
+    sample_per_centroid : int or None, default=256
+        Seeding and first passes on at most this many rows per centroid; None = all rows.
+    random_state : int, RandomState or None
+        Seed of the seeding and sampling.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+    labels_ : ndarray of shape (n_samples,)
+        Nearest centroid of each training row.
+    inertia_ : float
+        Sum of squared distances of the training rows to their centroid.
+    n_iter_ : int
+        Iterations run.
+    n_nonempty_ : int
+        Centroids that own at least one training row.
+    n_features_in_ : int
     """
+
+    method = "kmeans"
 
     def __init__(
         self,
@@ -146,7 +131,7 @@ class KMeans(_PrototypeClusterer):
 
     def fit(self, X, y=None) -> KMeans:
         X = self._check_x(X, reset=True)
-        _validate_n_clusters(self.n_clusters, X.shape[0])
+        self._check_n_clusters(X.shape[0])
         if self.algorithm not in ("lloyd", "minibatch"):
             raise ValueError(f"algorithm must be 'lloyd' or 'minibatch', got {self.algorithm!r}")
         if self.metric not in METRICS:
@@ -154,7 +139,7 @@ class KMeans(_PrototypeClusterer):
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         x = self._tensor(X)
-        gen = torch.Generator().manual_seed(_seed(self.random_state))
+        gen = torch.Generator().manual_seed(self._seed())
         if self.algorithm == "lloyd":
             best = kmeans_fit(
                 x,
@@ -188,6 +173,9 @@ class KMeans(_PrototypeClusterer):
         )
         return idx[:, 0].numpy()
 
+    def _artifact_fields(self) -> dict:
+        return {"beta": 1.0, "alpha": 1.0, "steps": 0, "metric": self.metric}
+
     def score(self, X, y=None) -> float:
         """Negative inertia on X (higher is better, as scikit-learn)."""
         check_is_fitted(self, "cluster_centers_")
@@ -220,7 +208,60 @@ class ClAM(_PrototypeClusterer):
     a k-means fit, dominated by the final AM assignment of every row.
     ``score`` is the negative mean AM energy; ``inertia_`` is the k-means inertia of the
     prototypes (squared distance to the nearest one, summed).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of prototypes (memories).
+    beta : float or None, default=None
+        Inverse temperature of the AM softmax; None derives it from the data.
+    alpha : float, default=0.1
+        Step size of the AM dynamics, in (0, 1].
+    steps : int, default=10
+        AM steps T unrolled in training and run at prediction.
+    metric : {"euclidean", "spherical"}, default="euclidean"
+    mask_ratio : float, default=0.2
+        Share of coordinates hidden per row in the pattern-completion loss.
+    fill : {"mean", "min", "max", "zero"}, default="mean"
+        Value hidden coordinates start from.
+    shared_mask_every : int, default=3
+        Every this many epochs one mask is shared by the whole batch (0 = never).
+    masked : bool, default=True
+        False: the unmasked ablation (every coordinate evolves).
+    init : {"kmeans", "kmeans++", "gaussian"}, default="kmeans"
+        How prototypes start.
+    init_restarts : int or None, default=None
+        k-means restarts for ``init='kmeans'``; None chooses from n.
+    lr : float, default=0.01
+        Adam learning rate.
+    epochs, batch_size : int or None, default=None
+        Training schedule; None chooses from n (see above).
+    n_init : int, default=1
+        Full ClAM restarts, compared by their training loss.
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        The trained prototypes.
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training row (nearest prototype after T AM steps).
+    beta_ : float
+        The inverse temperature used.
+    loss_history_ : list of float
+        Training loss per epoch.
+    best_epoch_ : int
+        Epoch whose prototypes were kept.
+    inertia_ : float
+        k-means inertia of the prototypes on the training rows.
+    n_iter_ : int
+        Epochs run.
+    n_nonempty_ : int
+        Prototypes that own at least one training row.
+    n_features_in_ : int
     """
+
+    method = "clam"
 
     def __init__(
         self,
@@ -281,7 +322,7 @@ class ClAM(_PrototypeClusterer):
 
     def fit(self, X, y=None) -> ClAM:
         X = self._check_x(X, reset=True)
-        _validate_n_clusters(self.n_clusters, X.shape[0])
+        self._check_n_clusters(X.shape[0])
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         rs = check_random_state(self.random_state)
@@ -325,6 +366,9 @@ class ClAM(_PrototypeClusterer):
         X = self._check_x(X, reset=False)
         e = energy(self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.metric)
         return e.double().numpy()
+
+    def _artifact_fields(self) -> dict:
+        return {"beta": self.beta_, "alpha": self.alpha, "steps": self.steps, "metric": self.metric}
 
     def score(self, X, y=None) -> float:
         """Negative mean AM energy on X (higher is better)."""

@@ -5,8 +5,6 @@ loss within the reconstruction bound; artifacts carry the encoder."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from clam_dist.methods.spec import MethodSpec, TuneHooks
 
 
@@ -67,11 +65,6 @@ def _fit_on_sample(config, z):
         standardize=False,  # the sample is standardised by the caller, with global statistics
         random_state=config.seed,
     ).fit(z)
-
-
-def _artifact_from_estimator(est, mean, scale, meta):
-    # DCAM stores its own scaler; the pipeline's global one applies to its input.
-    return dataclasses.replace(est.to_artifact(meta=meta), scaler_mean=mean, scaler_scale=scale)
 
 
 def _encoder(artifact):
@@ -166,7 +159,6 @@ SPEC = MethodSpec(
     needs_sample_on_workers=True,
     config_sections=("dcam",),
     fit_on_sample=_fit_on_sample,
-    artifact_from_estimator=_artifact_from_estimator,
     estimator_history=lambda est: {"joint_history": est.history_},
     assignment_rule=lambda artifact: "am",
     encoder=_encoder,

@@ -185,6 +185,27 @@ def test_spherical_states_stay_on_the_sphere():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(50))
 
 
+@pytest.mark.parametrize("block", [am.DEFAULT_BLOCK_ELEMS, 7])
+def test_spherical_masked_dynamics_keep_visible_coordinates(small, block):
+    """With a mask, scores use the unit vector (cosine geometry) but the state is not
+    renormalised: the visible coordinates stay exactly where the normalised start put
+    them. Float64 reference: the plain masked step with the read-out of x / ||x||."""
+    x, protos = small
+    mask = draw_mask(
+        x.shape[0], x.shape[1], 0.5, False, torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    beta, alpha, steps = 2.0, 0.5, 6
+    start = torch.nn.functional.normalize(x, dim=1)
+    state = start.clone()
+    for _ in range(steps):
+        state = state + alpha * mask * (ref_readout(state, protos, beta, "spherical") - state)
+    out = am.am_evolve(x, protos, beta, alpha, steps, "spherical", mask=mask, block_elems=block)
+    torch.testing.assert_close(out, state, rtol=1e-10, atol=1e-10)
+    visible = mask == 0
+    assert torch.equal(out[visible], start[visible])
+    assert not torch.allclose(out[~visible], start[~visible])
+
+
 _BIG_K_SCRIPT = """
 import resource, torch
 from clam_dist.models import am

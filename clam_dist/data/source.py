@@ -4,7 +4,6 @@ read vectors, ids and labels out of its columns."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fnmatch
 import posixpath
@@ -251,9 +250,6 @@ class VectorSource:
         fields += ("storage_options", "nan_policy")
         found = {f: getattr(section, f) for f in fields if hasattr(section, f)}
         return cls(url, **{**found, **overrides})
-
-    def with_options(self, **changes) -> VectorSource:
-        return dataclasses.replace(self, **changes)
 
     def filesystem(self):
         first = self.url[0] if isinstance(self.url, list) else self.url

@@ -306,6 +306,8 @@ def _step(
     in so that T steps compute them once. Blocks that fit in ``block_elems`` take the
     fused single-step function; larger ones the chunked read-out.
     """
+    if metric == "spherical" and mask is not None:
+        return _spherical_masked_step(x, protos, beta, alpha, mask, block_elems)
     if x.shape[0] * protos.shape[0] <= block_elems:
         if bias is None:
             bias = _bias(protos, beta, metric)
@@ -318,6 +320,19 @@ def _step(
             update = update * mask
         x_next = x + alpha * update
     return normalize_rows(x_next) if metric == "spherical" else x_next
+
+
+def _spherical_masked_step(x, protos, beta, alpha, mask, block_elems) -> torch.Tensor:
+    """Masked step for the spherical metric: scores from the unit vector x / ||x|| (the
+    cosine geometry), but the state itself is not renormalised, because renormalising
+    the row would move the visible coordinates, which pattern completion keeps as given.
+    Visible coordinates come back bit for bit (lerp with weight 0)."""
+    x_hat = normalize_rows(x)
+    if x.shape[0] * protos.shape[0] <= block_elems:
+        readout = _DirectStep.apply(x_hat, protos, None, float(beta), 1.0)
+    else:
+        readout = attention_readout(x_hat, protos, beta, "spherical", block_elems)
+    return torch.lerp(x, readout, mask.to(x.dtype) * float(alpha))
 
 
 def am_evolve(

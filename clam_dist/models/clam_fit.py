@@ -40,7 +40,6 @@ class ClAMConfig:
     batch_size: int = 32
     plateau_factor: float = 0.8
     plateau_patience: int = 5
-    reseed_dead_every: int = 0  # epochs; 0 disables re-seeding of dead prototypes
     seed: int = 0
     # init="kmeans": best of this many k-means runs by inertia (the estimator uses 10; 1
     # here keeps the Ray Tune stepper, which seeds with one run, identical to this loop).
@@ -226,16 +225,6 @@ def fit_clam(
         sched.step(epoch_loss)
         if epoch_loss < best_loss:
             best_loss, best_epoch, best = epoch_loss, epoch, prototypes.detach().clone()
-        if (
-            config.reseed_dead_every
-            and (epoch + 1) % config.reseed_dead_every == 0
-            and epoch + 1 < config.epochs
-        ):
-            with torch.no_grad():
-                new, moved = reseed_dead_prototypes(x, prototypes.detach(), am, gen)
-                if moved:
-                    prototypes.copy_(new)
-                    n_reseeded += moved
     # Re-seed until every prototype owns a point: a moved prototype can still lose its
     # points to the dynamics, so repeat (bounded by k rounds).
     final, labels = best, None

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 
 from clam_dist.models.am import DEFAULT_BLOCK_ELEMS, attention_readout, nearest_prototypes
+from clam_dist.models.epochs import EpochStepper
 
 Score = Literal["dot", "distance"]
 SCORES: tuple[str, ...] = ("dot", "distance")
@@ -162,6 +163,30 @@ class AttentionFitResult:
     snapshots: list[torch.Tensor]  # mu after initialisation and after every epoch
 
 
+def attention_epochs(
+    layer: AttentionLayer,
+    x: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator | None,
+    plateau: tuple[float, int] | None = (0.8, 5),
+) -> EpochStepper:
+    """The reconstruction-risk epochs of a k-head layer (fit_attention and the Tune
+    trial): Adam on shuffled minibatches, reduce-on-plateau, lowest-loss heads kept."""
+    return EpochStepper(
+        list(layer.parameters()),
+        lambda rows, epoch: attention_loss(layer, rows),
+        x,
+        batch_size=batch_size,
+        lr=lr,
+        generator=generator,
+        snapshot=lambda: layer.mu.detach().clone(),
+        plateau=plateau,
+        name="attention",
+    )
+
+
 def fit_attention(
     x: torch.Tensor,
     mu0: torch.Tensor,
@@ -172,8 +197,10 @@ def fit_attention(
     batch_size: int = 64,
     generator: torch.Generator | None = None,
     keep_snapshots: bool = False,
+    plateau: tuple[float, int] | None = (0.8, 5),
 ) -> AttentionFitResult:
-    """Minimise E||x - layer(x)||^2 over shuffled minibatches with Adam.
+    """Minimise E||x - layer(x)||^2 over shuffled minibatches with Adam and
+    reduce-on-plateau (``plateau`` = (factor, patience), None for a constant rate).
 
     Returns the heads of the epoch with the lowest mean loss (an unsupervised choice).
     """
@@ -182,32 +209,17 @@ def fit_attention(
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     layer = AttentionLayer(mu0, beta, score)
-    optim = torch.optim.Adam(layer.parameters(), lr=lr)
-    n = x.shape[0]
-    history: list[float] = []
+    stepper = attention_epochs(
+        layer, x, lr=lr, batch_size=batch_size, generator=generator, plateau=plateau
+    )
     snapshots = [layer.mu.detach().clone()] if keep_snapshots else []
-    best_loss, best_epoch, best = float("inf"), 0, layer.mu.detach().clone()
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
-        for b0 in range(0, n, batch_size):
-            xb = x[perm[b0 : b0 + batch_size]]
-            loss = attention_loss(layer, xb)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total += float(loss.detach()) * xb.shape[0]
-        epoch_loss = total / n
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(
-                f"attention loss became {epoch_loss} at epoch {epoch}; lower lr or beta"
-            )
-        history.append(epoch_loss)
+    for _ in range(epochs):
+        stepper.step()
         if keep_snapshots:
             snapshots.append(layer.mu.detach().clone())
-        if epoch_loss < best_loss:
-            best_loss, best_epoch, best = epoch_loss, epoch, layer.mu.detach().clone()
-    return AttentionFitResult(best, float(beta), history, best_epoch, snapshots)
+    return AttentionFitResult(
+        stepper.best, float(beta), stepper.history, stepper.best_epoch, snapshots
+    )
 
 
 # ---------------------------------------------------------------------------------------

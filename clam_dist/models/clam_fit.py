@@ -19,6 +19,7 @@ from clam_dist.models.clam import (
     draw_mask,
     fill_vector,
 )
+from clam_dist.models.epochs import EpochStepper
 from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus
 
 Init = Literal["kmeans", "kmeans++", "gaussian"]
@@ -156,6 +157,50 @@ def reseed_dead_prototypes(
     return (new, moved, labels) if return_labels else (new, moved)
 
 
+def clam_epochs(
+    x: torch.Tensor,
+    prototypes: torch.nn.Parameter,
+    am: AMParams,
+    mask: MaskSpec | None,
+    fill: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    plateau: tuple[float, int] | None = (0.8, 5),
+    rows_per_epoch: int | None = None,
+) -> EpochStepper:
+    """ClAM's epochs (fit_clam and the Tune trial): the masked pattern-completion loss of
+    each batch (``mask=None`` or ratio 0: the unmasked ablation), masks drawn from
+    ``generator`` batch by batch, shared by the batch on the MaskSpec's epochs. Shared-mask
+    epochs are compared only with each other (unless every epoch shares its mask)."""
+    d = x.shape[1]
+    use_mask = mask is not None and mask.ratio > 0
+
+    def batch_loss(rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        m = None
+        if use_mask:
+            m = draw_mask(rows.shape[0], d, mask.ratio, mask.shared_for_epoch(epoch), generator)
+        return clam_loss(rows, prototypes, am.beta, am.alpha, am.steps, am.metric, m, fill)
+
+    def comparable(epoch: int) -> bool:
+        return not use_mask or mask.shared_every == 1 or not mask.shared_for_epoch(epoch)
+
+    return EpochStepper(
+        [prototypes],
+        batch_loss,
+        x,
+        batch_size=batch_size,
+        lr=lr,
+        generator=generator,
+        snapshot=lambda: prototypes.detach().clone(),
+        plateau=plateau,
+        rows_per_epoch=rows_per_epoch,
+        comparable=comparable,
+        name="ClAM",
+    )
+
+
 def fit_clam(
     x: np.ndarray | torch.Tensor,
     config: ClAMConfig,
@@ -193,38 +238,22 @@ def fit_clam(
     fill = fill_vector(stats.get("mean"), stats.get("min"), stats.get("max"), config.mask.fill, d)
 
     prototypes = torch.nn.Parameter(protos0.clone().float())
-    optim = torch.optim.Adam([prototypes], lr=config.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optim, factor=config.plateau_factor, patience=config.plateau_patience
+    stepper = clam_epochs(
+        x,
+        prototypes,
+        am,
+        config.mask if config.masked else None,
+        fill,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        generator=gen,
+        plateau=(config.plateau_factor, config.plateau_patience),
+        rows_per_epoch=config.rows_per_epoch,
     )
-    use_mask = config.masked and config.mask.ratio > 0
-    best_loss, best_epoch, best = float("inf"), 0, prototypes.detach().clone()
-    history: list[float] = []
+    for _ in range(config.epochs):
+        stepper.step()
+    history, best_epoch, best = stepper.history, stepper.best_epoch, stepper.best
     n_reseeded = 0
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=gen)
-        if config.rows_per_epoch is not None:
-            perm = perm[: config.rows_per_epoch]
-        seen = perm.numel()
-        shared = config.mask.shared_for_epoch(epoch)
-        total = 0.0
-        for b0 in range(0, seen, config.batch_size):
-            xb = x[perm[b0 : b0 + config.batch_size]]
-            mask = draw_mask(xb.shape[0], d, config.mask.ratio, shared, gen) if use_mask else None
-            loss = clam_loss(xb, prototypes, am.beta, am.alpha, am.steps, am.metric, mask, fill)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total += float(loss.detach()) * xb.shape[0]
-        epoch_loss = total / seen
-        if not np.isfinite(epoch_loss):
-            raise FloatingPointError(
-                f"ClAM loss became {epoch_loss} at epoch {epoch}; lower lr or beta"
-            )
-        history.append(epoch_loss)
-        sched.step(epoch_loss)
-        if epoch_loss < best_loss:
-            best_loss, best_epoch, best = epoch_loss, epoch, prototypes.detach().clone()
     # Re-seed until every prototype owns a point: a moved prototype can still lose its
     # points to the dynamics, so repeat (bounded by k rounds).
     final, labels = best, None

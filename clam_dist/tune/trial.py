@@ -1,11 +1,11 @@
 """One tuning trial without Ray: ClAM trained epoch by epoch on an in-memory sample, scored
 after every epoch so an early-stopping scheduler can cut it short.
 
-The optimisation is the in-memory fit's (``clam_dist.models.clam_fit``): k-means init,
-data-derived beta times the trial's scale, Adam + reduce-on-plateau, best-epoch prototypes,
-dead prototypes re-seeded before scoring. It is written as a stepper here because the
-scheduler needs a score after every epoch, which ``fit_clam`` (one call, whole run) does
-not expose.
+The optimisation is the in-memory fit's own epoch stepper (``clam_fit.clam_epochs``):
+k-means init, data-derived beta times the trial's scale, Adam + reduce-on-plateau,
+best-epoch prototypes (shared-mask epochs compared only with each other), dead
+prototypes re-seeded before scoring; the trial adds a score after every epoch for the
+early-stopping scheduler.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ import torch
 
 from clam_dist.metrics import silhouette
 from clam_dist.models.am import assign
-from clam_dist.models.clam import AMParams, beta_from_data, clam_loss, draw_mask, fill_vector
-from clam_dist.models.clam_fit import init_prototypes, reseed_dead_prototypes
+from clam_dist.models.clam import (
+    AMParams,
+    MaskSpec,
+    beta_from_data,
+    clam_loss,
+    draw_mask,
+    fill_vector,
+)
+from clam_dist.models.clam_fit import clam_epochs, init_prototypes, reseed_dead_prototypes
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,17 @@ class ClAMTrial:
         stats = (self.x.mean(0), self.x.min(0).values, self.x.max(0).values)
         self.fill = fill_vector(*stats, params.fill, d)
         self.prototypes = torch.nn.Parameter(protos0.clone())
-        self.optim = torch.optim.Adam([self.prototypes], lr=params.lr)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optim, factor=params.plateau_factor, patience=params.plateau_patience
+        self.stepper = clam_epochs(
+            self.x,
+            self.prototypes,
+            self.am,
+            MaskSpec(ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every),
+            self.fill,
+            lr=params.lr,
+            batch_size=params.batch_size,
+            generator=self.gen,
+            plateau=(params.plateau_factor, params.plateau_patience),
         )
-        self.epoch = 0
-        self.best_loss, self.best = float("inf"), protos0.clone()
         hold = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
         g = torch.Generator().manual_seed(data.holdout_mask_seed)
         self.holdout = hold
@@ -101,34 +113,16 @@ class ClAMTrial:
             draw_mask(hold.shape[0], d, params.mask_ratio, False, g) if hold.shape[0] else None
         )
 
+    @property
+    def epoch(self) -> int:
+        return self.stepper.epoch
+
+    @property
+    def best(self) -> torch.Tensor:
+        return self.stepper.best
+
     def step(self) -> dict:
-        p, x = self.p, self.x
-        n, d = x.shape
-        perm = torch.randperm(n, generator=self.gen)
-        shared = p.shared_every > 0 and (self.epoch + 1) % p.shared_every == 0
-        total = 0.0
-        for b0 in range(0, n, p.batch_size):
-            xb = x[perm[b0 : b0 + p.batch_size]]
-            mask = (
-                draw_mask(xb.shape[0], d, p.mask_ratio, shared, self.gen)
-                if p.mask_ratio > 0
-                else None
-            )
-            am = self.am
-            loss = clam_loss(
-                xb, self.prototypes, am.beta, am.alpha, am.steps, am.metric, mask, self.fill
-            )
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
-            total += float(loss.detach()) * xb.shape[0]
-        epoch_loss = total / n
-        if not np.isfinite(epoch_loss):
-            raise FloatingPointError(f"ClAM loss became {epoch_loss} at epoch {self.epoch}")
-        self.sched.step(epoch_loss)
-        if epoch_loss < self.best_loss:
-            self.best_loss, self.best = epoch_loss, self.prototypes.detach().clone()
-        self.epoch += 1
+        epoch_loss = self.stepper.step()
         return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
 
     @torch.no_grad()

@@ -1,10 +1,10 @@
 """One attention-clustering tuning trial without Ray: k heads trained epoch by epoch on the
 reconstruction risk, scored after every epoch so ASHA can cut it short.
 
-The optimisation is ``fit_attention``'s (Adam on shuffled minibatches, the heads of the
-lowest-loss epoch kept) started the way the training job starts it (k-means++ refined by
-Lloyd, beta = scale x ``beta_from_data`` on those heads), plus the training job's
-reduce-on-plateau schedule, which leaves the first ``plateau_patience`` epochs unchanged.
+The optimisation is ``fit_attention``'s own epoch stepper (``attention_epochs``: Adam on
+shuffled minibatches, reduce-on-plateau, the heads of the lowest-loss epoch kept) started
+the way the training job starts it (k-means++ refined by Lloyd, beta = scale x
+``beta_from_data`` on those heads).
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from clam_dist.metrics import silhouette
-from clam_dist.models.attention import AttentionLayer, attention_assign, attention_loss
+from clam_dist.models.attention import (
+    AttentionLayer,
+    attention_assign,
+    attention_epochs,
+    attention_loss,
+)
 from clam_dist.models.clam import beta_from_data
 from clam_dist.models.clam_fit import init_prototypes
 from clam_dist.tune.trial import TrialData
@@ -52,33 +57,26 @@ class AttentionTrial:
         self.beta_default = beta_from_data(self.x, mu0, "euclidean")
         self.beta = params.beta_scale * self.beta_default
         self.layer = AttentionLayer(mu0, self.beta, params.similarity)
-        self.optim = torch.optim.Adam(self.layer.parameters(), lr=params.lr)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optim, factor=params.plateau_factor, patience=params.plateau_patience
+        self.stepper = attention_epochs(
+            self.layer,
+            self.x,
+            lr=params.lr,
+            batch_size=params.batch_size,
+            generator=self.gen,
+            plateau=(params.plateau_factor, params.plateau_patience),
         )
-        self.epoch = 0
-        self.best_loss, self.best = float("inf"), mu0.clone()
         self.holdout = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
 
+    @property
+    def epoch(self) -> int:
+        return self.stepper.epoch
+
+    @property
+    def best(self) -> torch.Tensor:
+        return self.stepper.best
+
     def step(self) -> dict:
-        x, bs = self.x, self.p.batch_size
-        n = x.shape[0]
-        perm = torch.randperm(n, generator=self.gen)
-        total = 0.0
-        for b0 in range(0, n, bs):
-            xb = x[perm[b0 : b0 + bs]]
-            loss = attention_loss(self.layer, xb)
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
-            total += float(loss.detach()) * xb.shape[0]
-        epoch_loss = total / n
-        if not np.isfinite(epoch_loss):
-            raise FloatingPointError(f"attention loss became {epoch_loss} at epoch {self.epoch}")
-        self.sched.step(epoch_loss)
-        if epoch_loss < self.best_loss:
-            self.best_loss, self.best = epoch_loss, self.layer.mu.detach().clone()
-        self.epoch += 1
+        epoch_loss = self.stepper.step()
         return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ end (rows), and meanwhile the elapsed time.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -98,13 +99,15 @@ class Console:
                 from tqdm import tqdm
 
                 self._bar = tqdm(
+                    **self._width(),
                     total=total,
                     desc=f"{name:8s}",
                     unit=f" {unit}",
                     unit_scale=True,
                     file=self.out,
-                    dynamic_ncols=True,
                     leave=True,
+                    # nothing to count yet: the elapsed time, not "0 rows [?/s]"
+                    bar_format=None if total else "{desc}: {elapsed}{postfix}",
                     # the ticker thread redraws; tqdm's own monitor thread is not needed
                     mininterval=0.2,
                 )
@@ -168,10 +171,23 @@ class Console:
         self.line(f"[{name}] skipped (finished by an earlier run)")
 
     # -- internals --------------------------------------------------------------------
+    def _width(self) -> dict:
+        """Follow the terminal's size; a terminal that reports none (a fresh pseudo-
+        terminal, some CI consoles) gets 100x24: tqdm would draw an empty bar, or hide it
+        as below a screen of 0 rows."""
+        try:
+            size = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError, AttributeError):
+            size = os.terminal_size((0, 0))
+        if size.columns > 0 and size.lines > 0:
+            return {"dynamic_ncols": True}
+        return {"ncols": size.columns or 100, "nrows": size.lines or 24}
+
     def _draw_bar(self, st: StageState, final: bool = False) -> None:
         bar = self._bar
         if st.total is not None and bar.total != st.total:
             bar.total = st.total
+            bar.bar_format = None  # a count to show now: the full bar
         if st.done is not None and st.done != bar.n:
             bar.n = st.done
         shown = {

@@ -103,7 +103,7 @@ class Console:
                     total=total,
                     desc=f"{name:8s}",
                     unit=f" {unit}",
-                    unit_scale=True,
+                    unit_scale=unit == "rows",  # 3.00k rows, but 3/6 steps
                     file=self.out,
                     leave=True,
                     # nothing to count yet: the elapsed time, not "0 rows [?/s]"

@@ -147,7 +147,7 @@ class _Sinks:
     def __init__(self, stderr: bool = True, managed: bool = False):
         self.stderr = stderr
         self.managed = managed  # the CLI routes (and ends the routing after job_done)
-        self.pinned = False  # --log-file chose the file; a command's own choice yields
+        self.user_file: str | None = None  # --log-file: every record, beside the command's
         self.file: str | None = None
         self.buffer: list[str] = []
 
@@ -157,15 +157,21 @@ _sinks = _Sinks()
 
 @contextlib.contextmanager
 def job_sinks(*, log_format: str = "text", log_file: str | None = None) -> Iterator[None]:
-    """The CLI's routing for one command: stderr only for ``log_format == "json"``; a file
-    from ``log_file`` or from the command (``set_event_file``); records before that are
-    held and written there first. Restores the library default (stderr) afterwards."""
+    """The CLI's routing for one command: stderr only for ``log_format == "json"``; the
+    command's own file (``set_event_file``), which starts with the records held until it
+    was known; ``log_file`` (--log-file) from the first record. Restores the library
+    default (stderr) afterwards."""
     global _sinks
     previous = _sinks
     _sinks = _Sinks(stderr=log_format == "json", managed=True)
     if log_file:
-        set_event_file(log_file)
-        _sinks.pinned = True
+        log_file = os.path.abspath(log_file)
+        try:
+            os.makedirs(os.path.dirname(log_file), exist_ok=True)
+            _append(log_file, [])
+            _sinks.user_file = log_file
+        except OSError as exc:  # the job still runs; its records go where else they would
+            print(f"warning: --log-file {log_file}: {exc}", file=sys.stderr)
     try:
         yield
     finally:
@@ -179,10 +185,9 @@ def in_job() -> bool:
 
 def set_event_file(path: str | os.PathLike | None) -> str | None:
     """Append every later record to ``path`` (a local file; its folder is created), after
-    the records held so far. Returns the previous path; --log-file's path is kept."""
+    the records held so far. Returns the previous path. (--log-file's file gets every
+    record as well.)"""
     previous = _sinks.file
-    if _sinks.pinned:
-        return previous
     if path is None:
         _sinks.file = None
         return previous
@@ -215,9 +220,10 @@ def log_event(event: str, *, level: str = "info", stream: TextIO | None = None, 
     if _sinks.stderr:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-    if _sinks.file is not None:
-        # a full or vanished log disk must not fail the job it records
-        with contextlib.suppress(OSError):
-            _append(_sinks.file, [line])
-    elif _sinks.managed:
+    for path in (_sinks.file, _sinks.user_file):
+        if path is not None:
+            # a full or vanished log disk must not fail the job it records
+            with contextlib.suppress(OSError):
+                _append(path, [line])
+    if _sinks.file is None and _sinks.managed:
         _sinks.buffer.append(line)

@@ -77,11 +77,15 @@ def test_cli_routing_holds_records_until_the_event_file_and_keeps_stderr_clean(t
     events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
     assert events == ["job_start", "stage_done"]
     with job_sinks(log_format="json", log_file=str(tmp_path / "mine.jsonl")):
-        set_event_file(path)  # --log-file chose; the command's path does not replace it
+        log_event("job_start")
+        set_event_file(path)  # --log-file gets every record, the command's file too
         log_event("job_done")
     assert '"job_done"' in capsys.readouterr().err
-    assert (tmp_path / "mine.jsonl").read_text().count("job_done") == 1
-    assert path.read_text().count("job_done") == 0
+    mine = [
+        json.loads(line)["event"] for line in (tmp_path / "mine.jsonl").read_text().splitlines()
+    ]
+    assert mine == ["job_start", "job_done"]
+    assert path.read_text().count("job_done") == 1
 
 
 # -- the real command, once per mode ----------------------------------------------------

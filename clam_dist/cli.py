@@ -52,6 +52,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="clam-dist",
         description="Distributed clustering with Associative Memories (ClAM, DCAM, attention, k-means).",
     )
+    # Accepted anywhere on the line (main() takes them out before the command's parser).
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks, Ray's logs")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: also write the JSON-line event records to stderr",
+    )
+    parser.add_argument(
+        "--log-file", metavar="PATH", help="append the JSON-line event records to PATH"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -62,11 +73,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` / ``name=VALUE`` from ``argv`` (the last one wins)."""
+    value = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+        elif argv[i].startswith(name + "="):
+            value = argv[i].split("=", 1)[1]
+            del argv[i]
+        else:
+            i += 1
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # -v/--verbose anywhere: tracebacks on errors, Ray's own INFO logs.
     verbose = any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
+    # --log-format / --log-file anywhere too: they route clam_dist.logs' records.
+    log_format = _pop_option(argv, "--log-format") or "text"
+    log_file = _pop_option(argv, "--log-file")
+    if log_format not in LOG_FORMATS:
+        print(f"clam-dist: --log-format must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
+        return 2
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=chosen if chosen in COMMANDS else "__none__")
     args = parser.parse_args(argv)
@@ -74,18 +110,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return run_logged(
-        args.command, lambda: importlib.import_module(args._module).run(args), verbose
+        args.command,
+        lambda: importlib.import_module(args._module).run(args),
+        verbose,
+        log_format=log_format,
+        log_file=log_file,
     )
 
 
-def run_logged(command: str, fn, verbose: bool = False) -> int:
-    """Run a command with structured start/end records (JSON lines on stderr, see
-    clam_dist.logs): exit code, wall seconds, and the error of a failure.
+def run_logged(
+    command: str,
+    fn,
+    verbose: bool = False,
+    log_format: str = "text",
+    log_file: str | None = None,
+) -> int:
+    """Run a command with structured start/end records (JSON lines, see clam_dist.logs:
+    to the command's event file, and to stderr only for ``log_format="json"``): exit code,
+    wall seconds, and the error of a failure.
 
     A failure is ONE line on stderr naming the problem (clam_dist.errors.describe) and an
     exit code that means something (1 the job failed, 2 bad input or config found before
     any work); the traceback only with -v. The command line itself is not logged: --set
     values may carry credentials."""
+    from clam_dist.logs import job_sinks
+
+    with job_sinks(log_format=log_format, log_file=log_file):
+        return _run_logged(command, fn, verbose)
+
+
+def _run_logged(command: str, fn, verbose: bool) -> int:
     import time
     import traceback
 

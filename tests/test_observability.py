@@ -94,7 +94,8 @@ def test_pipeline_and_evaluate_jobs_log_json_time_stages_and_hide_credentials(
         f"data.url={url}", "model.trainer=sample", "model.n_clusters=3", "model.epochs=1",
         "model.train_sample=500", "eval_sample=300", "assign.concurrency=1",
     ]  # fmt: skip
-    argv = ["pipeline", "--run-dir", str(run_dir)]
+    # --log-format json: the records on stderr too (by default only in logs/events.jsonl)
+    argv = ["pipeline", "--run-dir", str(run_dir), "--log-format", "json"]
     for item in small + creds:
         argv += ["--set", item]
     capsys.readouterr()
@@ -139,7 +140,7 @@ def test_pipeline_and_evaluate_jobs_log_json_time_stages_and_hide_credentials(
         "--model", str(run_dir / "model"), "--report-dir", str(tmp_path / "report"),
         "--sample-size", "300", "--endpoint-url", s3_server.endpoint_url,
         "--set", f"storage_options.key={KEY_ID}", "--set", f"storage_options.secret={SECRET}",
-        "--summary", str(ev_summary),
+        "--summary", str(ev_summary), "--log-format", "json",
     ]  # fmt: skip
     assert main(ev_argv) == 0
     ev_captured = capsys.readouterr()

@@ -319,7 +319,7 @@ def test_10_errors_from_ray_workers_are_one_line_with_exit_1(ray_local, world, t
     write_vectors(str(bad), x_bad, rows_per_file=600)
     argv = assign_args(root, tmp_path / "out")
     argv[argv.index("--input") + 1] = str(bad)
-    code, out, err = cli(capsys, *argv)
+    code, out, err = cli(capsys, *argv, "--log-format", "json")  # job_done on stderr too
     assert code == 1 and out == ""
     assert_one_line(err, "assign failed: DataError", "part-00000.parquet", "NaN/inf")
     done = [json.loads(line) for line in err.splitlines() if '"job_done"' in line]

@@ -98,7 +98,7 @@ def test_jobs_entrypoint_refuses_an_inverted_space_before_any_work(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "jobs/tune.py", "--dataset", "ecoli", "--set", "search.lr=[0.1,0.001]",
-         "--output", str(tmp_path / "best.toml")],
+         "--output", str(tmp_path / "best.toml"), "--log-format", "json"],
         cwd=repo, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr

@@ -1,4 +1,8 @@
-"""`clam-dist pipeline`: the end-to-end job on embedded defaults or a config file."""
+"""`clam-dist pipeline`: the end-to-end job on embedded defaults or a config file.
+
+stdout is for people: a progress line (or bar, on a terminal) per stage, then the summary
+table. The machine records go to ``<run_dir>/logs/events.jsonl`` (and to stderr with
+``--log-format json``); the same numbers as the table are in summary.json's overview."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import sys
 
 from clam_dist.config import load_config
 from clam_dist.pipeline.config import PipelineConfig
+from clam_dist.pipeline.overview import print_table
 from clam_dist.pipeline.stages import STAGES, run_pipeline
+from clam_dist.progress import Console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fresh", action="store_true", help="re-run every stage (same as --from-stage data)"
     )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when stdout is not a terminal: a progress line this often (default 10)",
+    )
 
 
 def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
@@ -43,36 +56,13 @@ def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = load_pipeline_config(args)  # validated before any work starts (else exit 2)
-    summary = run_pipeline(config, from_stage="data" if args.fresh else args.from_stage)
-    ev = summary["stages"].get("evaluate", {})
-    metrics = ev.get("metrics", {})
-    if metrics:
-        print(f"\n{'metric':28s} value")
-        for key in (
-            "rows",
-            "k",
-            "n_nonempty",
-            "silhouette",
-            "silhouette_sample_size",
-            "nmi",
-            "ari",
-            "acc",
-            "mean_energy",
-            "size_min",
-            "size_max",
-        ):
-            if key in metrics:
-                value = metrics[key]
-                print(
-                    f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}"
-                )
-    for stage, rec in summary["stages"].items():
-        took = "skipped (done)" if rec.get("skipped") else f"{rec['seconds']:.1f}s"
-        print(f"stage {stage:9s} {took}")
-    if ev:
-        print(f"report: {ev['report']}")
-    print(f"summary: {config.run_dir}/summary.json  status: {summary['status']}")
-    if summary["status"] != "succeeded":
+    console = Console(every_s=args.progress_every)
+    summary = run_pipeline(
+        config, from_stage="data" if args.fresh else args.from_stage, console=console
+    )
+    failed = summary["status"] != "succeeded"
+    print_table(summary["overview"], sys.stdout, summary.get("error") if failed else None)
+    if failed:
         print(f"pipeline failed: {summary.get('error', '')}", file=sys.stderr)
         return 1
     return 0

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clam_dist import methods
+from clam_dist import logs, methods
 from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event
 from clam_dist.pipeline.config import PipelineConfig
+from clam_dist.pipeline.overview import overview
+from clam_dist.progress import Console, NullConsole, TrainReports
 from clam_dist.secrets import persistable
 
 STAGES = ("data", "train", "assign", "evaluate")
@@ -36,8 +38,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class Run:
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, console: Console | None = None):
         self.config = config
+        self.console = console or NullConsole()  # the per-stage view (the CLI's)
         # Absolute: Ray Train workers run in their own working directory.
         self.dir = Path(config.run_dir).resolve()
         self._refuse_foreign_dir()
@@ -123,6 +126,10 @@ class Run:
     @property
     def report_dir(self) -> Path:
         return self.dir / "report"
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "logs" / "events.jsonl"
 
     def source(self):
         from clam_dist.data.source import VectorSource
@@ -260,7 +267,9 @@ def _train_with_ray(run: Run):
             checkpoint_every=1,
         ),
     )
-    return load_artifact(run_training(tc).artifact_url, d.storage_options)
+    with TrainReports(run.console) as reports:  # step/epoch/loss onto the driver's view
+        result = run_training(tc, progress_queue=reports.queue)
+    return load_artifact(result.artifact_url, d.storage_options)
 
 
 def _train_on_sample(run: Run, stats):
@@ -346,13 +355,58 @@ STAGE_FUNCS: dict[str, Callable[[Run], dict]] = {
 }
 
 
-def run_pipeline(
-    config: PipelineConfig, from_stage: str | None = None, only: list[str] | None = None
-) -> dict:
-    """Run (or resume) the pipeline; returns the summary (also written to summary.json)."""
+def _stage_total(run: Run, stage: str, summary: dict) -> int | None:
+    """Rows a stage will go through, when known before it runs (for its progress line)."""
+    d = run.config.data
+    if stage == "data":
+        return d.n if d.url is None and d.generate == "mixture" else None
+    if stage in ("assign", "evaluate"):
+        return summary["stages"].get("data", {}).get("rows")
+    return None  # train: steps, from its first report
+
+
+def _stage_rows(stage: str, record: dict) -> int | None:
+    if stage == "evaluate":
+        return record.get("metrics", {}).get("rows")
+    return record.get("rows")
+
+
+def _init_ray(config: PipelineConfig, console: Console) -> None:
+    """Start the embedded Ray quietly: its INFO lines, the workers' output and Ray Data's
+    progress bars stay in Ray's session folder (named once) unless -v."""
+    import logging
+
     import ray
 
-    run = Run(config)
+    loud = logs.verbose()
+    ctx = ray.init(
+        num_cpus=config.num_cpus,
+        include_dashboard=False,
+        log_to_driver=loud,
+        logging_level=logging.INFO if loud else logging.WARNING,
+    )
+    session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
+    if session:
+        console.line(f"Ray logs: {session}/logs")
+    logs.quiet_ray()
+    if not loud:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    from_stage: str | None = None,
+    only: list[str] | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Run (or resume) the pipeline; returns the summary (also written to summary.json).
+    ``console``: the per-stage progress view (none by default)."""
+    import ray
+
+    run = Run(config, console)
+    console = run.console
     if from_stage is not None:
         if from_stage not in STAGES:
             raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
@@ -370,6 +424,8 @@ def run_pipeline(
     timings: dict[str, float] = {}
     started_ray, stage = False, None
     t_all = time.perf_counter()
+    # Machine records live with the run; under the CLI the routing ends after job_done.
+    previous_events = logs.set_event_file(run.events_path)
     log_event("pipeline_start", run_dir=str(run.dir), config=to_dict(config))  # masked
     try:
         for stage in STAGES:
@@ -380,19 +436,29 @@ def run_pipeline(
             if prior is not None:
                 summary["stages"][stage] = dict(prior, skipped=True)
                 log_event("stage_skipped", stage=stage, reason="finished by an earlier run")
+                console.stage_skipped(stage)
                 continue
             needs_ray = stage == "assign" or (stage == "train" and config.model.trainer == "ray")
             if needs_ray and not ray.is_initialized():
                 t0 = time.perf_counter()
-                ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+                _init_ray(config, console)
                 started_ray = True
                 timings["ray_init"] = round(time.perf_counter() - t0, 3)
             t0 = time.perf_counter()
             log_event("stage_start", stage=stage)
-            summary["stages"][stage] = run.finish(
-                stage, STAGE_FUNCS[stage](run), time.perf_counter() - t0
+            console.stage_start(
+                stage,
+                _stage_total(run, stage, summary),
+                unit="steps" if stage == "train" and config.model.trainer == "ray" else "rows",
             )
-            timings[stage] = summary["stages"][stage]["seconds"]
+            try:
+                record = run.finish(stage, STAGE_FUNCS[stage](run), time.perf_counter() - t0)
+            except BaseException:
+                console.stage_end(stage, time.perf_counter() - t0, status="failed")
+                raise
+            summary["stages"][stage] = record
+            timings[stage] = record["seconds"]
+            console.stage_end(stage, timings[stage], done=_stage_rows(stage, record))
             log_event("stage_done", stage=stage, seconds=timings[stage])
         summary["status"] = "succeeded"
     except Exception as exc:
@@ -404,6 +470,7 @@ def run_pipeline(
     finally:
         summary["seconds"] = round(time.perf_counter() - t_all, 3)
         summary["timings_s"] = timings
+        summary["overview"] = overview(run, summary)
         (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
         log_event(
             "pipeline_done",
@@ -415,4 +482,6 @@ def run_pipeline(
         )
         if started_ray:
             ray.shutdown()
+        if not logs.in_job():  # a library caller: the run's file was for this call only
+            logs.set_event_file(previous_events)
     return summary

@@ -9,6 +9,7 @@ the model artifact (safetensors + JSON) next to the checkpoints: ``<storage>/<na
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from dataclasses import dataclass, field
@@ -161,8 +162,10 @@ def resume_init(cfg: TrainConfig, d: int) -> dict:
     return {**state["init"], "prototypes": tensors["prototypes"].tolist()}
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Initialise on the driver, fit with TorchTrainer, return where the artifact is."""
+def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
+    """Initialise on the driver, fit with TorchTrainer, return where the artifact is.
+    ``progress_queue``: a ray.util.queue.Queue that receives each report's step, epoch,
+    loss and rows/s (the driver's progress view; see clam_dist.progress.TrainReports)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -206,7 +209,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[progress_callback(tensorboard_dir(cfg, run_url))],
+            callbacks=[progress_callback(tensorboard_dir(cfg, run_url), progress_queue)],
         ),
     )
     result = trainer.fit()
@@ -247,11 +250,12 @@ def tensorboard_dir(cfg: TrainConfig, run_url: str) -> str | None:
     return setting or None
 
 
-def progress_callback(logdir: str | None = None):
+def progress_callback(logdir: str | None = None, queue=None):
     """A Ray Train callback printing a progress bar per metrics window (loss, energy,
     dead prototypes, throughput) and, when ``logdir`` is set, writing every numeric metric
     as a TensorBoard scalar at its global step. It runs in the train controller, whose
-    output Ray streams to the driver's console."""
+    output Ray streams to the driver's console when log_to_driver is on; ``queue`` (a Ray
+    queue) also gets each report's few numbers, for a driver that shows its own view."""
     from ray.train import UserCallback
 
     class Progress(UserCallback):
@@ -263,6 +267,11 @@ def progress_callback(logdir: str | None = None):
                 return
             if logdir:
                 self._tensorboard(m)
+            if queue is not None:
+                keys = ("step", "total_steps", "epoch", "loss", "rows_per_s_total", "phase")
+                # a full or gone queue never stops training
+                with contextlib.suppress(Exception):
+                    queue.put_nowait({k: m[k] for k in keys if k in m})
             total = max(1, m["total_steps"])
             bar = "#" * int(20 * m["step"] / total)
             per_worker = "/".join(f"{r:,.0f}" for r in m["rows_per_s_worker"])

@@ -15,9 +15,8 @@ import torch
 
 from clam_dist.models.am import (
     DEFAULT_BLOCK_ELEMS,
-    assign,
-    energy,
-    nearest_prototypes,
+    am_evolve,
+    check_dynamics,
     normalize_rows,
     prepare_prototypes,
 )
@@ -55,6 +54,7 @@ class ClusterPredictor:
         self.device = self.prototypes.device
         # What the dynamics use (unit rows for the spherical metric), prepared once.
         self.model_prototypes = prepare_prototypes(self.prototypes, metric)
+        self._proto_sq = (self.model_prototypes * self.model_prototypes).sum(1)
         self.n_features = int(n_features)
         self.beta, self.alpha, self.steps, self.metric = (
             float(beta),
@@ -133,7 +133,15 @@ class ClusterPredictor:
     def predict(self, x: np.ndarray, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Return 'cluster' (int64) and 'distance' (float32), plus requested extras:
         'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
-        'probs' ((n, k) soft assignment softmax(-beta/2 d^2))."""
+        'probs' ((n, k) soft assignment softmax(-beta/2 d^2)).
+
+        Every column comes from ONE (rows x k) squared-distance matrix per row chunk,
+        computed on the state that labels the row: for the "am" rule the state after the
+        T AM steps (x_T), so cluster = argmin, distance = d^2(x_T, assigned prototype),
+        margin, energy E(x_T) and probs all describe x_T; for "nearest" and "dot" the
+        (standardised, encoded; unit for the spherical metric) input itself. One GEMM
+        instead of one per output, and the extras can never disagree with the label.
+        """
         unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OPTIONAL_OUTPUTS}")
@@ -153,34 +161,59 @@ class ClusterPredictor:
             return empty
         return {name: np.concatenate(values) for name, values in parts.items()}
 
-    def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        protos = self.model_prototypes
-        zm = normalize_rows(z) if self.metric == "spherical" else z
+    def scoring_state(self, z: torch.Tensor) -> torch.Tensor:
+        """The rows whose distances label them: x_T for "am", else z (unit rows for the
+        spherical metric, as the prototypes)."""
         if self.rule == "am":
-            labels, dist = assign(z, protos, self.beta, self.alpha, self.steps, self.metric)
-        elif self.rule == "dot":
-            from clam_dist.models.attention import attention_assign
-
-            labels = attention_assign(z, protos, self.beta, "dot")
-            dist = ((zm - protos[labels]) ** 2).sum(1)
-        else:  # "nearest"
-            d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
-            labels, dist = idx[:, 0], d2[:, 0]
-        out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}
-        if "energy" in outputs:
-            out["energy"] = _np(energy(z, protos, self.beta, self.metric), np.float32)
-        if "margin" in outputs:
-            d2, _ = nearest_prototypes(z, protos, self.metric, top=2)
-            margin = (
-                d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
+            check_dynamics(self.beta, self.alpha, self.steps)
+            # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes
+            # the direct (unchunked) path and its result equals am.assign's x_T.
+            return am_evolve(
+                z, self.model_prototypes, self.beta, self.alpha, self.steps, self.metric
             )
+        return normalize_rows(z) if self.metric == "spherical" else z
+
+    def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        state = self.scoring_state(z)
+        d2, dots = score_matrix(state, self.model_prototypes, self._proto_sq, self.rule == "dot")
+        if dots is not None:
+            # Dot-product rule: the largest score x.rho labels the row (attention's dot
+            # similarity); the distance column is still the squared distance to it.
+            labels = dots.argmax(dim=1)
+            d2 = dots.mul_(-2.0).add_(self._proto_sq).add_((state * state).sum(1, keepdim=True))
+            d2.clamp_min_(0.0)
+            dist = d2.gather(1, labels[:, None])[:, 0]
+        else:
+            dist, labels = d2.min(dim=1)
+        out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}
+        if "margin" in outputs:
+            if d2.shape[1] > 1:
+                top2 = torch.topk(d2, 2, dim=1, largest=False).values
+                margin = top2[:, 1] - top2[:, 0]
+            else:
+                margin = torch.full_like(dist, float("inf"))
             out["margin"] = _np(margin, np.float32)
-        if "probs" in outputs:
-            d2 = (
-                (zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)
-            ).clamp_min(0)
-            out["probs"] = _np(torch.softmax(-0.5 * self.beta * d2, dim=1), np.float32)
+        if "energy" in outputs or "probs" in outputs:
+            logits = d2.mul_(-0.5 * self.beta)  # d2 is not needed any more: reuse it
+            lse = torch.logsumexp(logits, dim=1)
+            if "energy" in outputs:
+                out["energy"] = _np(lse / -self.beta, np.float32)
+            if "probs" in outputs:
+                out["probs"] = _np(logits.sub_(lse[:, None]).exp_(), np.float32)
         return out
+
+
+def score_matrix(
+    state: torch.Tensor, protos: torch.Tensor, proto_sq: torch.Tensor, want_dots: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """THE distance GEMM of the assignment path (one call per row chunk, whatever the
+    outputs). Returns (d2, None): squared distances (rows, k), or (None, dots) with the
+    raw dot products state @ protos^T when the caller labels by the largest dot (the
+    distances are then derived from the same product, without a second GEMM)."""
+    if want_dots:
+        return None, torch.mm(state, protos.t())
+    d2 = torch.addmm(proto_sq, state, protos.t(), alpha=-2.0)
+    return d2.add_((state * state).sum(1, keepdim=True)).clamp_min_(0.0), None
 
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:

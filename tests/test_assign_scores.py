@@ -1,5 +1,7 @@
 """The assignment outputs come from one score matrix per batch and match a float64
-reference written out longhand (no shared code with the predictor)."""
+reference written out longhand (no shared code with the predictor): cluster, distance,
+margin and probs of the evolved state x_T (ClAM) or the input (other rules); energy of
+the input."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 from clam_dist.artifacts import ModelArtifact
 from clam_dist.models import predictor as predictor_mod
+from clam_dist.models.am import am_evolve
 from clam_dist.models.predictor import ClusterPredictor
 
 OUTPUTS = ("energy", "margin", "probs")
@@ -21,6 +24,8 @@ def _reference(x, protos, mean, scale, rule, beta, alpha, steps, metric):
     unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
     if metric == "spherical":
         z, p = unit(z), unit(p)
+    d2 = ((z[:, None, :] - p[None]) ** 2).sum(-1)
+    energy = -_lse(-0.5 * beta * d2) / beta  # E(x) of the input, whatever the rule
     if rule == "am":
         for _ in range(steps):
             d2 = ((z[:, None, :] - p[None]) ** 2).sum(-1)
@@ -33,16 +38,20 @@ def _reference(x, protos, mean, scale, rule, beta, alpha, steps, metric):
     cluster = (z @ p.T).argmax(1) if rule == "dot" else d2.argmin(1)
     srt = np.sort(d2, axis=1)
     logits = -0.5 * beta * d2
-    top = logits.max(1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(logits - top).sum(1))
+    lse = _lse(logits)
     return {
         "cluster": cluster,
         "distance": d2[np.arange(len(z)), cluster],
         "margin": srt[:, 1] - srt[:, 0],
-        "energy": -lse / beta,
+        "energy": energy,
         "probs": np.exp(logits - lse[:, None]),
         "_gap": srt[:, 1] - srt[:, 0],  # how decisive the label is
     }
+
+
+def _lse(a):
+    top = a.max(1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(a - top).sum(1))
 
 
 CASES = [
@@ -116,8 +125,10 @@ def test_one_distance_gemm_per_batch_whatever_the_outputs(
         predictor_mod, "score_matrix", lambda *a, **kw: calls.append(1) or real(*a, **kw)
     )
     # Only the AM steps may multiply matrices besides the score GEMM: measure them alone.
+    z = pred.to_model_space(x)
     with _GemmCounter() as dyn:
-        pred.scoring_state(pred.to_model_space(x))
+        if rule == "am":
+            am_evolve(z, pred.model_prototypes, beta, alpha, steps, metric)
     for outputs in [(), ("energy",), ("margin",), ("probs",), OUTPUTS]:
         calls.clear()
         with _GemmCounter() as gemms:

@@ -15,6 +15,7 @@ import torch
 
 from clam_dist.models.am import (
     DEFAULT_BLOCK_ELEMS,
+    _bias,
     am_evolve,
     check_dynamics,
     normalize_rows,
@@ -135,12 +136,14 @@ class ClusterPredictor:
         'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
         'probs' ((n, k) soft assignment softmax(-beta/2 d^2)).
 
-        Every column comes from ONE (rows x k) squared-distance matrix per row chunk,
-        computed on the state that labels the row: for the "am" rule the state after the
-        T AM steps (x_T), so cluster = argmin, distance = d^2(x_T, assigned prototype),
-        margin, energy E(x_T) and probs all describe x_T; for "nearest" and "dot" the
-        (standardised, encoded; unit for the spherical metric) input itself. One GEMM
-        instead of one per output, and the extras can never disagree with the label.
+        One (rows x k) squared-distance GEMM per row chunk gives every column, on the
+        state that labels the row: for the "am" rule the state after the T AM steps
+        (x_T), so cluster = argmin, distance = d^2(x_T, assigned prototype), margin and
+        probs all describe x_T, never a mix of x and x_T; for "nearest" and "dot" the
+        (standardised, encoded; unit for the spherical metric) input itself. 'energy' is
+        the novelty of the INPUT, E(x) (what training's energy_p99 drift threshold
+        measures): with T > 0 it comes from the logits of the first AM step, a GEMM the
+        dynamics run anyway, so no output adds a GEMM of its own.
         """
         unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
         if unknown:
@@ -161,20 +164,45 @@ class ClusterPredictor:
             return empty
         return {name: np.concatenate(values) for name, values in parts.items()}
 
-    def scoring_state(self, z: torch.Tensor) -> torch.Tensor:
-        """The rows whose distances label them: x_T for "am", else z (unit rows for the
-        spherical metric, as the prototypes)."""
-        if self.rule == "am":
-            check_dynamics(self.beta, self.alpha, self.steps)
-            # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes
-            # the direct (unchunked) path and its result equals am.assign's x_T.
-            return am_evolve(
-                z, self.model_prototypes, self.beta, self.alpha, self.steps, self.metric
-            )
-        return normalize_rows(z) if self.metric == "spherical" else z
+    def scoring_state(
+        self, z: torch.Tensor, want_input_energy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(state, input energy or None). The state is the rows whose distances label
+        them: x_T for "am", else z (unit rows for the spherical metric, as the
+        prototypes). With ``want_input_energy`` and T > 0, E(x) of the INPUT comes from
+        the first AM step's own logits GEMM (no GEMM of its own)."""
+        unit = normalize_rows(z) if self.metric == "spherical" else z
+        if self.rule != "am" or self.steps == 0:
+            return unit, None
+        check_dynamics(self.beta, self.alpha, self.steps)
+        protos, beta = self.model_prototypes, self.beta
+        energy0 = None
+        x = unit
+        if want_input_energy:
+            # The first step by hand, with the same ops as am._DirectStep, keeping its
+            # logits beta x.rho - beta/2 |rho|^2 (Euclidean) or beta x.rho (spherical):
+            # -beta/2 |x - rho|^2 = logits - beta/2 |x|^2, so E(x) = |x|^2/2 - lse/beta.
+            bias = _bias(protos, beta, self.metric)
+            if bias is None:
+                logits = torch.mm(x, protos.t()).mul_(beta)
+            else:
+                logits = torch.addmm(bias, x, protos.t(), alpha=beta)
+            lse = torch.logsumexp(logits, dim=1)
+            energy0 = 0.5 * (x * x).sum(1) - lse / beta
+            if bias is None:  # spherical: the unit prototypes' -beta/2 |rho|^2 = -beta/2
+                energy0 += 0.5
+            x = torch.lerp(x, torch.softmax(logits, dim=1) @ protos, float(self.alpha))
+            del logits
+            steps = self.steps - 1  # am_evolve normalises x (spherical) as _step would
+        else:
+            # From z, as am.assign does (am_evolve normalises it once, spherical).
+            x, steps = z, self.steps
+        # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes the
+        # direct (unchunked) path and its result equals am.assign's x_T.
+        return am_evolve(x, protos, beta, self.alpha, steps, self.metric), energy0
 
     def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        state = self.scoring_state(z)
+        state, energy0 = self.scoring_state(z, "energy" in outputs)
         d2, dots = score_matrix(state, self.model_prototypes, self._proto_sq, self.rule == "dot")
         if dots is not None:
             # Dot-product rule: the largest score x.rho labels the row (attention's dot
@@ -193,11 +221,12 @@ class ClusterPredictor:
             else:
                 margin = torch.full_like(dist, float("inf"))
             out["margin"] = _np(margin, np.float32)
-        if "energy" in outputs or "probs" in outputs:
+        if ("energy" in outputs and energy0 is None) or "probs" in outputs:
             logits = d2.mul_(-0.5 * self.beta)  # d2 is not needed any more: reuse it
             lse = torch.logsumexp(logits, dim=1)
             if "energy" in outputs:
-                out["energy"] = _np(lse / -self.beta, np.float32)
+                e = lse / -self.beta if energy0 is None else energy0
+                out["energy"] = _np(e, np.float32)
             if "probs" in outputs:
                 out["probs"] = _np(logits.sub_(lse[:, None]).exp_(), np.float32)
         return out

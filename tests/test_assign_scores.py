@@ -129,11 +129,15 @@ def test_one_distance_gemm_per_batch_whatever_the_outputs(
     with _GemmCounter() as dyn:
         if rule == "am":
             am_evolve(z, pred.model_prototypes, beta, alpha, steps, metric)
-    for outputs in [(), ("energy",), ("margin",), ("probs",), OUTPUTS]:
+    every = pred.predict(x, OUTPUTS)
+    for outputs in [(), ("energy",), ("margin",), ("probs",), ("energy", "margin"), OUTPUTS]:
         calls.clear()
         with _GemmCounter() as gemms:
-            pred.predict(x, outputs)
+            got = pred.predict(x, outputs)
         assert len(calls) == 1, outputs
+        assert set(got) == {"cluster", "distance", *outputs}
+        for name, value in got.items():  # any subset of outputs gives the same columns
+            np.testing.assert_array_equal(value, every[name])
         assert gemms.count == dyn.count + 1, (outputs, gemms.count, dyn.count)
 
     # Two row chunks: one score GEMM each.

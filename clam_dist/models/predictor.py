@@ -1,8 +1,8 @@
 """Turn a model artifact into cluster assignments for rows of input features.
 
-Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per actor
-(from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators use the
-same AM core, so both give the same labels.
+Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per worker
+process (from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators
+use the same AM core, so both give the same labels.
 """
 
 from __future__ import annotations
@@ -175,7 +175,10 @@ class ClusterPredictor:
         if self.rule != "am" or self.steps == 0:
             return unit, None
         check_dynamics(self.beta, self.alpha, self.steps)
-        protos, beta = self.model_prototypes, self.beta
+        # am_evolve prepares (spherical: re-normalises) the prototypes it is given; the
+        # hand-written first step below uses that same prepared tensor, so x_T does not
+        # depend on whether energy was asked for (tests/test_assign_scores.py).
+        protos, beta = prepare_prototypes(self.model_prototypes, self.metric), self.beta
         energy0 = None
         x = unit
         if want_input_energy:
@@ -199,7 +202,7 @@ class ClusterPredictor:
             x, steps = z, self.steps
         # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes the
         # direct (unchunked) path and its result equals am.assign's x_T.
-        return am_evolve(x, protos, beta, self.alpha, steps, self.metric), energy0
+        return am_evolve(x, self.model_prototypes, beta, self.alpha, steps, self.metric), energy0
 
     def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         state, energy0 = self.scoring_state(z, "energy" in outputs)
@@ -221,12 +224,13 @@ class ClusterPredictor:
             else:
                 margin = torch.full_like(dist, float("inf"))
             out["margin"] = _np(margin, np.float32)
+        if "energy" in outputs and energy0 is not None:
+            out["energy"] = _np(energy0, np.float32)
         if ("energy" in outputs and energy0 is None) or "probs" in outputs:
             logits = d2.mul_(-0.5 * self.beta)  # d2 is not needed any more: reuse it
             lse = torch.logsumexp(logits, dim=1)
-            if "energy" in outputs:
-                e = lse / -self.beta if energy0 is None else energy0
-                out["energy"] = _np(e, np.float32)
+            if "energy" in outputs and energy0 is None:
+                out["energy"] = _np(lse / -self.beta, np.float32)
             if "probs" in outputs:
                 out["probs"] = _np(logits.sub_(lse[:, None]).exp_(), np.float32)
         return out

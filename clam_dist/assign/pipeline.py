@@ -164,7 +164,9 @@ class AssignResult:
     stats: str = ""  # Ray Data's execution statistics text for the read/assign/write
     manifest: dict = field(default_factory=dict)
     # Seconds per stage: checks (model, schema, output prefix), ray_init, assign_write (read
-    # -> model -> staged Parquet, streamed together), drift, commit.
+    # -> model -> staged Parquet, streamed together), drift, commit; inside assign_write,
+    # from Ray Data's stats: read_s / compute_s / write_s (each operator's active span;
+    # they overlap) and *_task_s (seconds its tasks ran, summed over tasks).
     timings_s: dict = field(default_factory=dict)
     dropped_rows: int = 0  # rows left out under nan_policy="drop"
 
@@ -363,9 +365,9 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
         "gpus_per_assign_task": config.num_gpus_per_actor,
         "batch_size": batch_size,
         "why": (
-            "stateless tasks, no actor pool: nothing holds a CPU while idle, so read "
-            "work (fused into the assign task by Ray Data, or in its own task) runs on "
-            "whichever slot is free and reads overlap compute across tasks; each worker "
+            "stateless tasks, no actor pool (no reserved read slot, no fractional "
+            "CPUs needed): nothing holds a CPU while idle, so read tasks and assign tasks "
+            "take whichever slot is free and reads overlap compute; each worker "
             "process loads the model from its URL once (cached), and a retried task "
             "reloads it. Batch size: auto_batch_size(d, k), a fixed rule measured with "
             "jobs/bench_assign.py --batch-sizes (per-call overhead vs a bounded "

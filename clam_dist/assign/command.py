@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "Output columns: id, cluster, distance (squared, to the assigned prototype, in the\n"
-        "model's standardised space), the optional extras and the pass-through columns.\n"
+        "model's standardised space; for ClAM from the state after the T AM steps, as\n"
+        "margin and probs), the optional extras and the pass-through columns.\n"
         "The output is committed atomically: part-NNNNN.parquet + _manifest.json + _SUCCESS\n"
         "(last); a prefix without _SUCCESS is incomplete and a re-run replaces it.\n\n"
         "Example (scheduled, one partition per day):\n"
@@ -101,11 +102,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="rows per model call (default 0 = auto)"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=None, help="actors, each holding the model once (2)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="assignment tasks in flight, each worker process holding the model once (2)",
     )
-    parser.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs per actor (1)")
     parser.add_argument(
-        "--gpus-per-actor", type=float, default=None, help="GPUs per actor (0 = run on CPU)"
+        "--cpus-per-actor", type=float, default=None, help="CPUs per assignment task (1)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per assignment task (0 = run on CPU)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an output that is already committed"

@@ -1,5 +1,6 @@
-"""Cluster assignment at scale: Ray Data read -> map_batches (actor pool, model loaded once
-per actor) -> Parquet written to a staging prefix -> row count verified -> commit.
+"""Cluster assignment at scale: Ray Data read -> map_batches (tasks; each worker process
+loads the model from its URL once, see assign/worker.py) -> Parquet written to a staging
+prefix -> row count verified -> commit.
 
 Everything that can be checked before Ray starts is checked first (config, model artifact,
 input schema vs model width, pass-through columns, output prefix state and writability),
@@ -22,6 +23,8 @@ import pyarrow.parquet as pq
 
 from clam_dist.artifacts import ArtifactError, ModelArtifact, load_artifact
 from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignments
+from clam_dist.assign.stats import stage_seconds
+from clam_dist.assign.worker import fingerprint
 from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, open_filesystem
@@ -80,9 +83,13 @@ class AssignConfig:
     outputs: list[str] = field(default_factory=list)  # extras: energy, margin, probs
     storage_options: dict | None = None  # fsspec options for input, output AND model
     batch_size: int = 0  # rows per model call; 0 = auto_batch_size(d, k)
-    concurrency: int = 2  # actors in the pool, each holding the model once
+    # Assignment tasks in flight at once; each worker process holds the model once.
+    concurrency: int = 2
+    # CPUs each assignment task reserves (the name predates tasks). 1.0: Ray gives the
+    # task's process one torch thread, and read work fused into the same task (or free
+    # slots) keeps the CPUs busy; see _compute_plan.
     num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0  # > 0: each actor runs the model on a GPU
+    num_gpus_per_actor: float = 0.0  # > 0: each task runs the model on a GPU
     overwrite: bool = False  # replace a committed result at `output`
     # Rows with NaN/inf, or whose distances overflow float32: "error" names them and
     # commits nothing; "drop" leaves them out (the manifest counts them).
@@ -151,9 +158,15 @@ class AssignResult:
     rows_per_second: float
     batch_size: int = 0
     drift: dict = field(default_factory=dict)  # energy_p99, rows_above, share_above | note
+    # How the work was laid out over CPUs (compute kind, CPUs per task, tasks in flight,
+    # batch size and why); see _compute_plan.
+    plan: dict = field(default_factory=dict)
+    stats: str = ""  # Ray Data's execution statistics text for the read/assign/write
     manifest: dict = field(default_factory=dict)
     # Seconds per stage: checks (model, schema, output prefix), ray_init, assign_write (read
-    # -> model -> staged Parquet, streamed together), drift, commit.
+    # -> model -> staged Parquet, streamed together), drift, commit; inside assign_write,
+    # from Ray Data's stats: read_s / compute_s / write_s (each operator's active span;
+    # they overlap) and *_task_s (seconds its tasks ran, summed over tasks).
     timings_s: dict = field(default_factory=dict)
     dropped_rows: int = 0  # rows left out under nan_policy="drop"
 
@@ -176,7 +189,8 @@ def auto_batch_size(d: int, k: int) -> int:
 
 
 class ClusterAssigner:
-    """map_batches callable: loads the artifact once per actor, labels each batch."""
+    """Labels batches with a model loaded from its URL; built once per worker process
+    (assign/worker.py caches it) and called per batch."""
 
     def __init__(
         self,
@@ -192,6 +206,7 @@ class ClusterAssigner:
         from clam_dist.models.predictor import ClusterPredictor
 
         artifact = load_artifact(model_url, storage_options)
+        self.artifact = artifact  # its fingerprint is checked against the driver's
         self.predictor = ClusterPredictor.from_artifact(artifact, device=device)
         self.outputs = list(outputs)
         self.passthrough = list(passthrough)
@@ -340,40 +355,65 @@ def _drift(prefix: OutputPrefix, staging: str, energy_p99: float | None) -> dict
     }
 
 
+def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
+    """How the assignment uses the CPUs; returned in AssignResult.plan and printed by the
+    bench, so a run says what it asked Ray for."""
+    return {
+        "compute": "tasks",
+        "assign_tasks_in_flight": config.concurrency,
+        "cpus_per_assign_task": config.num_cpus_per_actor,
+        "gpus_per_assign_task": config.num_gpus_per_actor,
+        "batch_size": batch_size,
+        "why": (
+            "stateless tasks, no actor pool (no reserved read slot, no fractional "
+            "CPUs needed): nothing holds a CPU while idle, so read tasks and assign tasks "
+            "take whichever slot is free and reads overlap compute; each worker "
+            "process loads the model from its URL once (cached), and a retried task "
+            "reloads it. Batch size: auto_batch_size(d, k), a fixed rule measured with "
+            "jobs/bench_assign.py --batch-sizes (per-call overhead vs a bounded "
+            "(rows x k) block), not re-measured per run: a per-run probe would cost more "
+            "than it saves on the partition sizes this job sees."
+        ),
+    }
+
+
 def _write_staged(
     source,
     config: AssignConfig,
     prefix: OutputPrefix,
     staging: str,
-    outputs,
+    settings: dict,
     batch_size,
-    fail_after,
-) -> None:
-    """Ray Data: read -> assign in an actor pool -> Parquet in the staging folder.
+) -> str:
+    """Ray Data: read -> assign in tasks -> Parquet in the staging folder. Returns Ray
+    Data's stats text.
 
-    The pool's actors hold their CPUs until the executor that owns them is garbage
-    collected, and Ray Data's objects sit in reference cycles: without the collection
-    below, a driver that goes on to other Ray work (the pipeline's next stage, a
-    scheduler's next partition, a Ray Train run) waits for CPUs nobody uses any more.
+    Ray Data's objects sit in reference cycles that can hold the executor and its
+    resources: without the collection below, a driver that goes on to other Ray work (the
+    pipeline's next stage, a scheduler's next partition, a Ray Train run) may wait for
+    CPUs nobody uses any more.
     """
     message = details = None
+    stats = ""
     try:
         with ray_data_errors_reported_by_us():
-            _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after)
+            stats = _run_dataset(source, config, prefix, staging, settings, batch_size)
     except Exception as exc:  # noqa: BLE001 - re-raised below as AssignmentError
-        # Ray Data's exception and its traceback hold the executor (and so the actors):
-        # keep the text (the root cause's one line, and the whole remote traceback for
-        # -v), drop the objects, collect.
+        # Ray Data's exception and its traceback hold the executor: keep the text (the
+        # root cause's one line, and the whole remote traceback for -v), drop the
+        # objects, collect.
         message = summary_line(exc)
         details = f"{type(exc).__name__}: {exc}"
     gc.collect()
     if message is not None:
         raise AssignmentError(message, details=details)
+    return stats
 
 
-def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_after) -> None:
+def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
     import ray
 
+    from clam_dist.assign.worker import assign_batch
     from clam_dist.data.ray_dataset import to_ray_dataset
     from clam_dist.logs import quiet_ray
 
@@ -382,21 +422,11 @@ def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_afte
     try:
         ds = to_ray_dataset(source, columns_extra=config.passthrough or None)
         labelled = ds.map_batches(
-            ClusterAssigner,
-            fn_constructor_kwargs={
-                "model_url": config.model,
-                "storage_options": config.storage_options,
-                "outputs": outputs,
-                "passthrough": config.passthrough,
-                "fail_after_batches": fail_after,
-                "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
-                "nan_policy": config.nan_policy,
-                "input_url": config.input_url,
-            },
+            assign_batch,
+            fn_kwargs=settings,
             batch_size=batch_size,
             batch_format="numpy",
-            # Ray 2.51+ spelling of a fixed-size actor pool (`concurrency=` is deprecated).
-            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+            compute=ray.data.TaskPoolStrategy(size=config.concurrency),
             num_cpus=config.num_cpus_per_actor,
             num_gpus=config.num_gpus_per_actor or None,
         )
@@ -406,8 +436,17 @@ def _run_dataset(source, config, prefix, staging, outputs, batch_size, fail_afte
             prefix.staging_path(staging),
             filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(prefix.fs)),
         )
+        return _stats_text(labelled)
     finally:
         del ds, labelled  # this frame outlives the call in a failure's traceback
+
+
+def _stats_text(ds) -> str:
+    """Ray Data's stats of the executed write (best effort: the text is diagnostics)."""
+    try:
+        return ds._write_ds.stats() if getattr(ds, "_write_ds", None) is not None else ds.stats()
+    except Exception as exc:  # noqa: BLE001 - stats must never fail a committed job
+        return f"(Ray Data stats unavailable: {type(exc).__name__}: {exc})"
 
 
 def run_assignment(config: AssignConfig) -> AssignResult:
@@ -463,8 +502,20 @@ def _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, 
     if not ray.is_initialized():
         ray.init()  # under `ray job submit` this joins the job's cluster
         lap("ray_init")
-    _write_staged(source, config, prefix, staging, outputs, batch_size, fail_after)
+    settings = {
+        "model_url": config.model,
+        "model_fingerprint": fingerprint(artifact),
+        "storage_options": config.storage_options,
+        "outputs": outputs,
+        "passthrough": config.passthrough,
+        "fail_after_batches": fail_after,
+        "device": "cuda" if config.num_gpus_per_actor > 0 else "cpu",
+        "nan_policy": config.nan_policy,
+        "input_url": config.input_url,
+    }
+    stats = _write_staged(source, config, prefix, staging, settings, batch_size)
     lap("assign_write")
+    timings.update(stage_seconds(stats))  # read / compute / write inside that lap
     if config.crash_before_commit or os.environ.get(CRASH_BEFORE_COMMIT_ENV) == "1":
         raise InjectedCrash("injected crash after the staged write, before the commit")
 
@@ -503,6 +554,8 @@ def _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, 
         manifest=manifest,
         timings_s=timings,
         dropped_rows=expected - manifest["rows"],
+        plan=_compute_plan(config, batch_size),
+        stats=stats,
     )
     log_event(
         "assign_done",

@@ -1,8 +1,8 @@
 """Turn a model artifact into cluster assignments for rows of input features.
 
-Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per actor
-(from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators use the
-same AM core, so both give the same labels.
+Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per worker
+process (from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators
+use the same AM core, so both give the same labels.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 
 from clam_dist.models.am import (
     DEFAULT_BLOCK_ELEMS,
-    assign,
-    energy,
-    nearest_prototypes,
+    _bias,
+    am_evolve,
+    check_dynamics,
     normalize_rows,
     prepare_prototypes,
 )
@@ -55,6 +55,7 @@ class ClusterPredictor:
         self.device = self.prototypes.device
         # What the dynamics use (unit rows for the spherical metric), prepared once.
         self.model_prototypes = prepare_prototypes(self.prototypes, metric)
+        self._proto_sq = (self.model_prototypes * self.model_prototypes).sum(1)
         self.n_features = int(n_features)
         self.beta, self.alpha, self.steps, self.metric = (
             float(beta),
@@ -133,7 +134,17 @@ class ClusterPredictor:
     def predict(self, x: np.ndarray, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Return 'cluster' (int64) and 'distance' (float32), plus requested extras:
         'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
-        'probs' ((n, k) soft assignment softmax(-beta/2 d^2))."""
+        'probs' ((n, k) soft assignment softmax(-beta/2 d^2)).
+
+        One (rows x k) squared-distance GEMM per row chunk gives every column, on the
+        state that labels the row: for the "am" rule the state after the T AM steps
+        (x_T), so cluster = argmin, distance = d^2(x_T, assigned prototype), margin and
+        probs all describe x_T, never a mix of x and x_T; for "nearest" and "dot" the
+        (standardised, encoded; unit for the spherical metric) input itself. 'energy' is
+        the novelty of the INPUT, E(x) (what training's energy_p99 drift threshold
+        measures): with T > 0 it comes from the logits of the first AM step, a GEMM the
+        dynamics run anyway, so no output adds a GEMM of its own.
+        """
         unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OPTIONAL_OUTPUTS}")
@@ -153,34 +164,89 @@ class ClusterPredictor:
             return empty
         return {name: np.concatenate(values) for name, values in parts.items()}
 
-    def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        protos = self.model_prototypes
-        zm = normalize_rows(z) if self.metric == "spherical" else z
-        if self.rule == "am":
-            labels, dist = assign(z, protos, self.beta, self.alpha, self.steps, self.metric)
-        elif self.rule == "dot":
-            from clam_dist.models.attention import attention_assign
+    def scoring_state(
+        self, z: torch.Tensor, want_input_energy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(state, input energy or None). The state is the rows whose distances label
+        them: x_T for "am", else z (unit rows for the spherical metric, as the
+        prototypes). With ``want_input_energy`` and T > 0, E(x) of the INPUT comes from
+        the first AM step's own logits GEMM (no GEMM of its own)."""
+        unit = normalize_rows(z) if self.metric == "spherical" else z
+        if self.rule != "am" or self.steps == 0:
+            return unit, None
+        check_dynamics(self.beta, self.alpha, self.steps)
+        # am_evolve prepares (spherical: re-normalises) the prototypes it is given; the
+        # hand-written first step below uses that same prepared tensor, so x_T does not
+        # depend on whether energy was asked for (tests/test_assign_scores.py).
+        protos, beta = prepare_prototypes(self.model_prototypes, self.metric), self.beta
+        energy0 = None
+        x = unit
+        if want_input_energy:
+            # The first step by hand, with the same ops as am._DirectStep, keeping its
+            # logits beta x.rho - beta/2 |rho|^2 (Euclidean) or beta x.rho (spherical):
+            # -beta/2 |x - rho|^2 = logits - beta/2 |x|^2, so E(x) = |x|^2/2 - lse/beta.
+            bias = _bias(protos, beta, self.metric)
+            if bias is None:
+                logits = torch.mm(x, protos.t()).mul_(beta)
+            else:
+                logits = torch.addmm(bias, x, protos.t(), alpha=beta)
+            lse = torch.logsumexp(logits, dim=1)
+            energy0 = 0.5 * (x * x).sum(1) - lse / beta
+            if bias is None:  # spherical: the unit prototypes' -beta/2 |rho|^2 = -beta/2
+                energy0 += 0.5
+            x = torch.lerp(x, torch.softmax(logits, dim=1) @ protos, float(self.alpha))
+            del logits
+            steps = self.steps - 1  # am_evolve normalises x (spherical) as _step would
+        else:
+            # From z, as am.assign does (am_evolve normalises it once, spherical).
+            x, steps = z, self.steps
+        # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes the
+        # direct (unchunked) path and its result equals am.assign's x_T.
+        return am_evolve(x, self.model_prototypes, beta, self.alpha, steps, self.metric), energy0
 
-            labels = attention_assign(z, protos, self.beta, "dot")
-            dist = ((zm - protos[labels]) ** 2).sum(1)
-        else:  # "nearest"
-            d2, idx = nearest_prototypes(z, protos, self.metric, top=1)
-            labels, dist = idx[:, 0], d2[:, 0]
+    def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        state, energy0 = self.scoring_state(z, "energy" in outputs)
+        d2, dots = score_matrix(state, self.model_prototypes, self._proto_sq, self.rule == "dot")
+        if dots is not None:
+            # Dot-product rule: the largest score x.rho labels the row (attention's dot
+            # similarity); the distance column is still the squared distance to it.
+            labels = dots.argmax(dim=1)
+            d2 = dots.mul_(-2.0).add_(self._proto_sq).add_((state * state).sum(1, keepdim=True))
+            d2.clamp_min_(0.0)
+            dist = d2.gather(1, labels[:, None])[:, 0]
+        else:
+            dist, labels = d2.min(dim=1)
         out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}
-        if "energy" in outputs:
-            out["energy"] = _np(energy(z, protos, self.beta, self.metric), np.float32)
         if "margin" in outputs:
-            d2, _ = nearest_prototypes(z, protos, self.metric, top=2)
-            margin = (
-                d2[:, 1] - d2[:, 0] if d2.shape[1] > 1 else torch.full_like(d2[:, 0], float("inf"))
-            )
+            if d2.shape[1] > 1:
+                top2 = torch.topk(d2, 2, dim=1, largest=False).values
+                margin = top2[:, 1] - top2[:, 0]
+            else:
+                margin = torch.full_like(dist, float("inf"))
             out["margin"] = _np(margin, np.float32)
-        if "probs" in outputs:
-            d2 = (
-                (zm * zm).sum(1, keepdim=True) - 2 * zm @ protos.t() + (protos * protos).sum(1)
-            ).clamp_min(0)
-            out["probs"] = _np(torch.softmax(-0.5 * self.beta * d2, dim=1), np.float32)
+        if "energy" in outputs and energy0 is not None:
+            out["energy"] = _np(energy0, np.float32)
+        if ("energy" in outputs and energy0 is None) or "probs" in outputs:
+            logits = d2.mul_(-0.5 * self.beta)  # d2 is not needed any more: reuse it
+            lse = torch.logsumexp(logits, dim=1)
+            if "energy" in outputs and energy0 is None:
+                out["energy"] = _np(lse / -self.beta, np.float32)
+            if "probs" in outputs:
+                out["probs"] = _np(logits.sub_(lse[:, None]).exp_(), np.float32)
         return out
+
+
+def score_matrix(
+    state: torch.Tensor, protos: torch.Tensor, proto_sq: torch.Tensor, want_dots: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """THE distance GEMM of the assignment path (one call per row chunk, whatever the
+    outputs). Returns (d2, None): squared distances (rows, k), or (None, dots) with the
+    raw dot products state @ protos^T when the caller labels by the largest dot (the
+    distances are then derived from the same product, without a second GEMM)."""
+    if want_dots:
+        return None, torch.mm(state, protos.t())
+    d2 = torch.addmm(proto_sq, state, protos.t(), alpha=-2.0)
+    return d2.add_((state * state).sum(1, keepdim=True)).clamp_min_(0.0), None
 
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The assignment outputs come from one score matrix per batch and match a float64
-reference written out longhand (no shared code with the predictor): cluster, distance,
-margin and probs of the evolved state x_T (ClAM) or the input (other rules); energy of
-the input."""
+reference written out longhand (no shared code with the predictor): cluster, margin and
+probs of the evolved state x_T (ClAM) or the input (other rules); distance (to the
+assigned prototype) and energy of the input."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def _reference(x, protos, mean, scale, rule, beta, alpha, steps, metric):
     if metric == "spherical":
         z, p = unit(z), unit(p)
     d2 = ((z[:, None, :] - p[None]) ** 2).sum(-1)
+    d2_input = d2
     energy = -_lse(-0.5 * beta * d2) / beta  # E(x) of the input, whatever the rule
     if rule == "am":
         for _ in range(steps):
@@ -41,7 +42,7 @@ def _reference(x, protos, mean, scale, rule, beta, alpha, steps, metric):
     lse = _lse(logits)
     return {
         "cluster": cluster,
-        "distance": d2[np.arange(len(z)), cluster],
+        "distance": d2_input[np.arange(len(z)), cluster],  # the input's, whatever the rule
         "margin": srt[:, 1] - srt[:, 0],
         "energy": energy,
         "probs": np.exp(logits - lse[:, None]),

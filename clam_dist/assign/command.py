@@ -34,9 +34,10 @@ _FLAG_FIELDS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
-        "Output columns: id, cluster, distance (squared, to the assigned prototype, in the\n"
-        "model's standardised space; for ClAM from the state after the T AM steps, as\n"
-        "margin and probs), the optional extras and the pass-through columns.\n"
+        "Output columns: id, cluster, distance (squared, from the row to its assigned\n"
+        "prototype, in the model's standardised space; for ClAM the cluster, margin and\n"
+        "probs describe the state after the T AM steps), the optional extras and the\n"
+        "pass-through columns.\n"
         "The output is committed atomically: part-NNNNN.parquet + _manifest.json + _SUCCESS\n"
         "(last); a prefix without _SUCCESS is incomplete and a re-run replaces it.\n\n"
         "Example (scheduled, one partition per day):\n"

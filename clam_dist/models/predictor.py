@@ -136,13 +136,14 @@ class ClusterPredictor:
         'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
         'probs' ((n, k) soft assignment softmax(-beta/2 d^2)).
 
-        One (rows x k) squared-distance GEMM per row chunk gives every column, on the
-        state that labels the row: for the "am" rule the state after the T AM steps
-        (x_T), so cluster = argmin, distance = d^2(x_T, assigned prototype), margin and
-        probs all describe x_T, never a mix of x and x_T; for "nearest" and "dot" the
-        (standardised, encoded; unit for the spherical metric) input itself. 'energy' is
-        the novelty of the INPUT, E(x) (what training's energy_p99 drift threshold
-        measures): with T > 0 it comes from the logits of the first AM step, a GEMM the
+        One (rows x k) squared-distance GEMM per row chunk labels the rows, on the state
+        that decides the label: for the "am" rule the state after the T AM steps (x_T),
+        so cluster = argmin and margin and probs describe that same decision; for
+        "nearest" and "dot" the (standardised, encoded; unit for the spherical metric)
+        input itself. 'distance' is always the squared distance from the INPUT row (in
+        model space) to its assigned prototype, and 'energy' the novelty of the input,
+        E(x): what evaluation's inertia sums and training's energy_p99 drift threshold
+        measures. For "am" both come from the logits of the first AM step, a GEMM the
         dynamics run anyway, so no output adds a GEMM of its own.
         """
         unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
@@ -166,46 +167,47 @@ class ClusterPredictor:
 
     def scoring_state(
         self, z: torch.Tensor, want_input_energy: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(state, input energy or None). The state is the rows whose distances label
-        them: x_T for "am", else z (unit rows for the spherical metric, as the
-        prototypes). With ``want_input_energy`` and T > 0, E(x) of the INPUT comes from
-        the first AM step's own logits GEMM (no GEMM of its own)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(state, input energy or None, input squared distances or None).
+
+        The state is the rows whose distances label them: x_T for "am", else z (unit rows
+        for the spherical metric, as the prototypes). For "am" with T > 0 the first AM
+        step is written out here so that its logits GEMM, which the dynamics run anyway,
+        also gives the INPUT's squared distances to every prototype (rows, k) and, with
+        ``want_input_energy``, E(x): no GEMM of their own."""
         unit = normalize_rows(z) if self.metric == "spherical" else z
         if self.rule != "am" or self.steps == 0:
-            return unit, None
+            return unit, None, None
         check_dynamics(self.beta, self.alpha, self.steps)
-        # am_evolve prepares (spherical: re-normalises) the prototypes it is given; the
-        # hand-written first step below uses that same prepared tensor, so x_T does not
-        # depend on whether energy was asked for (tests/test_assign_scores.py).
+        # The same ops as am._DirectStep (addmm with the bias, softmax, read-out, lerp),
+        # so x_T equals am.assign's bit for bit (tests/test_estimator_shared.py).
         protos, beta = prepare_prototypes(self.model_prototypes, self.metric), self.beta
-        energy0 = None
-        x = unit
-        if want_input_energy:
-            # The first step by hand, with the same ops as am._DirectStep, keeping its
-            # logits beta x.rho - beta/2 |rho|^2 (Euclidean) or beta x.rho (spherical):
-            # -beta/2 |x - rho|^2 = logits - beta/2 |x|^2, so E(x) = |x|^2/2 - lse/beta.
-            bias = _bias(protos, beta, self.metric)
-            if bias is None:
-                logits = torch.mm(x, protos.t()).mul_(beta)
-            else:
-                logits = torch.addmm(bias, x, protos.t(), alpha=beta)
-            lse = torch.logsumexp(logits, dim=1)
-            energy0 = 0.5 * (x * x).sum(1) - lse / beta
-            if bias is None:  # spherical: the unit prototypes' -beta/2 |rho|^2 = -beta/2
-                energy0 += 0.5
-            x = torch.lerp(x, torch.softmax(logits, dim=1) @ protos, float(self.alpha))
-            del logits
-            steps = self.steps - 1  # am_evolve normalises x (spherical) as _step would
+        bias = _bias(protos, beta, self.metric)
+        if bias is None:
+            logits = torch.mm(unit, protos.t()).mul_(beta)
         else:
-            # From z, as am.assign does (am_evolve normalises it once, spherical).
-            x, steps = z, self.steps
+            logits = torch.addmm(bias, unit, protos.t(), alpha=beta)
+        # logits = -beta/2 |x - rho|^2 + beta/2 |x|^2 (Euclidean; spherical: unit rho, so
+        # -beta/2 |rho|^2 = -beta/2 is missing from the bias and added back here).
+        sq = (unit * unit).sum(1, keepdim=True)
+        d2_input = (sq + (1.0 if bias is None else 0.0)).sub(logits, alpha=2.0 / beta)
+        d2_input.clamp_min_(0.0)
+        energy0 = None
+        if want_input_energy:
+            lse = torch.logsumexp(logits, dim=1)
+            energy0 = 0.5 * sq[:, 0] - lse / beta
+            if bias is None:
+                energy0 += 0.5
+        x = torch.lerp(unit, torch.softmax(logits, dim=1) @ protos, float(self.alpha))
+        del logits
         # Rows arrive in chunks of at most BLOCK_ELEMS // k, so the evolution takes the
-        # direct (unchunked) path and its result equals am.assign's x_T.
-        return am_evolve(x, self.model_prototypes, beta, self.alpha, steps, self.metric), energy0
+        # direct (unchunked) path (am_evolve normalises x again for the spherical metric,
+        # as the step would have).
+        state = am_evolve(x, self.model_prototypes, beta, self.alpha, self.steps - 1, self.metric)
+        return state, energy0, d2_input
 
     def _predict_chunk(self, z: torch.Tensor, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        state, energy0 = self.scoring_state(z, "energy" in outputs)
+        state, energy0, d2_input = self.scoring_state(z, "energy" in outputs)
         d2, dots = score_matrix(state, self.model_prototypes, self._proto_sq, self.rule == "dot")
         if dots is not None:
             # Dot-product rule: the largest score x.rho labels the row (attention's dot
@@ -216,6 +218,8 @@ class ClusterPredictor:
             dist = d2.gather(1, labels[:, None])[:, 0]
         else:
             dist, labels = d2.min(dim=1)
+        if d2_input is not None:  # "am": the input row's distance to its prototype
+            dist = d2_input.gather(1, labels[:, None])[:, 0]
         out = {"cluster": _np(labels, np.int64), "distance": _np(dist, np.float32)}
         if "margin" in outputs:
             if d2.shape[1] > 1:

@@ -11,7 +11,7 @@ from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.comm import Comm, all_reduce_mean_grads
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.objectives import Objective
-from clam_dist.train.step import batch_mask, lr_factor, scale_to_global
+from clam_dist.train.step import batch_mask, lr_factor, scale_to_global, shared_mask_epoch
 from clam_dist.train.updates import Batch
 from clam_dist.train.verify import check_finite
 
@@ -118,8 +118,16 @@ class GradientUpdate:
         return self.objective.end_epoch(epoch, comm, rank)
 
     def apply_epoch(self, epoch: int, epoch_loss: float) -> None:
-        if self.cfg.optim.schedule == "plateau":
+        # A shared-mask epoch's loss is on another scale than a per-row-mask epoch's: the
+        # plateau compares like with like, so it skips the odd kind out.
+        if self.cfg.optim.schedule == "plateau" and not self._odd_mask_epoch(epoch):
             self.plateau.step(epoch_loss)
+
+    def _odd_mask_epoch(self, epoch: int) -> bool:
+        """A shared-mask epoch in a run that also has per-row-mask epochs."""
+        m = self.cfg.model
+        masked = self.phase(epoch) != "pretrain" and self.objective.mask_width() is not None
+        return masked and m.shared_every > 1 and shared_mask_epoch(epoch, m.shared_every)
 
     def finalize(self) -> None:
         self.objective.finalize()  # DCAM: the selected (bounded) state

@@ -1,544 +1,304 @@
 """The per-worker training loop run by Ray Train's TorchTrainer (one process per worker).
 
-Each worker holds the prototypes and an Adam optimizer, streams its lanes (file shards),
-computes its share of the global-batch loss and all-reduces the prototype gradient with
-an explicit ``torch.distributed.all_reduce`` (gloo on CPU, nccl on GPU). That is exactly
-what DDP does for a single parameter tensor, minus the bucketing machinery, and it lets
-the loop time the all-reduce apart from the compute and count its bytes.
+Each worker streams its lanes (file shards) and, per step: reads the next batch, measures
+it against the current prototypes (monitor), computes its local update (forward/backward,
+or k-means' sums and counts), all-reduces it in ONE flat buffer with an explicit
+``torch.distributed.all_reduce`` (gloo on CPU, nccl on GPU), applies it, and, when due,
+reports metrics and a checkpoint. What a method computes lives behind ``updates.Update``
+(objectives from the method registry); this file never asks which method runs.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-from collections import defaultdict
 
-import numpy as np
 import torch
 
-from clam_dist.config import from_dict
+from clam_dist.config import to_dict
 from clam_dist.secrets import persistable
 from clam_dist.train import checkpoint as ckpt
-from clam_dist.train.config import TrainConfig
-from clam_dist.train.objectives import make_objective, total_epochs
+from clam_dist.train.artifact import write_artifact
+from clam_dist.train.comm import Comm, parameter_divergence
+from clam_dist.train.failure import FAILURE_MARKER, maybe_fail
+from clam_dist.train.objectives import total_epochs
 from clam_dist.train.sources import make_source
-from clam_dist.train.step import (
-    LaneStream,
-    batch_mask,
-    fingerprint,
-    lr_factor,
-    prefetch_steps,
-    resolve_lanes,
-    scale_to_global,
-    worker_lanes,
-)
+from clam_dist.train.state import TrainState
+from clam_dist.train.step import LaneStream, prefetch_steps, resolve_lanes, worker_lanes
+from clam_dist.train.updates import Batch, make_update
+from clam_dist.train.verify import TrainingDiverged, Verifier, check_finite
+from clam_dist.train.window import Window
+from clam_dist.train.worker_config import LoopConfig, init_jsonable
 
-FAILURE_MARKER = "_failure_injected"
+__all__ = [  # the loop's public names, also those of the modules it is made of
+    "FAILURE_MARKER", "Comm", "Trainer", "TrainingDiverged", "check_finite",
+    "parameter_divergence", "train_loop",
+]  # fmt: skip
 
 
-class Comm:
-    """all_reduce that is a no-op on one worker and accounts bytes and seconds per kind
-    ("step": what training needs each step; "verify"; "metrics")."""
+def train_loop(config: dict) -> None:
+    """Ray Train's per-worker function (``config``: ``LoopConfig.to_ray()``)."""
+    Trainer(LoopConfig.from_ray(config)).run()
 
-    def __init__(self, distributed: bool, device: torch.device, barrier_timing: bool):
-        self.distributed, self.device, self.barrier_timing = distributed, device, barrier_timing
-        self.bytes: dict[str, int] = defaultdict(int)
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.wait_s = 0.0
 
-    def all_reduce(self, t: torch.Tensor, op: str = "sum", kind: str = "step") -> torch.Tensor:
-        if not self.distributed:
-            return t
+class Trainer:
+    """One worker's training: the state, the method's update and the named steps."""
+
+    def __init__(self, loop: LoopConfig):
+        import ray.train
         import torch.distributed as dist
 
-        t = t.to(self.device)
-        if self.barrier_timing and kind == "step":
-            t0 = time.perf_counter()
-            dist.barrier()  # stragglers' wait, so the timed all-reduce is transfer only
-            self.wait_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
-        self.seconds[kind] += time.perf_counter() - t0
-        self.bytes[kind] += t.numel() * t.element_size()
-        return t
-
-    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
-        """Rank ``src``'s tensor on every worker (a no-op on one worker)."""
-        if not self.distributed:
-            return t
-        import torch.distributed as dist
-
-        t = t.to(self.device).contiguous()
-        dist.broadcast(t, src=src)
-        return t
-
-
-def train_loop(loop_config: dict) -> None:
-    import ray.train
-    import torch.distributed as dist
-
-    from clam_dist.models.am import energy, nearest_prototypes
-    from clam_dist.models.kmeans import apply_lloyd, apply_minibatch, batch_sums_counts
-
-    cfg: TrainConfig = from_dict(TrainConfig, loop_config["train"])
-    init, plan, run_url = loop_config["init"], loop_config["plan"], loop_config["run_url"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device("cuda" if cfg.run.use_gpu and torch.cuda.is_available() else "cpu")
-    comm = Comm(
-        dist.is_available() and dist.is_initialized() and world > 1, device, cfg.run.barrier_timing
-    )
-    am, opt_cfg = cfg.model, cfg.optim
-    n_epochs = total_epochs(cfg)
-
-    source = make_source(cfg)
-    mean, scale = (
-        torch.tensor(init[key], dtype=torch.float32, device=device) for key in ("mean", "scale")
-    )
-    k, d_in = len(init["prototypes"]), len(init["mean"])
-    # k-means updates its centres in closed form; every other method is gradient-trained
-    # through an objective (train/objectives.py) with ONE flat all-reduced gradient.
-    objective = make_objective(cfg, init, device, loop_config.get("sample"))
-    protos = (
-        torch.tensor(init["prototypes"], dtype=torch.float32, device=device)
-        if objective is None
-        else None
-    )
-    kcounts = torch.zeros(k, device=device)  # mini-batch k-means: rows ever assigned per centre
-    lloyd_sums = torch.zeros(k, d_in, device=device)
-    lloyd_counts = torch.zeros(k, device=device)
-    epoch = step_in_epoch = global_step = 0
-    epoch_sums = torch.zeros(3, dtype=torch.float64)  # global loss sum, rows, energy sum
-    history: list[dict] = []
-    verified = 0
-
-    def new_optimizer():
-        params = objective.trainable() if objective is not None else [torch.zeros(1)]
-        opt = torch.optim.Adam(params, lr=opt_cfg.lr)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=opt_cfg.plateau_factor, patience=opt_cfg.plateau_patience
+        cfg = self.cfg = loop.train
+        self.plan, self.run_url, self.init = loop.plan, loop.run_url, loop.load_init()
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        use_gpu = cfg.run.use_gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        distributed = dist.is_available() and dist.is_initialized() and self.world > 1
+        self.comm = Comm(distributed, self.device, cfg.run.barrier_timing)
+        self.n_epochs = total_epochs(cfg)
+        self.source = make_source(cfg)
+        self.mean, self.scale = (
+            torch.tensor(self.init[key], dtype=torch.float32, device=self.device)
+            for key in ("mean", "scale")
         )
-        return opt, sched
+        self.k, self.d_in = len(self.init["prototypes"]), len(self.init["mean"])
+        self.update = make_update(
+            cfg, self.init, self.device, loop.load_sample(), self.world, self.plan.total_steps
+        )
+        self.state = TrainState()
+        self.verifier = Verifier(self.comm, self.update.parameters)
+        self.n_lanes, self.lane_batch = resolve_lanes(
+            cfg.data.lanes, self.world, cfg.optim.batch_size
+        )
+        self.stopped = False
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and cfg.run.resume_from:
-        checkpoint = ckpt.open_checkpoint(cfg.run.resume_from, cfg.data.storage_options)
-    loaded = None
-    if checkpoint is not None:
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.restore()
+        self.verifier.check("at step 0 (after the broadcast initialisation)")
+        self.row_counts = self.source.file_row_counts()
+        self.window = Window(self.k, self.world, self.comm)
+        while not self.done():
+            self.begin_epoch()
+            self.run_epoch()
+
+    def done(self) -> bool:
+        s = self.state
+        return self.stopped or s.epoch >= self.n_epochs or s.global_step >= self.plan.total_steps
+
+    def restore(self) -> None:
+        """Continue from this run's last checkpoint (Ray hands it over after a worker
+        failure) or from run.resume_from (another run's)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None and self.cfg.run.resume_from:
+            checkpoint = ckpt.open_checkpoint(
+                self.cfg.run.resume_from, self.cfg.data.storage_options
+            )
+        if checkpoint is None:
+            return
         with checkpoint.as_directory() as ckdir:
             tensors, state = ckpt.load(ckdir)
-        ckpt.check_shape(state, k, d_in)
-        ckpt.check_method(state, am.method)
-        if objective is not None:
-            objective.load_state(state.get("objective", {}))
-            objective.load_state_tensors(tensors)
-        else:
-            protos.copy_(tensors["prototypes"])
-            kcounts.copy_(tensors["kmeans_counts"])
-            lloyd_sums.copy_(tensors["lloyd_sums"])
-            lloyd_counts.copy_(tensors["lloyd_counts"])
-        epoch, step_in_epoch = state["data_position"]["epoch"], state["data_position"]["step"]
-        global_step = state["global_step"]
-        epoch_sums = torch.tensor(state["epoch_sums"], dtype=torch.float64)
-        history = list(state["history"])
-        loaded = (tensors, state)
-    # Built after the objective's state is restored: which parameters train depends on
-    # the phase (DCAM pretraining trains the autoencoder only).
-    optimizer, plateau = new_optimizer()
-    if loaded is not None:
-        tensors, state = loaded
-        ckpt.optimizer_from_files(optimizer, tensors, state["optimizer"])
-        plateau.load_state_dict(state["plateau"])
+        ckpt.check_shape(state, self.k, self.d_in)
+        ckpt.check_method(state, self.cfg.model.method)
+        self.update.load_state_dict(tensors, state)
+        self.state.load_state_dict(state)
 
-    def current_prototypes() -> torch.Tensor:
-        return objective.prototypes() if objective is not None else protos
+    def begin_epoch(self) -> None:
+        epoch = self.state.epoch
+        if self.update.begin_epoch(epoch, self.comm, self.rank):  # a new phase
+            self.verifier.check(f"at the start of epoch {epoch} (new phase)")
 
-    def all_parameters() -> torch.Tensor:
-        if objective is None:
-            return protos
-        return torch.cat([p.detach().reshape(-1) for p in objective.module.parameters()])
+    def run_epoch(self) -> None:
+        s = self.state
+        if s.step_in_epoch >= self.plan.steps_per_epoch[s.epoch]:
+            s.next_epoch()  # an epoch with no steps (cannot happen with non-empty data)
+            return
+        reader = self.open_reader()
+        try:
+            while not self.train_step(reader):
+                pass
+        finally:
+            reader.close()
 
-    def check_identical(where: str) -> None:
-        """Bit-identical parameters on every worker, else fail loudly."""
-        nonlocal verified
-        fp = comm.all_reduce(fingerprint(all_parameters()), "max", kind="verify").cpu()
-        if int(fp[0]) != -int(fp[1]):
-            gap = parameter_divergence(comm, all_parameters())
-            raise RuntimeError(
-                f"parameters differ across workers {where} (fingerprints disagree; "
-                f"largest absolute difference {gap:.3g})"
-            )
-        verified += 1
-
-    def save_checkpoint(directory: str) -> None:
-        opt_tensors, opt_meta = ckpt.optimizer_to_files(optimizer)
-        if objective is None:
-            tensors = {
-                "prototypes": protos,
-                "kmeans_counts": kcounts,
-                "lloyd_sums": lloyd_sums,
-                "lloyd_counts": lloyd_counts,
-            }
-        else:
-            # a copy: safetensors refuses two names for one storage
-            tensors = {"prototypes": objective.prototypes().clone(), **objective.state_tensors()}
-        ckpt.save(
-            directory,
-            {**tensors, **opt_tensors},
-            {
-                "k": k,
-                "d": d_in,
-                "d_model": int(current_prototypes().shape[1]),
-                "method": am.method,
-                "global_step": global_step,
-                "data_position": {
-                    "epoch": epoch,
-                    "step": step_in_epoch,
-                    "lanes": n_lanes,
-                    "lane_batch": lane_batch,
-                    "seed": cfg.run.seed,
-                },
-                "epoch_sums": epoch_sums.tolist(),
-                "optimizer": opt_meta,
-                "plateau": plateau.state_dict(),
-                "objective": objective.state() if objective is not None else {},
-                "init": {key: v for key, v in init.items() if key != "prototypes"},
-                "config": persistable(loop_config["train"]),  # no credentials at rest
-                "history": history,
-            },
-        )
-
-    check_identical("at step 0 (after the broadcast initialisation)")
-    n_lanes, lane_batch = resolve_lanes(cfg.data.lanes, world, opt_cfg.batch_size)
-    lanes = worker_lanes(rank, world, n_lanes)
-    row_counts = source.file_row_counts()
-    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
-    window = _Window(k, world, comm)
-    stopped = False
-    while epoch < n_epochs and global_step < total_steps and not stopped:
-        if objective is not None and objective.begin_epoch(epoch, comm, rank):
-            optimizer, plateau = new_optimizer()  # a new phase (DCAM: the joint loss)
-            check_identical(f"at the start of epoch {epoch} (new phase)")
-        phase = objective.phase(epoch) if objective is not None else "train"
+    def open_reader(self):
+        """This worker's lanes from the current step on, read in a thread while the
+        previous batch computes (bounded; ``close`` stops it). A mid-epoch resume skips
+        the rows already consumed."""
+        s, seed = self.state, self.cfg.run.seed
+        skip = s.step_in_epoch * self.lane_batch
         streams = [
             LaneStream(
-                source,
+                self.source,
                 lane,
-                n_lanes,
-                epoch,
-                cfg.run.seed,
-                min(lane_batch, 65_536),
-                step_in_epoch * lane_batch if step_in_epoch else 0,
-                row_counts,
+                self.n_lanes,
+                s.epoch,
+                seed,
+                read_rows=min(self.lane_batch, 65_536),
+                skip_rows=skip,
+                row_counts=self.row_counts,
             )
-            for lane in lanes
+            for lane in worker_lanes(self.rank, self.world, self.n_lanes)
         ]
-        # The next batches are read in a thread while this one computes (bounded, closed
-        # below; an early exit drops it and its finaliser stops the thread).
-        reader = prefetch_steps(streams, lane_batch, steps_per_epoch[epoch] - step_in_epoch)
-        for step in range(step_in_epoch, steps_per_epoch[epoch]):
-            _maybe_fail(cfg, run_url, rank, world, epoch, step, global_step)
-            xb, ids = next(reader)
-            x = (torch.from_numpy(xb).to(device) - mean) / scale
-            t0 = time.perf_counter()
-            global_rows = int(comm.all_reduce(torch.tensor([float(len(x))]), kind="step").item())
-            window.comm_s += time.perf_counter() - t0
-            # Monitoring uses the prototypes the step starts from (no extra sync needed).
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                if len(x) and (objective is None or objective.monitoring()):
-                    zx = objective.model_space(x) if objective is not None else x
-                    beta_now = objective.beta if objective is not None else float(init["beta"])
-                    d2, idx = nearest_prototypes(zx, current_prototypes(), am.metric)
-                    window.assign += torch.bincount(idx[:, 0], minlength=k).to(window.assign)
-                    window.sums[2] += float(
-                        energy(zx, current_prototypes(), beta_now, am.metric).double().sum()
-                    )
-                if len(x):
-                    window.sums[1] += len(x)
-            window.monitor_s += time.perf_counter() - t0
-            if objective is not None:
-                for group in optimizer.param_groups:
-                    if opt_cfg.schedule != "plateau":
-                        group["lr"] = opt_cfg.lr * lr_factor(
-                            global_step,
-                            total_steps,
-                            opt_cfg.schedule,
-                            opt_cfg.warmup_steps,
-                            opt_cfg.min_lr_factor,
-                        )
-                t0 = time.perf_counter()
-                width = objective.mask_width() if phase != "pretrain" else None
-                mask = (
-                    None
-                    if width is None
-                    else batch_mask(
-                        ids, width, am.mask_ratio, am.shared_every, epoch, step, cfg.run.seed
-                    )
-                )
-                mask = None if mask is None else mask.to(device)
-                # Collectives inside the loss (DCAM's global latent fill) run on EVERY
-                # worker, also one whose share of this step is empty.
-                context = objective.batch_context(x, mask, comm, epoch)
-                params = objective.trainable()
-                if len(x):
-                    loss = scale_to_global(
-                        objective.mean_loss(x, mask, context, epoch),
-                        len(x),
-                        world,
-                        max(1, global_rows),
-                    )
-                else:  # keep every parameter in the graph so the all-reduce has its grad
-                    loss = sum((p * 0).sum() for p in params)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                window.compute_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                finite = all_reduce_mean_grads(params, comm, world)
-                window.comm_s += time.perf_counter() - t0
-                # The gradient is all-reduced, so every worker reaches the same verdict
-                # without another collective; nothing non-finite is ever applied or saved.
-                check_finite(finite, "loss gradient", am.method, global_step, epoch)
-                if global_rows:
-                    optimizer.step()
-                    check_finite(
-                        bool(torch.isfinite(all_parameters()).all()),
-                        "parameters after the optimizer step",
-                        am.method,
-                        global_step,
-                        epoch,
-                    )
-                window.sums[0] += float(loss.detach()) * global_rows / world
-            else:
-                t0 = time.perf_counter()
-                if len(x):
-                    s, c, _ = batch_sums_counts(x, protos, am.metric)
-                    window.sums[0] += float(d2.double().sum())
-                else:
-                    s, c = torch.zeros_like(protos), torch.zeros(k, device=device)
-                window.compute_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                sc = comm.all_reduce(torch.cat([s, c[:, None]], dim=1), kind="step")
-                window.comm_s += time.perf_counter() - t0
-                s, c = sc[:, :d_in], sc[:, d_in]
-                if am.kmeans_algorithm == "minibatch":
-                    new, kcounts_new = apply_minibatch(protos, kcounts, s, c, am.metric)
-                    protos.copy_(new)
-                    kcounts.copy_(kcounts_new)
-                else:
-                    lloyd_sums += s
-                    lloyd_counts += c
-            window.steps += 1
-            global_step += 1
-            step_in_epoch = step + 1
-            if cfg.run.verify_every and global_step % cfg.run.verify_every == 0:
-                check_identical(f"after step {global_step}")
-            end_epoch = step_in_epoch == steps_per_epoch[epoch] or global_step >= total_steps
-            epoch_extra: dict = {}
-            if end_epoch and objective is not None:
-                epoch_extra, stopped = objective.end_epoch(epoch, comm, rank)
-            last = stopped or global_step >= total_steps or (end_epoch and epoch + 1 >= n_epochs)
-            ckpt_now = (
-                last
-                or (
-                    cfg.run.checkpoint_every_steps
-                    and global_step % cfg.run.checkpoint_every_steps == 0
-                )
-                or (
-                    end_epoch
-                    and cfg.run.checkpoint_every
-                    and (epoch + 1) % cfg.run.checkpoint_every == 0
-                )
-            )
-            if not (ckpt_now or end_epoch or global_step % max(1, cfg.run.report_every) == 0):
-                continue
-            metrics = window.reduce(rank)
-            epoch_sums += torch.tensor(window.last_sums, dtype=torch.float64)
-            window.reset()
-            metrics.update(
-                epoch=epoch,
-                step=global_step,
-                total_steps=total_steps,
-                workers=world,
-                lr=optimizer.param_groups[0]["lr"],
-                **({"phase": phase} if phase != "train" else {}),
-            )
-            if end_epoch:
-                epoch_loss = float(epoch_sums[0] / max(1.0, float(epoch_sums[1])))
-                metrics["epoch_loss"] = epoch_loss
-                metrics.update(epoch_extra)
-                if objective is None and am.kmeans_algorithm == "lloyd":
-                    protos.copy_(apply_lloyd(protos, lloyd_sums, lloyd_counts, am.metric))
-                    lloyd_sums.zero_()
-                    lloyd_counts.zero_()
-                if objective is not None and opt_cfg.schedule == "plateau":
-                    plateau.step(epoch_loss)
-                check_identical(f"at the end of epoch {epoch}")
-                epoch, step_in_epoch = epoch + 1, 0
-                epoch_sums.zero_()
-            metrics["verified_steps"] = verified  # fingerprint checks so far (incl. step 0)
-            # Measured, not assumed: max |difference| of any parameter between workers.
-            metrics["prototype_divergence"] = parameter_divergence(comm, all_parameters())
-            history.append(metrics)
-            if last:
-                if objective is not None:
-                    objective.finalize()  # DCAM: the selected (bounded) state
-                if rank == 0:
-                    _write_artifact(cfg, init, objective, protos, run_url, history)
-            if ckpt_now:
-                with tempfile.TemporaryDirectory() as tmp:
-                    if rank == 0:
-                        save_checkpoint(tmp)
-                    ray.train.report(
-                        metrics,
-                        checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-                    )
-            else:
-                ray.train.report(metrics)
-            if end_epoch or last:
-                break  # next epoch (fresh lane streams), or done
-        else:  # an epoch with no steps (cannot happen with non-empty data): move on
-            epoch, step_in_epoch = epoch + 1, 0
-        reader.close()
+        steps_left = self.plan.steps_per_epoch[s.epoch] - s.step_in_epoch
+        return prefetch_steps(streams, self.lane_batch, steps_left)
 
+    # -- one step ------------------------------------------------------------------------
 
-def parameter_divergence(comm: Comm, params: torch.Tensor) -> float:
-    """The largest absolute difference of any parameter between any two workers: the
-    elementwise max over workers minus the min (two MAX all-reduces). 0.0 on one worker."""
-    flat = params.detach().reshape(-1).float()
-    hi = comm.all_reduce(flat.clone(), "max", kind="verify")
-    neg_lo = comm.all_reduce(flat.neg(), "max", kind="verify")
-    return float((hi + neg_lo).max()) if flat.numel() else 0.0
-
-
-class TrainingDiverged(FloatingPointError):
-    """A step produced a non-finite gradient or parameter; training stops before applying
-    it, so every checkpoint already written holds finite values."""
-
-
-def check_finite(finite: bool, what: str, method: str, step: int, epoch: int) -> None:
-    if not finite:
-        raise TrainingDiverged(
-            f"{method}: non-finite {what} at step {step} (epoch {epoch}); training stopped, "
-            "the last checkpoint holds the last finite state (lower optim.lr or model.beta)"
+    def train_step(self, reader) -> bool:
+        """One optimizer step; True when the epoch or the run ends with it."""
+        s = self.state
+        maybe_fail(
+            self.cfg, self.run_url, self.rank, self.world, s.epoch, s.step_in_epoch, s.global_step
         )
+        batch = self.next_batch(reader)
+        self.monitor(batch)
+        self.forward_backward(batch)
+        self.all_reduce()
+        self.optimizer_step(batch)
+        self.advance()
+        return self.end_of_step()
 
+    def next_batch(self, reader) -> Batch:
+        xb, ids = next(reader)
+        x = (torch.from_numpy(xb).to(self.device) - self.mean) / self.scale
+        t0 = time.perf_counter()
+        rows = self.comm.all_reduce(torch.tensor([float(len(x))]), kind="step")
+        global_rows = int(rows.item())
+        self.window.comm_s += time.perf_counter() - t0
+        s = self.state
+        return Batch(x, ids, global_rows, s.epoch, s.step_in_epoch, s.global_step)
 
-def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> bool:
-    """Average every parameter's gradient over the workers in ONE flat all-reduce (what
-    DDP's buckets do, in one bucket: the models here are small). Returns whether the
-    averaged gradient is finite (the same answer on every worker)."""
-    if not params:
-        return True
-    flat = torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-    )
-    flat = comm.all_reduce(flat, kind="step") / world
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
-    return bool(torch.isfinite(flat).all())
+    def monitor(self, batch: Batch) -> None:
+        """Assignments and energy under the prototypes the step starts from (no extra
+        sync); nothing while the prototypes mean nothing yet (DCAM pretraining)."""
+        from clam_dist.models.am import energy, nearest_prototypes
 
+        t0, metric, window = time.perf_counter(), self.cfg.model.metric, self.window
+        with torch.no_grad():
+            z = self.update.model_space(batch.x) if len(batch.x) else None
+            if z is not None:
+                protos = self.update.prototypes()
+                batch.nearest_d2, idx = nearest_prototypes(z, protos, metric)
+                window.assign += torch.bincount(idx[:, 0], minlength=self.k).to(window.assign)
+                window.sums[2] += float(energy(z, protos, self.update.beta, metric).double().sum())
+            window.sums[1] += len(batch.x)
+        window.monitor_s += time.perf_counter() - t0
 
-class _Window:
-    """Local sums over the steps since the last report, reduced in ONE all-reduce."""
+    def forward_backward(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        self.update.forward_backward(batch, self.comm)
+        self.window.compute_s += time.perf_counter() - t0
 
-    def __init__(self, k: int, world: int, comm: Comm):
-        self.k, self.world, self.comm = k, world, comm
-        self.reset()
+    def all_reduce(self) -> None:
+        t0 = time.perf_counter()
+        self.update.all_reduce(self.comm)
+        self.window.comm_s += time.perf_counter() - t0
 
-    def reset(self) -> None:
-        self.sums = [0.0, 0.0, 0.0]  # loss sum (global share), rows, energy sum
-        self.assign = torch.zeros(self.k, dtype=torch.float64)
-        self.steps = 0
-        self.compute_s = self.comm_s = self.monitor_s = 0.0
-        self.t0 = time.perf_counter()
-        self.bytes0, self.wait0 = self.comm.bytes["step"], self.comm.wait_s
+    def optimizer_step(self, batch: Batch) -> None:
+        self.window.sums[0] += self.update.optimizer_step(batch)
 
-    def reduce(self, rank: int) -> dict:
-        comm = self.comm
-        seconds = time.perf_counter() - self.t0
-        per_worker = torch.zeros(self.world, dtype=torch.float64)
-        per_worker[rank] = self.sums[1] / max(seconds, 1e-9)
-        bytes_per_step = (comm.bytes["step"] - self.bytes0) / max(1, self.steps)
-        wait = comm.wait_s - self.wait0
-        packed = torch.cat([torch.tensor(self.sums, dtype=torch.float64), self.assign, per_worker])
-        packed = comm.all_reduce(packed, kind="metrics").cpu()
-        loss_sum, rows, energy_sum = packed[:3].tolist()
-        self.last_sums = [loss_sum, rows, energy_sum]
-        steps = max(1, self.steps)
-        return {
-            "loss": loss_sum / max(1.0, rows),
-            "mean_energy": energy_sum / max(1.0, rows),
-            "dead_prototypes": int((packed[3 : 3 + self.k] == 0).sum()),
-            "rows": int(rows),
-            "window_steps": self.steps,
-            "rows_per_s_total": rows / max(seconds, 1e-9),
-            "rows_per_s_worker": packed[3 + self.k :].tolist(),
-            "compute_ms_per_step": 1000 * self.compute_s / steps,
-            "allreduce_ms_per_step": 1000 * (self.comm_s - wait) / steps,
-            "wait_ms_per_step": 1000 * wait / steps,
-            "monitor_ms_per_step": 1000 * self.monitor_s / steps,
-            "allreduce_bytes_per_step": int(bytes_per_step),
-        }
+    def advance(self) -> None:
+        s, every = self.state, self.cfg.run.verify_every
+        self.window.steps += 1
+        s.global_step += 1
+        s.step_in_epoch += 1
+        if every and s.global_step % every == 0:
+            self.verifier.check(f"after step {s.global_step}")
 
+    # -- monitor, checkpoint, report -----------------------------------------------------
 
-def _maybe_fail(
-    cfg: TrainConfig, run_url: str, rank: int, world: int, epoch: int, step: int, global_step: int
-) -> None:
-    """Failure injection for tests: the last worker's process dies, the first time only
-    (a marker file in the run's storage says it already happened)."""
-    due = global_step == cfg.run.fail_at_step or (cfg.run.fail_at_epoch == epoch and step == 0)
-    if not due or rank != world - 1:
-        return
-    from clam_dist.data.source import open_filesystem
+    def end_of_step(self) -> bool:
+        """Report (with a checkpoint when due); True when the epoch or the run ends."""
+        s, total = self.state, self.plan.total_steps
+        end_epoch = s.step_in_epoch == self.plan.steps_per_epoch[s.epoch] or s.global_step >= total
+        extra: dict = {}
+        if end_epoch:
+            extra, self.stopped = self.update.end_epoch(s.epoch, self.comm, self.rank)
+        last = (
+            self.stopped or s.global_step >= total or (end_epoch and s.epoch + 1 >= self.n_epochs)
+        )
+        save = last or self.checkpoint_due(end_epoch)
+        if not (save or end_epoch or s.global_step % max(1, self.cfg.run.report_every) == 0):
+            return False
+        metrics = self.collect_metrics(end_epoch, extra)
+        if last:
+            self.finish()
+        self.report(metrics, save)
+        return end_epoch or last
 
-    fs, path = open_filesystem(
-        f"{run_url}/{cfg.run.name}/{FAILURE_MARKER}", cfg.data.storage_options
-    )
-    if fs.exists(path):
-        return
-    # Ray Train's controller registers a reported checkpoint asynchronously: on a loaded
-    # machine a worker dying right after a report could beat that registration, and the
-    # run would resume from an older checkpoint than the test (or drill) names. Die only
-    # once every report so far is committed, so where it resumes is not a race.
-    import ray.train
+    def checkpoint_due(self, end_epoch: bool) -> bool:
+        run, s = self.cfg.run, self.state
+        by_steps = run.checkpoint_every_steps and s.global_step % run.checkpoint_every_steps == 0
+        by_epochs = end_epoch and run.checkpoint_every and (s.epoch + 1) % run.checkpoint_every == 0
+        return bool(by_steps or by_epochs)
 
-    ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
-    )
-    fs.pipe(path, f"killed at epoch {epoch}, global step {global_step}".encode())
-    os._exit(1)
+    def collect_metrics(self, end_epoch: bool, extra: dict) -> dict:
+        """The window's metrics over all workers; at an epoch end also the epoch's loss and
+        per-epoch updates, and the state moves to the next epoch."""
+        s, phase = self.state, self.update.phase(self.state.epoch)
+        metrics = self.window.reduce(self.rank)
+        s.add_window(self.window.last_sums)
+        self.window.reset()
+        metrics.update(
+            epoch=s.epoch,
+            step=s.global_step,
+            total_steps=self.plan.total_steps,
+            workers=self.world,
+            lr=self.update.lr(),
+            **({"phase": phase} if phase != "train" else {}),
+        )
+        if end_epoch:
+            metrics["epoch_loss"] = s.epoch_loss()
+            metrics.update(extra)
+            self.update.apply_epoch(s.epoch, metrics["epoch_loss"])
+            self.verifier.check(f"at the end of epoch {s.epoch}")
+            s.next_epoch()
+        metrics["verified_steps"] = self.verifier.count  # fingerprint checks (incl. step 0)
+        # Measured, not assumed: max |difference| of any parameter between workers.
+        metrics["prototype_divergence"] = parameter_divergence(self.comm, self.update.parameters())
+        s.history.append(metrics)
+        return metrics
 
+    def finish(self) -> None:
+        """The final state (DCAM: the selected one) becomes the model artifact."""
+        self.update.finalize()
+        if self.rank == 0:
+            fields, protos = self.update.artifact_fields(), self.update.prototypes()
+            write_artifact(self.cfg, self.init, fields, protos, self.run_url, self.state.history)
 
-def _write_artifact(
-    cfg: TrainConfig, init: dict, objective, protos, run_url: str, history: list[dict]
-) -> None:
-    from clam_dist.artifacts import ModelArtifact, save_artifact
-    from clam_dist.config import to_dict
+    def report(self, metrics: dict, save: bool) -> None:
+        import ray.train
 
-    if objective is not None:
-        fields = objective.artifact_fields()
-        prototypes = objective.prototypes()
-    else:  # k-means: nearest centre, no dynamics
-        fields = {"beta": init["beta"], "alpha": 1.0, "steps": 0, "metric": cfg.model.metric}
-        prototypes = protos
-    meta = {
-        **fields.pop("meta", {}),
-        "final_metrics": history[-1],
-        "loss_history": [h["epoch_loss"] for h in history if "epoch_loss" in h],
-        "trained_with": "ray-train",
-        "config": persistable(to_dict(cfg)),  # an artifact is shared: no credentials
-    }
-    art = ModelArtifact(
-        method=cfg.model.method,
-        prototypes=prototypes.detach().cpu().numpy(),
-        n_features=len(init["mean"]),
-        scaler_mean=np.asarray(init["mean"], np.float32),
-        scaler_scale=np.asarray(init["scale"], np.float32),
-        meta=meta,
-        **fields,
-    )
-    save_artifact(art, f"{run_url}/{cfg.run.name}/model", cfg.data.storage_options)
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.rank == 0:
+                self.save_checkpoint(tmp)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    def save_checkpoint(self, directory: str) -> None:
+        tensors, update_state = self.update.state_dict()
+        state = self.state.state_dict()
+        state["data_position"].update(
+            lanes=self.n_lanes, lane_batch=self.lane_batch, seed=self.cfg.run.seed
+        )
+        ckpt.save(
+            directory,
+            tensors,
+            {
+                "k": self.k,
+                "d": self.d_in,
+                "d_model": int(self.update.prototypes().shape[1]),
+                "method": self.cfg.model.method,
+                **state,
+                **update_state,
+                "init": init_jsonable(self.init),
+                "config": persistable(to_dict(self.cfg)),  # no credentials at rest
+            },
+        )

@@ -31,7 +31,7 @@ from clam_dist.train.config import TrainConfig
 
 
 class Collectives(Protocol):
-    """The two collectives objectives need (``loop.Comm`` implements them)."""
+    """The two collectives objectives need (``comm.Comm`` implements them)."""
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum", kind: str = "step") -> torch.Tensor: ...
 

@@ -98,6 +98,12 @@ def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global
     return mean_loss * local_rows * world / global_rows
 
 
+def shared_mask_epoch(epoch: int, shared_every: int) -> bool:
+    """Is ``epoch`` one whose batches each share one mask (every ``shared_every``-th,
+    counted from 1; 0 = never)?"""
+    return bool(shared_every) and (epoch + 1) % shared_every == 0
+
+
 def batch_mask(
     ids: np.ndarray,
     d: int,
@@ -111,7 +117,7 @@ def batch_mask(
     Every ``shared_every``-th epoch (counted from 1) the whole global batch shares one."""
     if ratio <= 0:
         return None
-    if shared_every and (epoch + 1) % shared_every == 0:
+    if shared_mask_epoch(epoch, shared_every):
         return shared_mask(len(ids), d, ratio, epoch, step, seed)
     return row_masks(row_keys(ids), d, ratio, epoch, seed)
 

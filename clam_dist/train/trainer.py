@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clam_dist import methods
-from clam_dist.config import to_dict
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
 from clam_dist.train.objectives import total_epochs
 from clam_dist.train.sources import init_sample, initialise, make_source, standardize
 from clam_dist.train.step import resolve_lanes, steps_in_epoch
+from clam_dist.train.worker_config import build_loop_config
 
 
 @dataclass
@@ -159,7 +159,7 @@ def resume_init(cfg: TrainConfig, d: int) -> dict:
     ckpt.check_method(state, cfg.model.method)
     with resume.as_directory() as ckdir:
         tensors, _ = ckpt.load(ckdir)
-    return {**state["init"], "prototypes": tensors["prototypes"].tolist()}
+    return {**state["init"], "prototypes": tensors["prototypes"].numpy()}
 
 
 def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
@@ -191,12 +191,16 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
     except BaseException:
         _remove_if_empty(created)  # a refused run leaves no empty storage folder behind
         raise
-    loop_config = {"train": to_dict(cfg), "init": init, "plan": plan, "run_url": run_url}
-    if methods.get(cfg.model.method).needs_sample_on_workers:  # DCAM's joint phase
-        loop_config["sample"] = standardize(sample.x, init["mean"], init["scale"])
+    # Arrays reach the workers through Ray's object store, not pickled in the config.
+    worker_sample = (
+        standardize(sample.x, init["mean"], init["scale"])
+        if methods.get(cfg.model.method).needs_sample_on_workers  # DCAM's joint phase
+        else None
+    )
+    loop_config = build_loop_config(cfg, init, plan, run_url, worker_sample)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config.to_ray(),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers,

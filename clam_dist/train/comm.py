@@ -1,0 +1,72 @@
+"""Collectives of the training loop: all-reduce with byte and time accounting, the flat
+gradient average, and the measured divergence of parameters between workers."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+
+class Comm:
+    """all_reduce that is a no-op on one worker and accounts bytes and seconds per kind
+    ("step": what training needs each step; "verify"; "metrics")."""
+
+    def __init__(self, distributed: bool, device: torch.device, barrier_timing: bool):
+        self.distributed, self.device, self.barrier_timing = distributed, device, barrier_timing
+        self.bytes: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.wait_s = 0.0
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum", kind: str = "step") -> torch.Tensor:
+        if not self.distributed:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        if self.barrier_timing and kind == "step":
+            t0 = time.perf_counter()
+            dist.barrier()  # stragglers' wait, so the timed all-reduce is transfer only
+            self.wait_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        self.seconds[kind] += time.perf_counter() - t0
+        self.bytes[kind] += t.numel() * t.element_size()
+        return t
+
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank ``src``'s tensor on every worker (a no-op on one worker)."""
+        if not self.distributed:
+            return t
+        import torch.distributed as dist
+
+        t = t.to(self.device).contiguous()
+        dist.broadcast(t, src=src)
+        return t
+
+
+def parameter_divergence(comm: Comm, params: torch.Tensor) -> float:
+    """The largest absolute difference of any parameter between any two workers: the
+    elementwise max over workers minus the min (two MAX all-reduces). 0.0 on one worker."""
+    flat = params.detach().reshape(-1).float()
+    hi = comm.all_reduce(flat.clone(), "max", kind="verify")
+    neg_lo = comm.all_reduce(flat.neg(), "max", kind="verify")
+    return float((hi + neg_lo).max()) if flat.numel() else 0.0
+
+
+def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> bool:
+    """Average every parameter's gradient over the workers in ONE flat all-reduce (what
+    DDP's buckets do, in one bucket: the models here are small). Returns whether the
+    averaged gradient is finite (the same answer on every worker)."""
+    if not params:
+        return True
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
+    flat = comm.all_reduce(flat, kind="step") / world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return bool(torch.isfinite(flat).all())

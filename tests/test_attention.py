@@ -268,23 +268,3 @@ def test_artifact_roundtrip_gives_the_same_labels(tmp_path):
         url = save_artifact(model.to_artifact(), str(tmp_path / score))
         predictor = ClusterPredictor.from_artifact(load_artifact(url))
         np.testing.assert_array_equal(predictor.predict(X)["cluster"], model.predict(X))
-
-
-def test_layer_trains_under_ddp():
-    """The distributed trainer's path: DDP-wrapped layer, attention_loss, all-reduced grads
-    (one gloo process here: grads must equal the plain layer's)."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    x, _, _ = mixture(2, 3, 16, 4.0, seed=16)
-    mu0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(17))
-    plain = AttentionLayer(mu0, 0.5)
-    attention_loss(plain, x).backward()
-    store = dist.HashStore()
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        ddp = DistributedDataParallel(AttentionLayer(mu0, 0.5))
-        attention_loss(ddp, x).backward()
-        torch.testing.assert_close(ddp.module.mu.grad, plain.mu.grad)
-    finally:
-        dist.destroy_process_group()

@@ -1,5 +1,5 @@
 """DCAM: architectures, the loss against a hand-written reference, training with the
-reconstruction bound, the estimator, artifacts, the DDP path and bad input."""
+reconstruction bound, the estimator, artifacts and bad input."""
 
 from __future__ import annotations
 
@@ -125,26 +125,6 @@ def test_masked_loss_evolves_only_hidden_latent_coordinates():
     assert parts["am"] == pytest.approx(float(am), rel=1e-5)
     with pytest.raises(ValueError, match="phase"):
         dcam_loss(model, x, phase="warmup")
-
-
-def test_dcam_model_trains_under_ddp():
-    """The distributed trainer's path: DDP(DCAMModel) + dcam_loss; one gloo process, so
-    the all-reduced gradients must equal the plain model's."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(4))
-    plain, wrapped = _model(), _model()
-    dcam_loss(plain, x)[0].backward()
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        ddp = DistributedDataParallel(wrapped)
-        dcam_loss(ddp, x)[0].backward()
-        torch.testing.assert_close(ddp.module.prototypes.grad, plain.prototypes.grad)
-        for p, q in zip(ddp.module.autoencoder.parameters(), plain.autoencoder.parameters()):
-            torch.testing.assert_close(p.grad, q.grad)
-    finally:
-        dist.destroy_process_group()
 
 
 # -- training and the reconstruction bound ------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from clam_dist.data.source import VectorSource
 from clam_dist.data.writer import write_vectors
 from clam_dist.datasets.synthetic import make_gaussian_mixture
+from clam_dist.models.clam import clam_loss
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.step import (
     LaneStream,
@@ -20,11 +21,21 @@ from clam_dist.train.step import (
     resolve_lanes,
     row_keys,
     row_masks,
-    scaled_local_loss,
+    scale_to_global,
     steps_in_epoch,
     take_step,
     worker_lanes,
 )
+
+
+def _worker_loss(p, x, mask, fill, beta, alpha, steps, world, global_rows):
+    """A worker's loss as the loop's GradientUpdate.forward_backward builds it: its rows'
+    mean masked loss scaled to its share of the global batch; zero (in the graph) when
+    the worker has no rows this step."""
+    if x.shape[0] == 0:
+        return (p * 0).sum()
+    mean = clam_loss(x, p, beta, alpha, steps, "euclidean", mask, fill)
+    return scale_to_global(mean, x.shape[0], world, global_rows)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +70,7 @@ def test_sharded_scaled_gradients_average_to_the_full_batch_gradient():
 
     def grad(rows, world):
         p = protos0.clone().requires_grad_()
-        scaled_local_loss(
-            p, x[rows], mask[rows], fill, 0.7, 0.2, 5, "euclidean", world, 30
-        ).backward()
+        _worker_loss(p, x[rows], mask[rows], fill, 0.7, 0.2, 5, world, 30).backward()
         return p.grad
 
     full = grad(slice(0, 30), 1)
@@ -97,17 +106,8 @@ def _simulate(
             for xb, ids in batches:
                 mask = batch_mask(ids, d, 0.4, 2, epoch, step, 7)
                 p = protos.detach().clone().requires_grad_()
-                scaled_local_loss(
-                    p,
-                    torch.from_numpy(xb),
-                    mask,
-                    fill,
-                    0.5,
-                    0.2,
-                    4,
-                    "euclidean",
-                    world,
-                    global_rows,
+                _worker_loss(
+                    p, torch.from_numpy(xb), mask, fill, 0.5, 0.2, 4, world, global_rows
                 ).backward()
                 grads.append(p.grad)
             protos.grad = sum(grads) / world

@@ -118,8 +118,8 @@ def attention_assign(
 class AttentionLayer(torch.nn.Module):
     """The simplified attention layer: k heads, head h carries the trainable vector mu_h.
 
-    A plain nn.Module (prototypes are an ``nn.Parameter``), so a distributed trainer can
-    wrap it in DistributedDataParallel and call ``attention_loss(ddp_layer, x)``.
+    A plain nn.Module (prototypes are an ``nn.Parameter``): the distributed trainer calls
+    ``attention_loss(layer, x)`` per worker and all-reduces grad mu itself.
     """
 
     def __init__(self, mu: torch.Tensor, beta: float, score: Score = "distance"):
@@ -143,8 +143,7 @@ class AttentionLayer(torch.nn.Module):
 def attention_loss(layer: torch.nn.Module, x_batch: torch.Tensor) -> torch.Tensor:
     """Reconstruction risk of a batch: mean_i ||x_i - layer(x_i)||^2.
 
-    ``layer`` may be an ``AttentionLayer`` or a DDP wrapper of one (calling the wrapper's
-    forward is what lets DDP all-reduce grad mu).
+    ``layer`` is an ``AttentionLayer`` (or any module with its forward).
     """
     return ((x_batch - layer(x_batch)) ** 2).sum(dim=1).mean()
 

@@ -19,8 +19,9 @@ latents, then train everything jointly while tracking the reconstruction loss ag
 pretrained value; ``recon_bound`` keeps (select) or stops at (stop) the best epoch whose
 reconstruction stays within ``recon_tolerance`` (10%) of the pretrained value.
 
-Distributed trainer: ``DCAMModel`` is a plain nn.Module whose forward returns the losses,
-so a worker wraps it in DDP and calls ``dcam_loss(ddp_model, x_batch, ...)``.
+Distributed trainer: ``DCAMModel`` is a plain nn.Module whose forward returns the losses;
+each worker calls ``dcam_loss(model, x_batch, ...)`` and the loop all-reduces the
+gradients itself (one flat all-reduce, clam_dist/train/comm.py).
 """
 
 from __future__ import annotations
@@ -257,9 +258,8 @@ def _latent_fill(z: torch.Tensor, fill: str) -> torch.Tensor:
 class DCAMModel(nn.Module):
     """Autoencoder + latent prototypes (an nn.Parameter) + AM hyper-parameters.
 
-    ``forward(x, mask, phase)`` returns a dict of losses so DDP can wrap the whole model.
-    phase "pretrain" uses only the autoencoder (freeze ``prototypes`` with
-    ``requires_grad_(False)`` before wrapping in DDP, or DDP reports an unused parameter).
+    ``forward(x, mask, phase)`` returns a dict of losses. Phase "pretrain" uses only the
+    autoencoder (the prototypes get no gradient then).
     """
 
     def __init__(
@@ -334,8 +334,8 @@ class DCAMModel(nn.Module):
 def dcam_loss(
     model: nn.Module, x_batch: torch.Tensor, mask: torch.Tensor | None = None, phase: str = "joint"
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss to backpropagate, float parts) for one batch. ``model`` is a DCAMModel or a
-    DDP wrapper of one; the mask (1 = hidden) is over LATENT coordinates (n, latent_dim),
+    """(loss to backpropagate, float parts) for one batch. ``model`` is a DCAMModel (or any
+    module with its forward); the mask (1 = hidden) is over LATENT coordinates (n, latent_dim),
     e.g. ``draw_mask(n, latent_dim, ratio, shared, generator)``."""
     parts = model(x_batch, mask, phase)
     return parts["loss"], {name: float(v.detach()) for name, v in parts.items()}

@@ -8,8 +8,8 @@ Three things make N workers equal to one worker with the same global batch:
   {0} and {1} see together;
 - masks are a function of (row id, epoch, seed), never of which worker reads the row;
 - each worker's loss is its rows' SUM scaled by world_size / global_rows, so the gradient
-  AVERAGE over workers (what DDP's all-reduce computes) is exactly the gradient of the
-  global-batch mean.
+  AVERAGE over workers (what the loop's one flat all-reduce computes, comm.py) is exactly
+  the gradient of the global-batch mean.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from clam_dist.data.prefetch import DEPTH, Prefetcher
 from clam_dist.data.stream import read_unit
 from clam_dist.data.units import Unit, plan_parts, segments
-from clam_dist.models.clam import clam_loss, hidden_count
+from clam_dist.models.clam import hidden_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -70,25 +70,6 @@ def shared_mask(n: int, d: int, ratio: float, epoch: int, step: int, seed: int) 
         dtype=np.uint64,
     )
     return row_masks(key, d, ratio, 0, seed).expand(n, d)
-
-
-def scaled_local_loss(
-    prototypes: torch.Tensor,
-    x: torch.Tensor,
-    mask: torch.Tensor | None,
-    fill: torch.Tensor,
-    beta: float,
-    alpha: float,
-    steps: int,
-    metric: str,
-    world_size: int,
-    global_rows: int,
-) -> torch.Tensor:
-    """This worker's share of the global-batch mean loss, pre-scaled for DDP averaging."""
-    if x.shape[0] == 0:
-        return (prototypes * 0).sum()  # keep the graph so DDP still all-reduces
-    mean = clam_loss(x, prototypes, beta, alpha, steps, metric, mask, fill)
-    return scale_to_global(mean, x.shape[0], world_size, global_rows)
 
 
 def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global_rows: int):

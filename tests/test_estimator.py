@@ -1,12 +1,10 @@
-"""The scikit-learn estimators: the estimator-check contract, behaviour, bad input."""
+"""ClAM and KMeans behaviour and bad input (the estimator-check contract and what all four
+estimators share: tests/test_estimator_shared.py)."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from sklearn.utils.estimator_checks import check_estimator
 
 from clam_dist import ClAM, KMeans
 
@@ -16,21 +14,6 @@ def blobs(n=300, d=4, k=3, seed=0):
     centers = rng.normal(scale=8.0, size=(k, d))
     labels = rng.integers(0, k, n)
     return (centers[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
-
-
-@pytest.mark.parametrize(
-    "estimator",
-    [KMeans(n_clusters=3, random_state=0), ClAM(n_clusters=3, epochs=3, random_state=0)],
-)
-def test_check_estimator(estimator):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = check_estimator(estimator, on_fail=None)
-    failed = [
-        (r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"
-    ]
-    assert not failed, failed
-    assert len(results) > 30
 
 
 def test_clam_recovers_separated_blobs_and_is_deterministic():

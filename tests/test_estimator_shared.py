@@ -127,10 +127,8 @@ def test_docstrings_name_every_parameter_and_fitted_attribute(estimator):
     assert learned <= found, learned - found
 
 
-@pytest.mark.parametrize(
-    "estimator", [ESTIMATORS["attention"], ESTIMATORS["dcam"]], ids=["attention", "dcam"]
-)
-def test_check_estimator_for_the_other_two(estimator):
+@pytest.mark.parametrize("estimator", params, ids=ids)
+def test_check_estimator(estimator):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = check_estimator(estimator, on_fail=None)
@@ -138,3 +136,4 @@ def test_check_estimator_for_the_other_two(estimator):
         (r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"
     ]
     assert not failed, failed
+    assert len(results) > 30

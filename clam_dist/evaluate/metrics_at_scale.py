@@ -56,7 +56,6 @@ class EvalConfig:
 class _Totals:
     k: int
     rows: int = 0
-    sizes: np.ndarray = field(default=None)  # type: ignore[assignment]
     inertia: float = 0.0
     energy_sum: float = 0.0
     energy_rows: int = 0
@@ -64,8 +63,12 @@ class _Totals:
     clusters: ClusterTable = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.sizes = np.zeros(self.k, dtype=np.int64)
         self.clusters = ClusterTable(self.k)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Rows per cluster: counted once, by the per-cluster table."""
+        return self.clusters.sizes
 
 
 def _stream_pass(
@@ -91,7 +94,6 @@ def _stream_pass(
                 f"{cfg.assignments}: cluster ids outside [0, {k}) — assigned with another model?"
             )
         totals.rows += cl.size
-        totals.sizes += np.bincount(cl, minlength=k)
         dist = batch.column("distance").to_numpy().astype(np.float64)
         totals.inertia += float(dist.sum())
         e = None

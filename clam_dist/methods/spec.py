@@ -54,12 +54,6 @@ class MethodSpec:
     config_sections: tuple[str, ...] = ()
     # Pipeline's in-memory trainer: (pipeline config, z standardised sample) -> estimator
     fit_on_sample: Callable[..., Any] | None = None
-    # (estimator, mean, scale, meta) -> ModelArtifact with the pipeline's global scaler
-    artifact_from_estimator: Callable[..., Any] = field(
-        default=lambda est, mean, scale, meta: est.to_artifact(
-            scaler_mean=mean, scaler_scale=scale, meta=meta
-        )
-    )
     # training history the estimator exposes, for the artifact's meta
     estimator_history: Callable[..., dict] = lambda est: {
         "loss_history": list(getattr(est, "loss_history_", []))

@@ -203,6 +203,16 @@ class _ChunkedReadout(torch.autograd.Function):
         return grad_x, grad_p, None, None, None, None
 
 
+def step_logits(
+    x: torch.Tensor, protos: torch.Tensor, bias: torch.Tensor | None, beta: float
+) -> torch.Tensor:
+    """The direct step's logits beta x R^T + bias, the scale and bias inside one GEMM.
+    Shared with the predictor, which must reproduce the step bit for bit."""
+    if bias is None:
+        return torch.mm(x, protos.t()).mul_(beta)
+    return torch.addmm(bias, x, protos.t(), alpha=beta)
+
+
 class _DirectStep(torch.autograd.Function):
     """One whole AM step x + w * (softmax(beta x R^T + bias) @ R - x) on a block small
     enough to hold its (n, k) probabilities; w is alpha or alpha * mask.
@@ -218,10 +228,7 @@ class _DirectStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, protos, bias, beta: float, weight):
-        if bias is None:
-            logits = torch.mm(x, protos.t()).mul_(beta)
-        else:
-            logits = torch.addmm(bias, x, protos.t(), alpha=beta)
+        logits = step_logits(x, protos, bias, beta)
         probs = torch.softmax(logits, dim=1)
         del logits
         readout = probs @ protos

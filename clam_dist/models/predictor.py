@@ -20,6 +20,7 @@ from clam_dist.models.am import (
     check_dynamics,
     normalize_rows,
     prepare_prototypes,
+    step_logits,
 )
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
@@ -179,14 +180,11 @@ class ClusterPredictor:
         if self.rule != "am" or self.steps == 0:
             return unit, None, None
         check_dynamics(self.beta, self.alpha, self.steps)
-        # The same ops as am._DirectStep (addmm with the bias, softmax, read-out, lerp),
+        # The same ops as am._DirectStep (step_logits, softmax, read-out, lerp),
         # so x_T equals am.assign's bit for bit (tests/test_estimator_shared.py).
         protos, beta = prepare_prototypes(self.model_prototypes, self.metric), self.beta
         bias = _bias(protos, beta, self.metric)
-        if bias is None:
-            logits = torch.mm(unit, protos.t()).mul_(beta)
-        else:
-            logits = torch.addmm(bias, unit, protos.t(), alpha=beta)
+        logits = step_logits(unit, protos, bias, beta)
         # logits = -beta/2 |x - rho|^2 + beta/2 |x|^2 (Euclidean; spherical: unit rho, so
         # -beta/2 |rho|^2 = -beta/2 is missing from the bias and added back here).
         sq = (unit * unit).sum(1, keepdim=True)

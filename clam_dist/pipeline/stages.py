@@ -285,7 +285,8 @@ def _train_on_sample(run: Run, stats):
     est = spec.fit_on_sample(cfg, z)
     meta = dict(spec.estimator_history(est))
     meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
-    art = spec.artifact_from_estimator(est, mean, scale, meta)
+    # One signature for every estimator (estimator_base): the pipeline's global scaler.
+    art = est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
     art.meta.update(drift_threshold(art, sample.x))  # on the rows it was trained on
     return art
 

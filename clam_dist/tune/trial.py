@@ -26,6 +26,7 @@ from clam_dist.models.clam import (
     fill_vector,
 )
 from clam_dist.models.clam_fit import clam_epochs, init_prototypes, reseed_dead_prototypes
+from clam_dist.models.epochs import EpochStepper
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,29 @@ def split_sample(x: np.ndarray, holdout: float, silhouette_sample: int, seed: in
     return TrialData(train=train, score_rows=score_rows, holdout=hold)
 
 
-class ClAMTrial:
+class SteppedTrial:
+    """A trial whose epochs are an EpochStepper (``self.stepper``, the estimator's own
+    loop) and whose scores come from ``self.evaluate()`` after every epoch."""
+
+    stepper: EpochStepper
+
+    @property
+    def epoch(self) -> int:
+        return self.stepper.epoch
+
+    @property
+    def best(self) -> torch.Tensor:
+        return self.stepper.best
+
+    def step(self) -> dict:
+        epoch_loss = self.stepper.step()
+        return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
+
+    def evaluate(self) -> dict:
+        raise NotImplementedError
+
+
+class ClAMTrial(SteppedTrial):
     """Train with ``step()`` (one epoch) and read the epoch's metrics from its return."""
 
     def __init__(self, data: TrialData, params: TrialParams):
@@ -112,18 +135,6 @@ class ClAMTrial:
         self.holdout_mask = (
             draw_mask(hold.shape[0], d, params.mask_ratio, False, g) if hold.shape[0] else None
         )
-
-    @property
-    def epoch(self) -> int:
-        return self.stepper.epoch
-
-    @property
-    def best(self) -> torch.Tensor:
-        return self.stepper.best
-
-    def step(self) -> dict:
-        epoch_loss = self.stepper.step()
-        return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
 
     @torch.no_grad()
     def final_prototypes(self) -> torch.Tensor:

@@ -23,7 +23,7 @@ from clam_dist.models.attention import (
 )
 from clam_dist.models.clam import beta_from_data
 from clam_dist.models.clam_fit import init_prototypes
-from clam_dist.tune.trial import TrialData
+from clam_dist.tune.trial import SteppedTrial, TrialData
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class AttentionParams:
     seed: int = 0
 
 
-class AttentionTrial:
+class AttentionTrial(SteppedTrial):
     """Train with ``step()`` (one epoch); labels of any rows with ``predict``."""
 
     silhouette_metric = "euclidean"  # scores live in the input space
@@ -66,18 +66,6 @@ class AttentionTrial:
             plateau=(params.plateau_factor, params.plateau_patience),
         )
         self.holdout = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
-
-    @property
-    def epoch(self) -> int:
-        return self.stepper.epoch
-
-    @property
-    def best(self) -> torch.Tensor:
-        return self.stepper.best
-
-    def step(self) -> dict:
-        epoch_loss = self.stepper.step()
-        return dict(self.evaluate(), train_loss=epoch_loss, epoch=self.epoch)
 
     @torch.no_grad()
     def predict(self, rows: np.ndarray) -> np.ndarray:

@@ -1,6 +1,9 @@
 """Scaling experiment: the Ray Train trainer with 1 and 2 (or more) workers on a generated
-mixture; prints rows/s, per-step compute vs all-reduce time and bytes all-reduced per step,
-and writes JSON. The all-reduce is an explicit torch.distributed.all_reduce of the
+mixture, beside the BARE step (the same update on in-memory batches in this process, one
+torch thread, no Ray, reader, monitor or reports: clam_dist/train/bare_step.py), all in
+one run; prints rows/s, the trainer's share of the bare step's rate at 1 worker, the
+speed-up over 1 worker, per-step compute vs all-reduce time and bytes all-reduced per
+step, and writes JSON. The all-reduce is an explicit torch.distributed.all_reduce of the
 prototype gradient (what DDP does for one parameter), preceded by a barrier so that the
 time spent waiting for the slower worker ("wait") is not counted as all-reduce time.
 "monitor" is the per-step energy / nearest-prototype bookkeeping for the metrics.
@@ -20,6 +23,7 @@ import ray
 
 from clam_dist.commands.make_dataset import write_mixture
 from clam_dist.config import load_config
+from clam_dist.train.bare_step import bare_step_of_run
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.trainer import run_training
 
@@ -42,7 +46,7 @@ def main() -> None:
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
-    rows = []
+    rows, bare = [], None
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         write_mixture(data, args.n, args.d, args.k, 8.0, 0, max(1, args.n // 16))
@@ -66,6 +70,8 @@ def main() -> None:
                     "run.verify_every=0",  # (checked at each epoch end only)
                 ],
             )
+            if bare is None:  # at the 1-worker batch: the work of one worker alone
+                bare = bare_step_of_run(cfg, args.n)
             m = run_training(cfg).metrics  # the last epoch's window
             rows.append(
                 {
@@ -81,23 +87,32 @@ def main() -> None:
                     "steps_per_epoch": m["window_steps"],
                 }
             )
+    one = rows[0]["rows_per_s"]
+    for r in rows:
+        r["vs_bare_step"] = r["rows_per_s"] / bare
+        r["speedup_vs_first"] = r["rows_per_s"] / one
     print(
-        f"n={args.n} d={args.d} k={args.k} method={args.method} global batch={args.batch} (last epoch)"
+        f"n={args.n} d={args.d} k={args.k} method={args.method} global batch={args.batch} "
+        f"(last epoch); bare step ({workers[0]} worker's batch, 1 thread): {bare:,.0f} rows/s"
     )
     print(
-        f"{'workers':>7s} {'rows/s':>10s} {'rows/s/worker':>16s} {'compute ms/step':>16s} "
-        f"{'allreduce ms/step':>18s} {'wait ms/step':>13s} {'monitor ms/step':>16s} {'bytes/step':>11s}"
+        f"{'workers':>7s} {'rows/s':>10s} {'vs bare':>8s} {'speed-up':>9s} "
+        f"{'rows/s/worker':>16s} {'compute ms/step':>16s} {'allreduce ms/step':>18s} "
+        f"{'wait ms/step':>13s} {'monitor ms/step':>16s} {'bytes/step':>11s}"
     )
     for r in rows:
         per_worker = "/".join(f"{v:.0f}" for v in r["rows_per_s_worker"])
         print(
-            f"{r['workers']:7d} {r['rows_per_s']:10.0f} {per_worker:>16s} {r['compute_ms_per_step']:16.2f} "
+            f"{r['workers']:7d} {r['rows_per_s']:10.0f} {r['vs_bare_step']:8.2f} "
+            f"{r['speedup_vs_first']:8.2f}x {per_worker:>16s} {r['compute_ms_per_step']:16.2f} "
             f"{r['allreduce_ms_per_step']:18.2f} {r['wait_ms_per_step']:13.2f} "
             f"{r['monitor_ms_per_step']:16.2f} {r['allreduce_bytes_per_step']:11d}"
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"args": vars(args), "bare_step_rows_per_s": bare, "rows": rows}, indent=2)
+    )
     print(f"wrote {out}")
 
 

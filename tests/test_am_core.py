@@ -61,6 +61,23 @@ def test_energy_matches_reference(small, block, metric):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "spherical"])
+@pytest.mark.parametrize("block", [am.DEFAULT_BLOCK_ELEMS, 4])
+def test_nearest_and_energy_is_one_pass_of_both(small, block, metric):
+    """The monitor's single pass equals the float64 reference of the nearest prototype
+    and of the energy, also in blocks of one row (block=4 < k)."""
+    x, protos = small
+    xr, pr = x, protos
+    if metric == "spherical":
+        xr = torch.nn.functional.normalize(x, dim=1)
+        pr = torch.nn.functional.normalize(protos, dim=1)
+    d2 = ((xr[:, None, :] - pr[None, :, :]) ** 2).sum(-1)
+    nearest, idx, e = am.nearest_and_energy(x, protos, 0.9, metric, block_elems=block)
+    torch.testing.assert_close(idx, d2.argmin(dim=1))
+    torch.testing.assert_close(nearest, d2.min(dim=1).values)
+    torch.testing.assert_close(e, ref_energy(xr, pr, 0.9))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "spherical"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_direct_step_gradcheck(small, metric, masked):
     """The fused single-step autograd function (direct path) against finite differences,

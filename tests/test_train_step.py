@@ -61,6 +61,24 @@ def test_masks_depend_on_row_not_on_batching():
     assert batch_mask(ids, 10, 0.0, 3, 0, 0, 1) is None  # unmasked ablation
 
 
+def test_row_masks_hide_the_h_smallest_hash_scores_of_each_row():
+    """The partition picks exactly the coordinates a full sort of the row's hash scores
+    puts first (the definition the masks had before: runs stay reproducible)."""
+    from clam_dist.models.clam import hidden_count
+    from clam_dist.train.step import _splitmix64
+
+    keys = row_keys(np.arange(500, dtype=np.int64) * 7919)
+    d, ratio, epoch, seed = 64, 0.2, 3, 5
+    with np.errstate(over="ignore"):
+        base = _splitmix64(keys * np.uint64(1_000_003) + np.uint64(epoch) * np.uint64(7919)
+                           + np.uint64(seed))  # fmt: skip
+        scores = _splitmix64(base[:, None] + np.arange(d, dtype=np.uint64)[None, :])
+    expected = np.zeros((500, d), dtype=np.float32)
+    first = np.argsort(scores, axis=1, kind="stable")[:, : hidden_count(d, ratio)]
+    np.put_along_axis(expected, first, 1.0, axis=1)
+    assert torch.equal(row_masks(keys, d, ratio, epoch, seed), torch.from_numpy(expected))
+
+
 def test_sharded_scaled_gradients_average_to_the_full_batch_gradient():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=g, dtype=torch.float64)

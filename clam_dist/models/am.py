@@ -449,6 +449,45 @@ def nearest_prototypes(
 
 
 @torch.no_grad()
+def nearest_and_energy(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    beta: float,
+    metric: Metric = "euclidean",
+    block_elems: int = 1 << 22,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest prototype, its index, energy E(x)), each (n,),
+    from ONE score GEMM per row block: the trainer's monitor reads all three from the same
+    scores instead of computing distances for ``nearest_prototypes`` and again for
+    ``energy``, and k-means' update reuses the indices.
+
+    The block is ||rho||^2 - 2 x.rho (what k-means' ``assign_nearest`` computes, so the
+    argmin is the same); ||x||^2 is constant over prototypes and is added to the n
+    minima and log-sum-exps only, not to the n*k block.
+    """
+    check_metric(metric)
+    protos = prepare_prototypes(prototypes, metric)
+    if metric == "spherical":
+        x = normalize_rows(x)
+    n, k = x.shape[0], protos.shape[0]
+    x_sq = torch.einsum("ij,ij->i", x, x)
+    p_sq = torch.einsum("ij,ij->i", protos, protos)
+    pt = protos.t()
+    rows = max(1, min(n, block_elems // max(k, 1)))
+    nearest = x.new_empty(n)
+    idx = torch.empty(n, dtype=torch.long, device=x.device)
+    lse = x.new_empty(n)
+    for r0 in range(0, n, rows):
+        block = torch.addmm(p_sq, x[r0 : r0 + rows], pt, alpha=-2.0)
+        torch.min(block, dim=1, out=(nearest[r0 : r0 + rows], idx[r0 : r0 + rows]))
+        lse[r0 : r0 + rows] = torch.logsumexp(block.mul_(-0.5 * beta), dim=1)
+    # E = -(1/beta) log sum exp(-beta/2 (block + ||x||^2)) = -lse/beta + ||x||^2 / 2
+    energies = x_sq.mul(0.5).sub_(lse / beta)
+    # Clamp: cancellation in ||x||^2 - 2x.rho + ||rho||^2 can leave tiny negatives.
+    return nearest.add_(x_sq).clamp_(min=0.0), idx, energies
+
+
+@torch.no_grad()
 def assign(
     x: torch.Tensor,
     prototypes: torch.Tensor,

@@ -310,10 +310,12 @@ class DCAMModel(nn.Module):
         mask: torch.Tensor | None = None,
         phase: str = "joint",
         latent_fill: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> dict:
         """``latent_fill`` overrides the batch's own fill of hidden latent coordinates (a
-        distributed trainer passes the GLOBAL batch's, so N workers match one)."""
-        z = self.encoder(x)
+        distributed trainer passes the GLOBAL batch's, so N workers match one);
+        ``latents`` is ``encoder(x)`` (with its graph) when the caller already has it."""
+        z = self.encoder(x) if latents is None else latents
         recon = ((self.decoder(z) - x) ** 2).sum(dim=1).mean()
         if phase == "pretrain":
             return {"loss": recon, "recon": recon}
@@ -389,6 +391,9 @@ class DCAMConfig:
     recon_weight: float = 1.0
     recon_tolerance: float = 0.10
     recon_bound: str = "select"
+    # reduce-on-plateau per phase (x factor after ``patience`` epochs without improvement)
+    plateau_factor: float = 0.8
+    plateau_patience: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -422,10 +427,149 @@ class DCAMFitResult:
     stopped_early: bool
 
 
-def _epochs(x: torch.Tensor, batch_size: int, gen: torch.Generator):
-    perm = torch.randperm(x.shape[0], generator=gen)
-    for b0 in range(0, x.shape[0], batch_size):
-        yield x[perm[b0 : b0 + batch_size]]
+class DCAMEpochs:
+    """DCAM's two phases as epoch steppers, shared by ``fit_dcam`` and the Tune trial (so
+    Tune measures what the estimator trains), in one order of random draws:
+
+    - ``pretrain_step()``: one autoencoder epoch on reconstruction;
+    - ``start_joint(beta, beta_scale)``: prototypes by k-means++ + Lloyd on the pretrained
+      latents, beta (given, or ``beta_scale`` x ``beta_from_data`` there), the reference
+      reconstruction loss, and the start state as the first candidate;
+    - ``joint_step()``: one joint epoch (latent masks drawn batch by batch), then the
+      reconstruction bound: the state is kept when it is within the bound (or the bound
+      is off) and its full-data AM loss is the lowest so far; "stop" ends the phase at the
+      first epoch beyond it.
+
+    Each phase has its own Adam and reduce-on-plateau (as the training job rebuilds its
+    optimizer per phase); shared-mask joint epochs are compared only with each other.
+    """
+
+    def __init__(
+        self,
+        model: DCAMModel,
+        x: torch.Tensor,
+        *,
+        lr: float,
+        batch_size: int,
+        mask: MaskSpec | None,
+        generator: torch.Generator,
+        plateau: tuple[float, int] | None = (0.8, 5),
+        recon_tolerance: float = 0.10,
+        recon_bound: str = "select",
+    ) -> None:
+        from clam_dist.models.epochs import EpochStepper
+
+        self.model, self.x, self.generator = model, x, generator
+        self.lr, self.batch_size, self.plateau = lr, batch_size, plateau
+        self.mask = mask if mask is not None and mask.ratio > 0 else None
+        self.recon_tolerance, self.recon_bound = recon_tolerance, recon_bound
+        self.pretrain = EpochStepper(
+            list(model.autoencoder.parameters()),
+            lambda rows, epoch: model(rows, None, "pretrain")["loss"],
+            x,
+            batch_size=batch_size,
+            lr=lr,
+            generator=generator,
+            snapshot=lambda: None,  # pretraining keeps its last state
+            plateau=plateau,
+            name="DCAM pretraining",
+        )
+        self.joint: EpochStepper | None = None
+        self.history: list[dict] = []  # per joint epoch (epoch -1 = the start)
+        self.best_epoch, self.best_am, self.best_state = -1, math.inf, None
+        self.stopped = False
+
+    @property
+    def pretrain_history(self) -> list[float]:
+        return self.pretrain.history
+
+    def pretrain_step(self) -> float:
+        return self.pretrain.step()
+
+    @torch.no_grad()
+    def start_joint(self, beta: float | None = None, beta_scale: float = 1.0) -> float:
+        """Enter the joint phase; returns the beta it trains with."""
+        from clam_dist.models.epochs import EpochStepper
+
+        model, x, gen, metric = self.model, self.x, self.generator, self.model.metric
+        z = encode(model, x)
+        k = model.prototypes.shape[0]
+        protos = lloyd(z, kmeans_plus_plus(z, k, gen, metric=metric), 100, metric=metric).centers
+        self.beta_default = float(beta_from_data(z, protos, metric))
+        self.beta = float(beta) if beta is not None else beta_scale * self.beta_default
+        model.prototypes.copy_(protos)
+        model.beta = self.beta
+        self.recon_pretrained = evaluate(model, x, "pretrain")["recon"]
+        mask, latent = self.mask, model.prototypes.shape[1]
+
+        def batch_loss(rows: torch.Tensor, epoch: int) -> torch.Tensor:
+            m = None
+            if mask is not None:
+                shared = mask.shared_for_epoch(epoch)
+                m = draw_mask(rows.shape[0], latent, mask.ratio, shared, gen)
+            return model(rows, m, "joint")["loss"]
+
+        def comparable(epoch: int) -> bool:
+            return mask is None or mask.shared_every == 1 or not mask.shared_for_epoch(epoch)
+
+        self.joint = EpochStepper(
+            list(model.parameters()),
+            batch_loss,
+            x,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            generator=gen,
+            snapshot=lambda: None,  # the bound below selects the state, not the train loss
+            plateau=self.plateau,
+            comparable=comparable,
+            name="DCAM joint",
+        )
+        self._consider(-1)
+        return self.beta
+
+    def joint_step(self) -> dict:
+        """One joint epoch (nothing once "stop" has ended the phase); its record."""
+        if self.joint is None:
+            raise RuntimeError("start_joint() must run before joint_step()")
+        if self.stopped:
+            return self.history[-1]
+        epoch = self.joint.epoch
+        self.joint.step()
+        record = self._consider(epoch)
+        self.stopped = self.recon_bound == "stop" and not record["within_bound"]
+        return record
+
+    def _consider(self, epoch: int) -> dict:
+        ev = evaluate(self.model, self.x, "joint")
+        if not (math.isfinite(ev["am"]) and math.isfinite(ev["recon"])):
+            raise FloatingPointError(
+                f"DCAM loss became non-finite at joint epoch {epoch}; lower lr or beta"
+            )
+        recon_pre = self.recon_pretrained
+        within = ev["recon"] <= (1.0 + self.recon_tolerance) * recon_pre
+        record = {
+            "epoch": epoch,
+            "am": ev["am"],
+            "recon": ev["recon"],
+            "recon_ratio": ev["recon"] / recon_pre if recon_pre > 0 else float("inf"),
+            "within_bound": within,
+        }
+        self.history.append(record)
+        eligible = within or self.recon_bound == "none"
+        if epoch == -1 or (eligible and ev["am"] < self.best_am):
+            self.best_epoch, self.best_am = epoch, ev["am"]
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        return record
+
+    @property
+    def selected_record(self) -> dict:
+        return next(h for h in self.history if h["epoch"] == self.best_epoch)
+
+    def selected_model(self) -> DCAMModel:
+        """A copy of the model in the selected state (eval mode)."""
+        selected = copy.deepcopy(self.model)
+        selected.load_state_dict(self.best_state)
+        return selected.eval()
 
 
 def fit_dcam(x: torch.Tensor, config: DCAMConfig) -> DCAMFitResult:
@@ -451,84 +595,34 @@ def fit_dcam(x: torch.Tensor, config: DCAMConfig) -> DCAMFitResult:
             recon_weight=config.recon_weight,
             fill=config.mask.fill,
         )
-
-    # Phase 1: autoencoder on reconstruction alone.
-    optim = torch.optim.Adam(model.autoencoder.parameters(), lr=config.lr)
-    pretrain_history: list[float] = []
-    for epoch in range(config.pretrain_epochs):
-        total = 0.0
-        for xb in _epochs(x, config.batch_size, gen):
-            loss, _ = dcam_loss(model, xb, phase="pretrain")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total += float(loss.detach()) * xb.shape[0]
-        pretrain_history.append(total / n)
-        if not math.isfinite(pretrain_history[-1]):
-            raise FloatingPointError(
-                f"reconstruction loss became {pretrain_history[-1]} at pretraining epoch {epoch}"
-            )
-
-    # Prototypes: k-means on the pretrained latents; beta from their distance scale.
-    z = encode(model, x)
-    protos = lloyd(
-        z,
-        kmeans_plus_plus(z, config.n_clusters, gen, metric=config.metric),
-        100,
-        metric=config.metric,
-    ).centers
-    beta = config.beta if config.beta is not None else beta_from_data(z, protos, config.metric)
-    with torch.no_grad():
-        model.prototypes.copy_(protos)
-    model.beta = float(beta)
-    recon_pre = evaluate(model, x, "pretrain")["recon"]
-    bound = (1.0 + config.recon_tolerance) * recon_pre
-
-    def record(epoch: int) -> dict:
-        ev = evaluate(model, x, "joint")
-        ratio = ev["recon"] / recon_pre if recon_pre > 0 else float("inf")
-        return {
-            "epoch": epoch,
-            "am": ev["am"],
-            "recon": ev["recon"],
-            "recon_ratio": ratio,
-            "within_bound": ev["recon"] <= bound,
-        }
-
-    # Phase 2: joint training; candidates are the start state and every epoch's end state.
-    history = [record(-1)]
-    best_epoch, best_state = -1, copy.deepcopy(model.state_dict())
-    best_am = history[0]["am"]
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
-    use_mask = config.masked and config.mask.ratio > 0
-    latent = config.spec.latent_dim
-    stopped = False
-    for epoch in range(config.epochs):
-        shared = config.mask.shared_for_epoch(epoch)
-        for xb in _epochs(x, config.batch_size, gen):
-            mask = (
-                draw_mask(xb.shape[0], latent, config.mask.ratio, shared, gen) if use_mask else None
-            )
-            loss, _ = dcam_loss(model, xb, mask, "joint")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-        rec = record(epoch)
-        history.append(rec)
-        if not (math.isfinite(rec["am"]) and math.isfinite(rec["recon"])):
-            raise FloatingPointError(
-                f"DCAM loss became non-finite at joint epoch {epoch}; lower lr or beta"
-            )
-        if config.recon_bound == "stop" and not rec["within_bound"]:
-            stopped = True
+    training = DCAMEpochs(
+        model,
+        x,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        mask=config.mask if config.masked else None,
+        generator=gen,
+        plateau=(config.plateau_factor, config.plateau_patience),
+        recon_tolerance=config.recon_tolerance,
+        recon_bound=config.recon_bound,
+    )
+    for _ in range(config.pretrain_epochs):
+        training.pretrain_step()
+    beta = training.start_joint(config.beta)
+    for _ in range(config.epochs):
+        training.joint_step()
+        if training.stopped:
             break
-        eligible = rec["within_bound"] or config.recon_bound == "none"
-        if eligible and rec["am"] < best_am:
-            best_epoch, best_am, best_state = epoch, rec["am"], copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    model.load_state_dict(training.best_state)
     model.eval()
     return DCAMFitResult(
-        model, float(beta), recon_pre, pretrain_history, history, best_epoch, stopped
+        model,
+        beta,
+        training.recon_pretrained,
+        training.pretrain_history,
+        training.history,
+        training.best_epoch,
+        training.stopped,
     )
 
 

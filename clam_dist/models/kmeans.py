@@ -79,10 +79,17 @@ def assign_nearest(
     return vals.add_(x_sq).clamp_(min=0.0), idx
 
 
-def _sq_dist_to_nearest(x: torch.Tensor, centers: torch.Tensor, metric: Metric) -> torch.Tensor:
+def nearest_centers(
+    x: torch.Tensor, centers: torch.Tensor, metric: Metric
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest centre, its index) under ``metric``."""
     if metric == "spherical":
         x, centers = normalize_rows(x), normalize_rows(centers)
-    return assign_nearest(x, centers)[0]
+    return assign_nearest(x, centers)
+
+
+def _sq_dist_to_nearest(x: torch.Tensor, centers: torch.Tensor, metric: Metric) -> torch.Tensor:
+    return nearest_centers(x, centers, metric)[0]
 
 
 @torch.no_grad()
@@ -218,15 +225,21 @@ def _weighted_kmeans_pp(points, weights, k, generator, lloyd_iters: int = 20) ->
 
 @torch.no_grad()
 def batch_sums_counts(
-    x: torch.Tensor, centers: torch.Tensor, metric: Metric = "euclidean"
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    metric: Metric = "euclidean",
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-centre sums and counts of the points assigned to each centre (and the labels).
 
     Summable across workers: all-reducing sums and counts gives the global statistics.
+    ``labels``: the rows' nearest centres when the caller already has them (the trainer's
+    monitor computes them from the same scores), so the distances are not computed again.
     """
     if metric == "spherical":
         x, centers = normalize_rows(x), normalize_rows(centers)
-    _, labels = assign_nearest(x, centers)
+    if labels is None:
+        _, labels = assign_nearest(x, centers)
     sums, counts = _sums_counts(x, labels, centers.shape[0])
     return sums, counts, labels
 

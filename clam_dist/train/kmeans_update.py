@@ -42,10 +42,14 @@ class KMeansUpdate:
         return self.cfg.optim.lr  # reported for a uniform metrics row; k-means has none
 
     def forward_backward(self, batch: Batch, comm: Comm) -> None:
-        from clam_dist.models.kmeans import batch_sums_counts
+        from clam_dist.models.kmeans import batch_sums_counts, nearest_centers
 
+        metric = self.cfg.model.metric
         if len(batch.x):
-            s, c, _ = batch_sums_counts(batch.x, self.protos, self.cfg.model.metric)
+            if batch.nearest_idx is None:  # no monitor ran (the bare step)
+                batch.nearest_d2, batch.nearest_idx = nearest_centers(batch.x, self.protos, metric)
+            # The monitor's assignments under the same centres: one distance pass per step.
+            s, c, _ = batch_sums_counts(batch.x, self.protos, metric, labels=batch.nearest_idx)
         else:
             s, c = torch.zeros_like(self.protos), torch.zeros_like(self.counts)
         self._sums_counts = torch.cat([s, c[:, None]], dim=1)

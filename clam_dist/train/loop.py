@@ -175,16 +175,18 @@ class Trainer:
     def monitor(self, batch: Batch) -> None:
         """Assignments and energy under the prototypes the step starts from (no extra
         sync); nothing while the prototypes mean nothing yet (DCAM pretraining)."""
-        from clam_dist.models.am import energy, nearest_prototypes
+        from clam_dist.models.am import nearest_and_energy
 
         t0, metric, window = time.perf_counter(), self.cfg.model.metric, self.window
         with torch.no_grad():
             z = self.update.model_space(batch.x) if len(batch.x) else None
             if z is not None:
-                protos = self.update.prototypes()
-                batch.nearest_d2, idx = nearest_prototypes(z, protos, metric)
-                window.assign += torch.bincount(idx[:, 0], minlength=self.k).to(window.assign)
-                window.sums[2] += float(energy(z, protos, self.update.beta, metric).double().sum())
+                protos, beta = self.update.prototypes(), self.update.beta
+                batch.nearest_d2, batch.nearest_idx, e = nearest_and_energy(z, protos, beta, metric)
+                window.assign += torch.bincount(batch.nearest_idx, minlength=self.k).to(
+                    window.assign
+                )
+                window.sums[2] += float(e.double().sum())
             window.sums[1] += len(batch.x)
         window.monitor_s += time.perf_counter() - t0
 

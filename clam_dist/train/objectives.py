@@ -213,6 +213,9 @@ class DCAMObjective(Objective):
             ).to(device)
         self.sample = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
         self.joint_ready = False  # prototypes and beta set from the pretrained latents
+        # (rows, their latents WITH the encoder's graph) of the current step: the monitor,
+        # the global latent fill and the loss share one encoder pass per step.
+        self._step_latents: tuple[torch.Tensor, torch.Tensor] | None = None
         self.recon_pretrained: float | None = None
         self.best: dict | None = None  # {"epoch", "am", "recon_ratio", "state"}
         self._set_phase_grads("pretrain")
@@ -275,9 +278,16 @@ class DCAMObjective(Objective):
     def mask_width(self) -> int | None:
         return self.spec.latent_dim if self.cfg.model.mask_ratio > 0 else None
 
+    def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output for this step's rows, computed once per step. With the
+        graph: the monitor asks first (under no_grad), the loss backpropagates through it."""
+        if self._step_latents is None or self._step_latents[0] is not x:
+            with torch.enable_grad():
+                self._step_latents = (x, self.module.encoder(x))
+        return self._step_latents[1]
+
     def model_space(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.module.encoder(x)
+        return self._latents(x).detach()
 
     def batch_context(self, x, mask, comm, epoch):
         if self.phase(epoch) == "pretrain" or mask is None:
@@ -287,7 +297,9 @@ class DCAMObjective(Objective):
     def mean_loss(self, x, mask, context, epoch):
         if self.phase(epoch) == "pretrain":
             return self.module(x, None, "pretrain")["loss"]
-        return self.module(x, mask, "joint", latent_fill=context)["loss"]
+        z = self._latents(x)
+        self._step_latents = None  # the graph is this step's only
+        return self.module(x, mask, "joint", latent_fill=context, latents=z)["loss"]
 
     def _global_latent_fill(self, x: torch.Tensor, comm: Collectives) -> torch.Tensor:
         """The fill of hidden latent coordinates from the GLOBAL batch's latents (not this
@@ -297,7 +309,7 @@ class DCAMObjective(Objective):
         if fill == "zero":
             return torch.zeros(latent, device=x.device)
         with torch.no_grad():
-            z = self.module.encoder(x) if len(x) else torch.zeros(0, latent, device=x.device)
+            z = self._latents(x).detach() if len(x) else torch.zeros(0, latent, device=x.device)
             if fill == "mean":
                 sums = torch.cat([z.sum(0), torch.tensor([float(len(z))], device=x.device)])
                 sums = comm.all_reduce(sums.double(), kind="step").float()

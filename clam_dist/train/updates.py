@@ -25,9 +25,11 @@ class Batch:
     epoch: int
     step: int  # in the epoch
     global_step: int
-    # Squared distance of each row to its nearest prototype, when the monitor measured it
-    # (k-means' loss is that inertia: reused, not computed twice).
+    # Squared distance of each row to its nearest prototype and that prototype's index,
+    # when the monitor measured them under the step's starting prototypes (k-means' loss
+    # is that inertia and its update those assignments: reused, not computed again).
     nearest_d2: torch.Tensor | None = None
+    nearest_idx: torch.Tensor | None = None
 
 
 class Update(Protocol):

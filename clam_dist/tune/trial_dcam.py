@@ -2,12 +2,11 @@
 then every ``step()`` is one JOINT epoch (the unit of the training job's optim.epochs and
 of ASHA here), scored after every epoch.
 
-The optimisation is ``fit_dcam``'s, in the same order of random draws (layer init from
-the seed, pretraining, k-means++ + Lloyd on the pretrained latents, beta = scale x
-``beta_from_data`` there, joint epochs with latent masks, the reconstruction bound's
-selection of a state), plus the training job's reduce-on-plateau schedule (a new one per
-phase, as the trainer rebuilds its optimizer), which leaves the first
-``plateau_patience`` epochs of each phase unchanged.
+The optimisation is ``fit_dcam``'s own ``DCAMEpochs`` (layer init from the seed,
+pretraining, k-means++ + Lloyd on the pretrained latents, beta = scale x
+``beta_from_data`` there, joint epochs with latent masks, reduce-on-plateau per phase,
+the reconstruction bound's selection of a state), so the trial measures what the
+estimator trains.
 
 Scored on the SELECTED state (the one the estimator and the training job return), with
 Silhouette of its labels in the input space: the criterion must compare configurations
@@ -18,21 +17,15 @@ data's structure. The latent Silhouette is reported beside it (``silhouette_late
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from clam_dist.metrics import silhouette
-from clam_dist.models.clam import MaskSpec, beta_from_data, draw_mask
-from clam_dist.models.dcam import DCAMModel, EncoderSpec, dcam_assign, dcam_loss, encode, evaluate
-from clam_dist.models.kmeans import kmeans_plus_plus, lloyd
+from clam_dist.models.clam import MaskSpec, draw_mask
+from clam_dist.models.dcam import DCAMEpochs, DCAMModel, EncoderSpec, dcam_assign, encode
 from clam_dist.tune.trial import TrialData
-
-# Adam and its reduce-on-plateau schedule; one pair per phase, as the training job.
-OptSched = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,8 @@ def encoder_spec(p: DCAMParams, n_features: int) -> EncoderSpec:
 
 
 class DCAMTrial:
-    """Pretrains in the constructor; ``step()`` = one joint epoch; ``predict`` labels rows."""
+    """Pretrains in the constructor; ``step()`` = one joint epoch; ``predict`` labels rows.
+    The epochs are ``DCAMEpochs``, the estimator's own (``fit_dcam``)."""
 
     silhouette_metric = "euclidean"  # input space (see the module docstring)
 
@@ -79,11 +73,8 @@ class DCAMTrial:
         if n < params.n_clusters:
             raise ValueError(f"{n} training rows, fewer than n_clusters={params.n_clusters}")
         self.steps = params.steps
-        self.mask = MaskSpec(
-            ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every
-        )
+        mask = MaskSpec(ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every)
         spec = encoder_spec(params, self.x.shape[1])
-        self.gen = torch.Generator().manual_seed(int(params.seed))
         with torch.random.fork_rng(devices=[]):
             # Layer init draws from the global RNG: seeded locally, as fit_dcam does.
             torch.manual_seed(int(params.seed))
@@ -96,101 +87,55 @@ class DCAMTrial:
                 recon_weight=params.recon_weight,
                 fill=params.fill,
             )
-        # Phase 1: the autoencoder alone (prototypes do not exist yet).
-        pretrain_opt = self._optimizer(self.model.autoencoder.parameters())
-        self.pretrain_history = [
-            self._epoch("pretrain", i, pretrain_opt) for i in range(params.pretrain_epochs)
-        ]
-        self._start_joint()
-
-    # -- phases ------------------------------------------------------------------------
-
-    def _optimizer(self, params: Iterable[torch.nn.Parameter]) -> OptSched:
-        opt = torch.optim.Adam(params, lr=self.p.lr)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=self.p.plateau_factor, patience=self.p.plateau_patience
+        self.training = DCAMEpochs(
+            self.model,
+            self.x,
+            lr=params.lr,
+            batch_size=params.batch_size,
+            mask=mask,
+            generator=torch.Generator().manual_seed(int(params.seed)),
+            plateau=(params.plateau_factor, params.plateau_patience),
+            recon_tolerance=params.recon_tolerance,
+            recon_bound=params.recon_bound,
         )
-        return opt, sched
-
-    def _epoch(self, phase: str, epoch: int, opt_sched: OptSched) -> float:
-        """One pass over the training rows; returns the mean batch loss."""
-        opt, sched = opt_sched
-        x, bs = self.x, self.p.batch_size
-        n, latent = x.shape[0], self.model.prototypes.shape[1]
-        use_mask = phase == "joint" and self.p.mask_ratio > 0
-        shared = self.mask.shared_for_epoch(epoch)
-        perm = torch.randperm(n, generator=self.gen)
-        total = 0.0
-        for b0 in range(0, n, bs):
-            xb = x[perm[b0 : b0 + bs]]
-            mask = (
-                draw_mask(xb.shape[0], latent, self.p.mask_ratio, shared, self.gen)
-                if use_mask
-                else None
-            )
-            loss, _ = dcam_loss(self.model, xb, mask, phase)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-        mean = total / n
-        if not np.isfinite(mean):
-            raise FloatingPointError(f"DCAM {phase} loss became {mean} at epoch {epoch}")
-        sched.step(mean)
-        return mean
-
-    @torch.no_grad()
-    def _start_joint(self) -> None:
-        """Prototypes by k-means on the pretrained latents, beta from their scale, the
-        reference reconstruction loss, and the start state as the first candidate."""
-        p, model = self.p, self.model
-        z = encode(model, self.x)
-        seeds = kmeans_plus_plus(z, p.n_clusters, self.gen, metric=p.metric)
-        protos = lloyd(z, seeds, 100, metric=p.metric).centers
-        self.beta_default = beta_from_data(z, protos, p.metric)
-        self.beta = p.beta_scale * self.beta_default
-        model.prototypes.copy_(protos)
-        model.beta = float(self.beta)
-        self.recon_pretrained = evaluate(model, self.x, "pretrain")["recon"]
-        self.selected = copy.deepcopy(model).eval()
-        self.selected_epoch, self.recon_ratio = -1, None
-        self.am_history: list[float] = []  # full-sample AM loss: the start, then every epoch
-        self.best_am, self.within = self._consider(-1)
-        self.joint_opt = self._optimizer(model.parameters())
-        self.epoch, self.stopped = 0, False
-        hold = torch.from_numpy(np.array(self.data.holdout, dtype=np.float32))
-        g = torch.Generator().manual_seed(self.data.holdout_mask_seed)
+        for _ in range(params.pretrain_epochs):
+            self.training.pretrain_step()
+        self.beta = self.training.start_joint(beta_scale=params.beta_scale)
+        self.beta_default = self.training.beta_default
+        self.epoch = 0
+        self._selected: tuple[int, DCAMModel] | None = None
+        hold = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
+        g = torch.Generator().manual_seed(data.holdout_mask_seed)
         self.holdout = hold
         # Fixed latent masks: every trial and epoch is scored on the same hidden coordinates.
         self.holdout_mask = (
-            draw_mask(hold.shape[0], p.latent_dim, p.mask_ratio, False, g)
-            if hold.shape[0] and p.mask_ratio > 0
+            draw_mask(hold.shape[0], params.latent_dim, params.mask_ratio, False, g)
+            if hold.shape[0] and params.mask_ratio > 0
             else None
         )
 
-    def _consider(self, epoch: int) -> tuple[float, bool]:
-        """The reconstruction bound: keep this state when it is within the bound (or the
-        bound is off) and its AM loss is the lowest so far. Returns (its am, within)."""
-        ev = evaluate(self.model, self.x, "joint")
-        recon_pre = self.recon_pretrained
-        ratio = ev["recon"] / recon_pre if recon_pre > 0 else float("inf")
-        within = ev["recon"] <= (1.0 + self.p.recon_tolerance) * recon_pre
-        if not (np.isfinite(ev["am"]) and np.isfinite(ev["recon"])):
-            raise FloatingPointError(f"DCAM loss became non-finite at joint epoch {epoch}")
-        self.am_history.append(ev["am"])
-        eligible = within or self.p.recon_bound == "none"
-        if epoch == -1 or (eligible and ev["am"] < self.best_am):
-            self.selected.load_state_dict(self.model.state_dict())
-            self.selected_epoch, self.recon_ratio = epoch, ratio
-            self.best_am = ev["am"]
-        return ev["am"], within
+    @property
+    def pretrain_history(self) -> list[float]:
+        return self.training.pretrain_history
+
+    @property
+    def am_history(self) -> list[float]:
+        """Full-sample AM loss: the start of the joint phase, then every epoch."""
+        return [h["am"] for h in self.training.history]
+
+    @property
+    def selected(self) -> DCAMModel:
+        """The state the bound selected (a copy, rebuilt only when the selection moves)."""
+        best = self.training.best_epoch
+        if self._selected is None or self._selected[0] != best:
+            self._selected = (best, self.training.selected_model())
+        return self._selected[1]
 
     def step(self) -> dict:
         train_loss = None
-        if not self.stopped:  # "stop": the bound was crossed; the selected state stays
-            train_loss = self._epoch("joint", self.epoch, self.joint_opt)
-            _, within = self._consider(self.epoch)
-            self.stopped = self.p.recon_bound == "stop" and not within
+        if not self.training.stopped:  # "stop": the bound was crossed; the selection stays
+            self.training.joint_step()
+            train_loss = self.training.joint.history[-1]
         self.epoch += 1
         return dict(self.evaluate(), train_loss=train_loss, epoch=self.epoch)
 
@@ -213,8 +158,8 @@ class DCAMTrial:
             "silhouette_latent": float(sil_z) if np.isfinite(sil_z) else -1.0,
             "n_nonempty": int(np.unique(labels).size),
             "beta": float(self.beta),
-            "recon_ratio": float(self.recon_ratio),
-            "selected_epoch": int(self.selected_epoch),
+            "recon_ratio": float(self.training.selected_record["recon_ratio"]),
+            "selected_epoch": int(self.training.best_epoch),
         }
         if self.holdout.shape[0]:
             # The joint AM loss (decoded evolved latent vs the row) on unseen rows.

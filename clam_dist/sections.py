@@ -1,0 +1,125 @@
+"""The config sections every job shares: each knob is declared once, here, with its one
+default and a one-line doc. Job configs (``train.config.TrainConfig``,
+``pipeline.config.PipelineConfig``, ``assign.pipeline.AssignConfig``,
+``evaluate.run.EvaluateConfig``, ``tune.config.TuneJobConfig``) are built from these
+sections, and a stage hands a section on whole instead of copying its fields.
+
+    section          knobs                                          used by
+    SourceColumns    which columns hold vectors, ids, labels;       train, pipeline, assign,
+                     fsspec options; NaN policy                     evaluate, tune
+    ModelSection     method, k, AM dynamics (beta, alpha, T,        train, pipeline
+                     metric, mask), initialisation
+    OptimSection     lr, epochs, batch size, schedule               train, pipeline
+    DCAMSection      the autoencoder and its two phases             train, pipeline, tune
+    WorkersSection   how many workers, GPUs, CPUs per worker        train, pipeline
+    OutputsSection   what an assignment writes and how it batches   assign, pipeline
+
+See docs/design.md ("Configuration") for the glossary of the names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from clam_dist import methods
+
+
+@dataclass
+class SourceColumns:
+    """Which columns of the Parquet rows hold what, and how to reach the files."""
+
+    vector_column: str | None = None  # one list/fixed-size-list column of floats
+    feature_columns: list[str] | str | None = None  # scalar columns: names or one glob ("f*")
+    id_column: str | None = None  # None: stable generated '<file>:<row>' ids
+    label_column: str | None = None  # ground truth, when known: NMI/ARI/ACC in reports
+    storage_options: dict | None = None  # fsspec options (endpoint, profile) for every URL
+    # Rows with NaN/inf: "error" names them and writes nothing; "drop" leaves them out.
+    nan_policy: Literal["error", "drop"] = "error"
+
+
+@dataclass
+class ModelSection:
+    """What model is learned: the method, k, the AM dynamics and the initialisation."""
+
+    # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
+    # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
+    method: str = "clam"  # a registered method (clam_dist.methods.names())
+    n_clusters: int = 16
+    beta: float | None = None  # AM inverse temperature; None: from the data's distance scale
+    alpha: float = 0.1  # AM step size
+    steps: int = 10  # T, the AM steps of the dynamics
+    metric: Literal["euclidean", "spherical"] = "euclidean"
+    mask_ratio: float = 0.2  # share of coordinates hidden for pattern completion (0: none)
+    fill: Literal["mean", "min", "max", "zero"] = "mean"  # value of hidden coordinates
+    shared_every: int = 3  # every n-th epoch one mask per batch (0: never)
+    # "kmeans": k-means++ seeding refined by Lloyd on the sample (as the estimator's
+    # default); "kmeans++" seeding only; "kmeans||" for large k.
+    init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
+    kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"  # method kmeans only
+    # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
+    similarity: Literal["distance", "dot"] = "distance"
+
+    def __post_init__(self) -> None:
+        methods.check_name(self.method, "model.method")
+
+
+@dataclass
+class OptimSection:
+    """How the model is trained: Adam's rate, epochs, the batch and the rate schedule."""
+
+    lr: float = 0.01
+    epochs: int = 3  # DCAM: joint epochs, after dcam.pretrain_epochs
+    max_steps: int = 0  # 0 = no step budget (epochs decide); else stop after this many steps
+    batch_size: int = 1024  # rows per worker per step; 0 = the whole shard (full batch)
+    # "plateau": x plateau_factor when the epoch loss has not improved for plateau_patience
+    # epochs (the ClAM authors'); "cosine": per-step cosine decay to lr * min_lr_factor;
+    # "constant". warmup_steps ramps linearly from 0 for cosine/constant.
+    schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    warmup_steps: int = 0
+    min_lr_factor: float = 0.0
+    plateau_factor: float = 0.8
+    plateau_patience: int = 5
+
+
+@dataclass
+class DCAMSection:
+    """DCAM only: the autoencoder and its two phases (model.* holds k, beta, alpha, T,
+    mask; optim.epochs counts the JOINT epochs, after ``pretrain_epochs``)."""
+
+    encoder: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = 10
+    hidden: list[int] | None = None  # None: [128, 64] (mlp) or [16, 32] channels (conv)
+    image_shape: list[int] | None = None  # conv: [C, H, W]; None: square 1/3-channel guess
+    pretrain_epochs: int = 5
+    recon_weight: float = 1.0  # weight of the reconstruction term in the joint loss
+    # The joint phase may trade reconstruction for clustering only within this tolerance
+    # of the pretrained reconstruction loss: "select" keeps the best epoch within it,
+    # "stop" also stops at the first epoch beyond it, "none" ignores it.
+    recon_tolerance: float = 0.10
+    recon_bound: Literal["select", "stop", "none"] = "select"
+
+
+@dataclass
+class WorkersSection:
+    """The Ray Train workers of a training run."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class OutputsSection:
+    """What an assignment writes beside each row's cluster, and how it batches."""
+
+    outputs: list[str] = field(default_factory=list)  # extras: energy, margin, probs
+    passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+    batch_size: int = 0  # rows per model call; 0 = chosen from d and k (auto_batch_size)
+    concurrency: int = 2  # assignment tasks in flight; each process holds the model once
+
+
+def values_of(section_type: type, config: Any) -> dict:
+    """The fields of ``section_type`` read from ``config`` (any object that has them):
+    how a stage hands on a section that is part of a larger config."""
+    return {f.name: getattr(config, f.name) for f in fields(section_type)}

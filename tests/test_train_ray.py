@@ -72,7 +72,8 @@ def test_one_worker_batch_b_equals_two_workers_batch_half_b(dataset, two_worker_
     # the fingerprint check ran after EVERY step (and at step 0 and each epoch end)
     assert m2["verified_steps"] == 1 + 2 * STEPS_PER_EPOCH + 2
     assert m2["prototype_divergence"] == 0.0 and m2["dead_prototypes"] == 0
-    assert m2["allreduce_bytes_per_step"] == 4 * 6 * 4 + 4  # grad (k x d float32) + row count
+    # ONE buffer per step: the gradient (k x d float32) with the row count as its last float
+    assert m2["allreduce_bytes_per_step"] == 4 * 6 * 4 + 4
     assert len(m2["rows_per_s_worker"]) == 2 and min(m2["rows_per_s_worker"]) > 0
     hist = two_worker_run.history
     assert [h["step"] for h in hist][:4] == [4, 5, 8, 10]  # report windows and checkpoints
@@ -155,7 +156,8 @@ def test_distributed_lloyd_equals_in_memory_lloyd(dataset):
     got = load_artifact(res.artifact_url).prototypes
     np.testing.assert_allclose(got, centers.numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(got, np.array(init["prototypes"]), atol=1e-3)  # it moved
-    assert res.metrics["allreduce_bytes_per_step"] == 4 * (4 * 6 + 4) + 4  # sums+counts, rows
+    # ONE buffer per step: per-centre sums and counts (k-means needs no global row count)
+    assert res.metrics["allreduce_bytes_per_step"] == 4 * (4 * 6 + 4)
 
 
 def test_bad_runs_fail_fast_with_numbers(dataset, two_worker_run, tmp_path, s3_server):

@@ -16,26 +16,25 @@ from clam_dist.train.step import (
     LaneStream,
     batch_mask,
     fingerprint,
+    local_loss_sum,
     lr_factor,
     prefetch_steps,
     resolve_lanes,
     row_keys,
     row_masks,
-    scale_to_global,
     steps_in_epoch,
     take_step,
     worker_lanes,
 )
 
 
-def _worker_loss(p, x, mask, fill, beta, alpha, steps, world, global_rows):
-    """A worker's loss as the loop's GradientUpdate.forward_backward builds it: its rows'
-    mean masked loss scaled to its share of the global batch; zero (in the graph) when
-    the worker has no rows this step."""
+def _worker_loss(p, x, mask, fill, beta, alpha, steps):
+    """A worker's loss as the loop's GradientUpdate.forward_backward builds it: the SUM
+    of its rows' masked loss; zero (in the graph) when the worker has no rows this step."""
     if x.shape[0] == 0:
         return (p * 0).sum()
     mean = clam_loss(x, p, beta, alpha, steps, "euclidean", mask, fill)
-    return scale_to_global(mean, x.shape[0], world, global_rows)
+    return local_loss_sum(mean, x.shape[0])
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +85,26 @@ def test_sharded_scaled_gradients_average_to_the_full_batch_gradient():
     mask = row_masks(np.arange(30), 5, 0.4, 0, 0).double()
     fill = x.mean(0)
 
-    def grad(rows, world):
+    def grad(rows):
         p = protos0.clone().requires_grad_()
-        _worker_loss(p, x[rows], mask[rows], fill, 0.7, 0.2, 5, world, 30).backward()
+        _worker_loss(p, x[rows], mask[rows], fill, 0.7, 0.2, 5).backward()
         return p.grad
 
-    full = grad(slice(0, 30), 1)
-    shards = [grad(slice(0, 11), 3), grad(slice(11, 25), 3), grad(slice(25, 30), 3)]
-    torch.testing.assert_close(sum(shards) / 3, full)  # the all-reduce average of worker grads
-    empty = grad(slice(0, 0), 3)
+    p = protos0.clone().requires_grad_()
+    clam_loss(x, p, 0.7, 0.2, 5, "euclidean", mask, fill).backward()
+    full_mean = p.grad  # the gradient of the full batch's mean loss
+    shards = [grad(slice(0, 11)), grad(slice(11, 25)), grad(slice(25, 30))]
+    # the all-reduce: gradients summed with the rows (11 + 14 + 5), then divided by them
+    torch.testing.assert_close(sum(shards) / 30, full_mean)
+    empty = grad(slice(0, 0))
     assert torch.equal(empty, torch.zeros_like(empty))  # an idle worker contributes zero
 
 
 def _simulate(
     source, world: int, n_lanes: int, batch: int, epochs: int, counts=None
 ) -> torch.Tensor:
-    """The training loop's math with the all-reduce simulated (sum of worker grads / W)."""
+    """The training loop's math with the all-reduce simulated (worker grads and rows
+    summed, then divided)."""
     d = source.dim()
     files = source.files()
     counts = source.file_row_counts() if counts is None else counts
@@ -124,11 +127,9 @@ def _simulate(
             for xb, ids in batches:
                 mask = batch_mask(ids, d, 0.4, 2, epoch, step, 7)
                 p = protos.detach().clone().requires_grad_()
-                _worker_loss(
-                    p, torch.from_numpy(xb), mask, fill, 0.5, 0.2, 4, world, global_rows
-                ).backward()
+                _worker_loss(p, torch.from_numpy(xb), mask, fill, 0.5, 0.2, 4).backward()
                 grads.append(p.grad)
-            protos.grad = sum(grads) / world
+            protos.grad = sum(grads) / global_rows
             opt.step()
     return protos.detach()
 

@@ -35,7 +35,7 @@ def bare_step_rows_per_s(
     device = torch.device("cpu")
     n = x.shape[0]
     steps_per_epoch = max(1, n // batch_size)
-    update = make_update(cfg, init, device, sample, 1, steps_per_epoch * epochs)
+    update = make_update(cfg, init, device, sample, steps_per_epoch * epochs)
     comm = Comm(False, device, False)
     ids = np.arange(n, dtype=np.int64)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -45,9 +45,8 @@ def bare_step_rows_per_s(
         for step in range(steps_per_epoch):
             b0 = step * batch_size
             batch = Batch(
-                xt[b0 : b0 + batch_size], ids[b0 : b0 + batch_size], batch_size, epoch, step,
-                global_step,
-            )  # fmt: skip
+                xt[b0 : b0 + batch_size], ids[b0 : b0 + batch_size], epoch, step, global_step
+            )
             t0 = time.perf_counter()
             update.forward_backward(batch, comm)
             update.all_reduce(comm)

@@ -55,18 +55,21 @@ def parameter_divergence(comm: Comm, params: torch.Tensor) -> float:
     return float((hi + neg_lo).max()) if flat.numel() else 0.0
 
 
-def all_reduce_mean_grads(params: list[torch.nn.Parameter], comm: Comm, world: int) -> bool:
-    """Average every parameter's gradient over the workers in ONE flat all-reduce (what
-    DDP's buckets do, in one bucket: the models here are small). Returns whether the
-    averaged gradient is finite (the same answer on every worker)."""
-    if not params:
-        return True
-    flat = torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-    )
-    flat = comm.all_reduce(flat, kind="step") / world
+def all_reduce_grads_and_rows(
+    params: list[torch.nn.Parameter], local_rows: int, comm: Comm
+) -> tuple[bool, int]:
+    """Sum every parameter's gradient (of each worker's loss SUM) and the workers' row
+    counts in ONE flat all-reduce (what DDP's buckets do, in one bucket: the models here
+    are small), then divide by the global row count: every worker holds the gradient of
+    the global-batch mean. Returns (is it finite, the global row count), the same answer
+    on every worker."""
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    rows = torch.tensor([float(local_rows)], device=comm.device)
+    flat = comm.all_reduce(torch.cat([*grads, rows]), kind="step")
+    global_rows = int(flat[-1].item())
+    flat = flat[:-1] / max(global_rows, 1)
     offset = 0
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
-    return bool(torch.isfinite(flat).all())
+    return bool(torch.isfinite(flat).all()), global_rows

@@ -8,21 +8,21 @@ from __future__ import annotations
 import torch
 
 from clam_dist.train import checkpoint as ckpt
-from clam_dist.train.comm import Comm, all_reduce_mean_grads
+from clam_dist.train.comm import Comm, all_reduce_grads_and_rows
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.objectives import Objective
-from clam_dist.train.step import batch_mask, lr_factor, scale_to_global, shared_mask_epoch
+from clam_dist.train.step import batch_mask, local_loss_sum, lr_factor, shared_mask_epoch
 from clam_dist.train.updates import Batch
 from clam_dist.train.verify import check_finite
 
 
 class GradientUpdate:
-    def __init__(self, cfg: TrainConfig, objective: Objective, world: int, total_steps: int):
-        self.cfg, self.objective, self.world, self.total_steps = cfg, objective, world, total_steps
+    def __init__(self, cfg: TrainConfig, objective: Objective, total_steps: int):
+        self.cfg, self.objective, self.total_steps = cfg, objective, total_steps
         self.optimizer, self.plateau = self._new_optimizer()
         self._params: list[torch.nn.Parameter] = []
         self._loss: torch.Tensor | None = None
-        self._finite = True
+        self._rows, self._global_rows, self._finite = 0, 0, True
 
     def _new_optimizer(self):
         # Which parameters train depends on the phase (DCAM pretraining: the autoencoder).
@@ -90,27 +90,26 @@ class GradientUpdate:
         context = self.objective.batch_context(x, mask, comm, batch.epoch)
         self._params = self.objective.trainable()
         if len(x):
-            mean = self.objective.mean_loss(x, mask, context, batch.epoch)
-            loss = scale_to_global(mean, len(x), self.world, max(1, batch.global_rows))
+            loss = local_loss_sum(self.objective.mean_loss(x, mask, context, batch.epoch), len(x))
         else:  # keep every parameter in the graph so the all-reduce has its grad
             loss = sum((p * 0).sum() for p in self._params)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self._loss = loss
+        self._loss, self._rows = loss, len(x)
 
     def all_reduce(self, comm: Comm) -> None:
-        self._finite = all_reduce_mean_grads(self._params, comm, self.world)
+        self._finite, self._global_rows = all_reduce_grads_and_rows(self._params, self._rows, comm)
 
     def optimizer_step(self, batch: Batch) -> float:
         # The gradient is all-reduced, so every worker reaches the same verdict without
         # another collective; nothing non-finite is ever applied or saved.
         method, step, epoch = self.cfg.model.method, batch.global_step, batch.epoch
         check_finite(self._finite, "loss gradient", method, step, epoch)
-        if batch.global_rows:
+        if self._global_rows:
             self.optimizer.step()
             finite = bool(torch.isfinite(self.parameters()).all())
             check_finite(finite, "parameters after the optimizer step", method, step, epoch)
-        return float(self._loss.detach()) * batch.global_rows / self.world
+        return float(self._loss.detach())
 
     # -- epochs, artifact, checkpoint --------------------------------------------------------
 

@@ -64,7 +64,7 @@ class Trainer:
         )
         self.k, self.d_in = len(self.init["prototypes"]), len(self.init["mean"])
         self.update = make_update(
-            cfg, self.init, self.device, loop.load_sample(), self.world, self.plan.total_steps
+            cfg, self.init, self.device, loop.load_sample(), self.plan.total_steps
         )
         self.state = TrainState()
         self.verifier = Verifier(self.comm, self.update.parameters)
@@ -165,12 +165,8 @@ class Trainer:
     def next_batch(self, reader) -> Batch:
         xb, ids = next(reader)
         x = (torch.from_numpy(xb).to(self.device) - self.mean) / self.scale
-        t0 = time.perf_counter()
-        rows = self.comm.all_reduce(torch.tensor([float(len(x))]), kind="step")
-        global_rows = int(rows.item())
-        self.window.comm_s += time.perf_counter() - t0
         s = self.state
-        return Batch(x, ids, global_rows, s.epoch, s.step_in_epoch, s.global_step)
+        return Batch(x, ids, s.epoch, s.step_in_epoch, s.global_step)
 
     def monitor(self, batch: Batch) -> None:
         """Assignments and energy under the prototypes the step starts from (no extra

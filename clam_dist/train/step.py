@@ -7,9 +7,9 @@ Three things make N workers equal to one worker with the same global batch:
   rank, rank + W, ...: 1 worker reading lanes {0, 1} sees the rows that 2 workers reading
   {0} and {1} see together;
 - masks are a function of (row id, epoch, seed), never of which worker reads the row;
-- each worker's loss is its rows' SUM scaled by world_size / global_rows, so the gradient
-  AVERAGE over workers (what the loop's one flat all-reduce computes, comm.py) is exactly
-  the gradient of the global-batch mean.
+- each worker backpropagates its rows' loss SUM; the loop's one flat all-reduce sums
+  those gradients together with the row counts (comm.py), and the sum divided by the
+  global row count is exactly the gradient of the global-batch mean.
 """
 
 from __future__ import annotations
@@ -74,11 +74,11 @@ def shared_mask(n: int, d: int, ratio: float, epoch: int, step: int, seed: int) 
     return row_masks(key, d, ratio, 0, seed).expand(n, d)
 
 
-def scale_to_global(mean_loss: torch.Tensor, local_rows: int, world: int, global_rows: int):
-    """A worker's mean loss as its share of the global-batch mean, pre-scaled for gradient
-    AVERAGING: the average over workers of the gradients is then exactly the global
-    batch's gradient (any method's loss, see module docstring)."""
-    return mean_loss * local_rows * world / global_rows
+def local_loss_sum(mean_loss: torch.Tensor, local_rows: int) -> torch.Tensor:
+    """A worker's loss as the all-reduce needs it: the SUM over its rows. Summed over the
+    workers and divided by the global row count (both in the step's one all-reduce, so no
+    collective runs before the loss) its gradient is the global-batch mean's."""
+    return mean_loss * local_rows
 
 
 def shared_mask_epoch(epoch: int, shared_every: int) -> bool:

@@ -21,7 +21,6 @@ class Batch:
 
     x: torch.Tensor
     ids: np.ndarray
-    global_rows: int  # rows of the step over all workers
     epoch: int
     step: int  # in the epoch
     global_step: int
@@ -79,7 +78,6 @@ def make_update(
     init: dict,
     device: torch.device,
     sample: np.ndarray | None,
-    world: int,
     total_steps: int,
 ) -> Update:
     """The method's update: its registered objective trained by gradient, or k-means'
@@ -91,4 +89,4 @@ def make_update(
     objective = make_objective(cfg, init, device, sample)
     if objective is None:
         return KMeansUpdate(cfg, init, device)
-    return GradientUpdate(cfg, objective, world, total_steps)
+    return GradientUpdate(cfg, objective, total_steps)

@@ -113,7 +113,8 @@ class WorkersSection:
 class OutputsSection:
     """What an assignment writes beside each row's cluster, and how it batches."""
 
-    outputs: list[str] = field(default_factory=list)  # extras: energy, margin, probs
+    # extras beside cluster and distance: energy (novelty), margin (confidence), probs
+    outputs: list[str] = field(default_factory=lambda: ["energy", "margin"])
     passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
     batch_size: int = 0  # rows per model call; 0 = chosen from d and k (auto_batch_size)
     concurrency: int = 2  # assignment tasks in flight; each process holds the model once

@@ -207,8 +207,8 @@ def main() -> None:
     sets = [
         f"model.method={args.method}",
         f"model.n_clusters={args.k}",
-        f"model.epochs={args.epochs}",
-        f"model.batch_size={args.batch_size}",
+        f"optim.epochs={args.epochs}",
+        f"optim.batch_size={args.batch_size}",
     ]
     results = []
     for n in sizes:

@@ -233,7 +233,7 @@ def test_pipeline_end_to_end_report_and_resume(ray_local, tmp_path, monkeypatch)
         "data.k=4",
         "data.rows_per_file=1000",
         "model.n_clusters=4",
-        "model.epochs=3",
+        "optim.epochs=3",
         "assign.concurrency=1",
         "eval_sample=1000",
     ]

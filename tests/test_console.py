@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "--set", "data.n=3000", "--set", "data.d=4", "--set", "data.k=3",
     "--set", "data.rows_per_file=1000", "--set", "model.n_clusters=3",
-    "--set", "model.epochs=1", "--set", "model.num_workers=1", "--set", "num_cpus=2",
+    "--set", "optim.epochs=1", "--set", "train.num_workers=1", "--set", "num_cpus=2",
     "--set", "eval_sample=500", "--set", "assign.concurrency=1",
 ]  # fmt: skip
 EVENTS = ["job_start", "pipeline_start", "pipeline_done", "job_done"]
@@ -108,7 +108,7 @@ def terminal(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("console_tty") / "run"
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        _argv(run_dir, "--set", "model.trainer=sample"),
+        _argv(run_dir, "--set", "train.trainer=sample"),
         cwd=REPO, env=_env(), stdout=slave, stderr=subprocess.PIPE,
     )  # fmt: skip
     os.close(slave)  # the child holds it; reads end with EIO once it exits

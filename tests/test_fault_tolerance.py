@@ -71,7 +71,8 @@ def test_assignment_through_faults_equals_assignment_without(ray_local, stored):
 
 
 def test_training_through_faults_equals_training_without(ray_local, stored, tmp_path):
-    from clam_dist.train.config import TrainConfig, TrainData, TrainModel, TrainOptim, TrainRun
+    from clam_dist.sections import ModelSection, OptimSection
+    from clam_dist.train.config import TrainConfig, TrainData, TrainRun
     from clam_dist.train.trainer import run_training
 
     server, opts = stored
@@ -80,8 +81,8 @@ def test_training_through_faults_equals_training_without(ray_local, stored, tmp_
         cfg = TrainConfig(
             data=TrainData(url=server.url("faults/in"), storage_options=storage_options,
                            init_sample=1000),
-            model=TrainModel(n_clusters=K),
-            optim=TrainOptim(epochs=1, batch_size=250),
+            model=ModelSection(n_clusters=K),
+            optim=OptimSection(epochs=1, batch_size=250),
             run=TrainRun(name=name, storage_path=str(tmp_path / "store"), num_workers=1,
                          seed=3),
         )  # fmt: skip

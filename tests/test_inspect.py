@@ -69,14 +69,17 @@ def _inspect(capsys, *argv: str) -> tuple[int, str, str]:
 def pipeline_run(tmp_path_factory) -> Path:
     """A real pipeline run without Ray: data generation and in-memory training only, so
     the run directory has data/train markers, a summary and a model with energy p99."""
-    from clam_dist.pipeline.config import DataSection, ModelSection, PipelineConfig
+    from clam_dist.pipeline.config import PipelineConfig, PipelineData, PipelineTrain
     from clam_dist.pipeline.stages import run_pipeline
+    from clam_dist.sections import ModelSection, OptimSection
 
     run_dir = tmp_path_factory.mktemp("run") / "r1"
     config = PipelineConfig(
         run_dir=str(run_dir),
-        data=DataSection(n=600, d=4, k=3, rows_per_file=200),
-        model=ModelSection(trainer="sample", n_clusters=3, epochs=2, batch_size=64),
+        data=PipelineData(n=600, d=4, k=3, rows_per_file=200),
+        model=ModelSection(n_clusters=3),
+        optim=OptimSection(epochs=2, batch_size=64),
+        train=PipelineTrain(trainer="sample"),
     )
     summary = run_pipeline(config, only=["data", "train"])
     assert summary["status"] == "succeeded", summary.get("error")
@@ -265,15 +268,18 @@ def test_run_directory_without_summary_is_unknown_status(pipeline_run, tmp_path,
 
 def test_failed_pipeline_run_shows_its_error(tmp_path, capsys):
     """A run whose train stage failed (no data: the data stage was not run)."""
-    from clam_dist.pipeline.config import DataSection, ModelSection, PipelineConfig
+    from clam_dist.pipeline.config import PipelineConfig, PipelineData, PipelineTrain
     from clam_dist.pipeline.stages import run_pipeline
+    from clam_dist.sections import ModelSection, OptimSection
 
     run_dir = tmp_path / "failed"
     summary = run_pipeline(
         PipelineConfig(
             run_dir=str(run_dir),
-            data=DataSection(url=str(tmp_path / "no-such-data")),
-            model=ModelSection(trainer="sample", n_clusters=3, epochs=1),
+            data=PipelineData(url=str(tmp_path / "no-such-data")),
+            model=ModelSection(n_clusters=3),
+            optim=OptimSection(epochs=1),
+            train=PipelineTrain(trainer="sample"),
         ),
         only=["train"],
     )

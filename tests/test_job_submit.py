@@ -30,7 +30,7 @@ JOB = "jobs/pipeline.py"
 SMALL_PIPELINE = [
     "--set", "data.n=3000", "--set", "data.d=4", "--set", "data.k=3",
     "--set", "data.rows_per_file=1000", "--set", "model.n_clusters=3",
-    "--set", "model.trainer=sample", "--set", "model.epochs=2", "--set", "model.train_sample=1000",
+    "--set", "train.trainer=sample", "--set", "optim.epochs=2", "--set", "data.init_sample=1000",
     "--set", "eval_sample=500", "--set", "assign.concurrency=1",
 ]  # fmt: skip
 

@@ -91,8 +91,8 @@ def test_pipeline_and_evaluate_jobs_log_json_time_stages_and_hide_credentials(
     ]
     run_dir = tmp_path / "run"
     small = [
-        f"data.url={url}", "model.trainer=sample", "model.n_clusters=3", "model.epochs=1",
-        "model.train_sample=500", "eval_sample=300", "assign.concurrency=1",
+        f"data.url={url}", "train.trainer=sample", "model.n_clusters=3", "optim.epochs=1",
+        "data.init_sample=500", "eval_sample=300", "assign.concurrency=1",
     ]  # fmt: skip
     # --log-format json: the records on stderr too (by default only in logs/events.jsonl)
     argv = ["pipeline", "--run-dir", str(run_dir), "--log-format", "json"]

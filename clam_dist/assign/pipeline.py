@@ -14,7 +14,6 @@ import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +31,7 @@ from clam_dist.data.urls import absolute
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event, ray_data_errors_reported_by_us
 from clam_dist.secrets import public_storage_options
+from clam_dist.sections import OutputsSection, SourceColumns
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 BASE_COLUMNS = ("id", "cluster", "distance")
@@ -62,38 +62,27 @@ class InjectedCrash(RuntimeError):
 
 
 @dataclass
-class AssignConfig:
-    """What `clam-dist assign` reads from TOML/YAML (top-level keys) and flags.
+class AssignConfig(SourceColumns, OutputsSection):
+    """What `clam-dist assign` reads from TOML/YAML (top-level keys) and flags: the shared
+    column and output knobs (clam_dist/sections.py) plus the job's own below.
 
     ``input``/``output`` may contain ``{partition}``, filled from ``partition``, so one
     scheduled config assigns each new partition (e.g. ``date=2026-05-01``) with an
     existing model: ``input = "s3://b/events/{partition}"``,
-    ``output = "s3://b/clusters/{partition}"``.
+    ``output = "s3://b/clusters/{partition}"``. ``storage_options`` serve input, output
+    AND model.
     """
 
     input: str = ""
     output: str = ""
     model: str = ""
     partition: str | None = None
-    vector_column: str | None = None
-    feature_columns: list[str] | str | None = None  # names, or one glob such as "f*"
-    id_column: str | None = None  # default: stable generated '<file>:<row>' ids
-    label_column: str | None = None
-    passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
-    outputs: list[str] = field(default_factory=list)  # extras: energy, margin, probs
-    storage_options: dict | None = None  # fsspec options for input, output AND model
-    batch_size: int = 0  # rows per model call; 0 = auto_batch_size(d, k)
-    # Assignment tasks in flight at once; each worker process holds the model once.
-    concurrency: int = 2
     # CPUs each assignment task reserves (the name predates tasks). 1.0: Ray gives the
     # task's process one torch thread, and read work fused into the same task (or free
     # slots) keeps the CPUs busy; see _compute_plan.
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0  # > 0: each task runs the model on a GPU
     overwrite: bool = False  # replace a committed result at `output`
-    # Rows with NaN/inf, or whose distances overflow float32: "error" names them and
-    # commits nothing; "drop" leaves them out (the manifest counts them).
-    nan_policy: Literal["error", "drop"] = "error"
     # Duplicate ids make the output ambiguous to join on: refused unless allowed here.
     allow_duplicate_ids: bool = False
     # Crash injection (tests, recovery drills): every actor raises after this many batches;

@@ -243,13 +243,11 @@ class VectorSource:
 
     @classmethod
     def from_config(cls, url: str | list[str], section, **overrides) -> VectorSource:
-        """The source a config section describes: any object with (some of) the fields
-        vector_column, feature_columns, id_column, label_column, storage_options and
-        nan_policy (train, pipeline, assign and evaluate configs all have them)."""
-        fields = ("vector_column", "feature_columns", "id_column", "label_column")
-        fields += ("storage_options", "nan_policy")
-        found = {f: getattr(section, f) for f in fields if hasattr(section, f)}
-        return cls(url, **{**found, **overrides})
+        """The source a config describes: its ``sections.SourceColumns`` fields (train,
+        pipeline, assign, evaluate and tune configs are all built on that section)."""
+        from clam_dist.sections import SourceColumns, values_of
+
+        return cls(url, **{**values_of(SourceColumns, section), **overrides})
 
     def filesystem(self):
         first = self.url[0] if isinstance(self.url, list) else self.url

@@ -15,21 +15,20 @@ from clam_dist.data.urls import absolute
 from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
 from clam_dist.evaluate.report import write_report
 from clam_dist.logs import log_event
+from clam_dist.sections import SourceColumns
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(SourceColumns):
+    """The shared column knobs (clam_dist/sections.py; ``label_column`` enables NMI/ARI/
+    ACC) plus the evaluation's own."""
+
     input: str = ""  # the Parquet prefix that was assigned
     assignments: str = ""  # committed output of `clam-dist assign`
     model: str = ""  # model artifact directory
     report_dir: str = ""  # local folder or fsspec URL for metrics.json, PNGs, index.html
-    vector_column: str | None = None
-    feature_columns: list[str] | str | None = None
-    id_column: str | None = None
-    label_column: str | None = None  # enables NMI/ARI/ACC
     sample_size: int = 10_000  # rows sampled for the Silhouette (stated in the output)
     seed: int = 0
-    storage_options: dict | None = None
     title: str = "clam-dist run"
     kmeans_baseline: bool = True  # k-means fitted on the sample, reported beside the model
     # Other committed outputs of the same model (e.g. later partitions): drift share of each

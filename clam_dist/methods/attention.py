@@ -16,14 +16,14 @@ def _objective(cfg, init, device, sample=None):
 def _fit_on_sample(config, z):
     from clam_dist.attention_estimator import AttentionClustering
 
-    m = config.model
+    m, o = config.model, config.optim
     return AttentionClustering(
         n_clusters=m.n_clusters,
         similarity=m.similarity,
         beta=m.beta,
-        lr=m.lr,
-        epochs=m.epochs,
-        batch_size=m.batch_size,
+        lr=o.lr,
+        epochs=o.epochs,
+        batch_size=o.batch_size,
         random_state=config.seed,
     ).fit(z)
 

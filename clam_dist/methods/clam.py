@@ -15,7 +15,7 @@ def _objective(cfg, init, device, sample=None):
 def _fit_on_sample(config, z):
     from clam_dist.estimator import ClAM
 
-    m = config.model
+    m, o = config.model, config.optim
     return ClAM(
         n_clusters=m.n_clusters,
         beta=m.beta,
@@ -23,10 +23,10 @@ def _fit_on_sample(config, z):
         steps=m.steps,
         metric=m.metric,
         mask_ratio=m.mask_ratio,
-        lr=m.lr,
-        epochs=m.epochs,
-        batch_size=m.batch_size,
-        n_init=m.n_init,
+        lr=o.lr,
+        epochs=o.epochs,
+        batch_size=o.batch_size,
+        n_init=config.train.n_init,
         random_state=config.seed,
     ).fit(z)
 

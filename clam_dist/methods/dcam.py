@@ -43,7 +43,7 @@ def _check_train_config(cfg, n_features):
 def _fit_on_sample(config, z):
     from clam_dist.dcam_estimator import DCAM
 
-    m, dc = config.model, config.dcam
+    m, o, dc = config.model, config.optim, config.dcam
     return DCAM(
         n_clusters=m.n_clusters,
         encoder=dc.encoder,
@@ -56,9 +56,9 @@ def _fit_on_sample(config, z):
         metric=m.metric,
         mask_ratio=m.mask_ratio,
         pretrain_epochs=dc.pretrain_epochs,
-        epochs=m.epochs,
-        batch_size=m.batch_size,
-        lr=m.lr,
+        epochs=o.epochs,
+        batch_size=o.batch_size,
+        lr=o.lr,
         recon_weight=dc.recon_weight,
         recon_tolerance=dc.recon_tolerance,
         recon_bound=dc.recon_bound,

@@ -12,7 +12,7 @@ def _fit_on_sample(config, z):
     m = config.model
     return KMeans(
         n_clusters=m.n_clusters,
-        n_init=max(1, m.n_init),
+        n_init=max(1, config.train.n_init),
         metric=m.metric,
         random_state=config.seed,
     ).fit(z)

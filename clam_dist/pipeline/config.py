@@ -1,66 +1,48 @@
-"""Typed configuration of the end-to-end pipeline (TOML/YAML + section.field overrides)."""
+"""Typed configuration of the end-to-end pipeline (TOML/YAML + section.field overrides).
+
+Built from the shared sections (clam_dist/sections.py): [model], [optim] and [dcam] are
+the training job's own classes, [data] extends the training job's, [train] holds the
+workers plus the pipeline's choice of trainer, and [assign] the assignment's outputs. The
+train and assign stages hand these sections on whole.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from clam_dist import methods
-from clam_dist.data.urls import absolute
-from clam_dist.train.config import TrainDCAM
+from clam_dist.sections import (
+    DCAMSection,
+    ModelSection,
+    OptimSection,
+    OutputsSection,
+    WorkersSection,
+)
+from clam_dist.train.config import TrainData
+
+# The label column of the mixtures and bundled data sets the pipeline generates.
+GENERATED_LABEL_COLUMN = "label"
 
 
 @dataclass
-class DataSection:
-    url: str | None = None  # None: generate (or convert a bundled data set) under run_dir/data
-    generate: str = "mixture"  # "mixture" or a bundled paper data set name, when url is None
-    n: int = 200_000
-    d: int = 32
-    k: int = 16
-    separation: float = 8.0
-    rows_per_file: int = 25_000
-    vector_column: str | None = None
-    feature_columns: list[str] | None = None
-    id_column: str | None = None
-    label_column: str | None = "label"
-    nan_policy: Literal["error", "drop"] = "error"
-    storage_options: dict | None = None
+class PipelineData(TrainData):
+    """The training job's [data] (url, columns, standardize, init_sample, lanes) plus what
+    to generate when ``url`` is empty."""
 
-    def __post_init__(self) -> None:
-        self.url = absolute(self.url)
+    generate: str = "mixture"  # "mixture" or a bundled paper data set name, when url is ""
+    n: int = 200_000  # rows of the generated mixture
+    d: int = 32  # its dimension
+    k: int = 16  # its number of Gaussian components
+    separation: float = 8.0  # distance between component means, in component std units
+    rows_per_file: int = 25_000  # rows per generated Parquet file
 
 
 @dataclass
-class ModelSection:
+class PipelineTrain(WorkersSection):
     # "ray": the distributed Ray Train trainer over every row (clam_dist.train);
-    # "sample": the in-memory estimator on a uniform sample (quick look, no Ray Train).
+    # "sample": the in-memory estimator on data.init_sample rows (quick look, no Ray Train).
     trainer: Literal["ray", "sample"] = "ray"
-    num_workers: int = 2
-    method: str = "clam"  # a registered method (clam_dist.methods.names())
-    similarity: Literal["distance", "dot"] = "distance"  # attention scores
-    n_clusters: int = 16
-    beta: float | None = None
-    alpha: float = 0.1
-    steps: int = 10
-    metric: Literal["euclidean", "spherical"] = "euclidean"
-    mask_ratio: float = 0.2
-    lr: float = 0.01
-    epochs: int = 3
-    batch_size: int = 1024  # rows per worker per step (ray) / per step (sample)
-    n_init: int = 1
-    standardize: bool = True
-    train_sample: int = 20_000
-
-    def __post_init__(self) -> None:
-        methods.check_name(self.method, "model.method")
-
-
-@dataclass
-class AssignSection:
-    outputs: list[str] = field(default_factory=lambda: ["energy", "margin"])
-    passthrough: list[str] = field(default_factory=list)
-    batch_size: int = 8192
-    concurrency: int = 2
+    n_init: int = 1  # the sample trainer's restarts (best by its own criterion)
 
 
 @dataclass
@@ -68,8 +50,10 @@ class PipelineConfig:
     run_dir: str = "runs/demo"
     seed: int = 0
     num_cpus: int | None = None  # embedded Ray only; None = all cores
-    eval_sample: int = 10_000
-    data: DataSection = field(default_factory=DataSection)
+    eval_sample: int = 10_000  # rows sampled for the Silhouette of the report
+    data: PipelineData = field(default_factory=PipelineData)
     model: ModelSection = field(default_factory=ModelSection)
-    dcam: TrainDCAM = field(default_factory=TrainDCAM)  # model.method = "dcam" only
-    assign: AssignSection = field(default_factory=AssignSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    dcam: DCAMSection = field(default_factory=DCAMSection)  # model.method = "dcam" only
+    train: PipelineTrain = field(default_factory=PipelineTrain)
+    assign: OutputsSection = field(default_factory=OutputsSection)

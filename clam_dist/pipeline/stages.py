@@ -4,6 +4,7 @@ is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,10 +19,11 @@ from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event
-from clam_dist.pipeline.config import PipelineConfig
+from clam_dist.pipeline.config import GENERATED_LABEL_COLUMN, PipelineConfig, PipelineData
 from clam_dist.pipeline.overview import overview
 from clam_dist.progress import Console, NullConsole, TrainReports
 from clam_dist.secrets import persistable
+from clam_dist.sections import OutputsSection, SourceColumns, WorkersSection, values_of
 
 STAGES = ("data", "train", "assign", "evaluate")
 
@@ -31,7 +33,7 @@ STAGES = ("data", "train", "assign", "evaluate")
 # unchanged, and refuses (naming the fields) otherwise.
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "data": ("data", "seed"),
-    "train": ("model", "seed"),
+    "train": ("model", "optim", "train", "seed"),
     "assign": ("assign",),
     "evaluate": ("eval_sample", "seed"),
 }
@@ -73,7 +75,7 @@ class Run:
             if name == "train":  # a method's own sections (DCAM's [dcam]) change its model
                 for key in methods.get(self.config.model.method).config_sections:
                     fields.update(_flatten(cfg[key], key))
-        if self.config.data.url is not None:
+        if self.config.data.url:
             fields["data.files"] = self._input_files_digest()
         return fields
 
@@ -131,10 +133,19 @@ class Run:
     def events_path(self) -> Path:
         return self.dir / "logs" / "events.jsonl"
 
+    @property
+    def data(self) -> PipelineData:
+        """The [data] section as the later stages read it: a data set the pipeline
+        generated has its labels in GENERATED_LABEL_COLUMN (evaluated as NMI/ARI/ACC)."""
+        d = self.config.data
+        if d.url or d.label_column is not None:
+            return d
+        return dataclasses.replace(d, label_column=GENERATED_LABEL_COLUMN)
+
     def source(self):
         from clam_dist.data.source import VectorSource
 
-        return VectorSource.from_config(self.data_url, self.config.data)
+        return VectorSource.from_config(self.data_url, self.data)
 
 
 def _flatten(value, prefix: str) -> dict:
@@ -180,7 +191,7 @@ def stage_data(run: Run) -> dict:
     from clam_dist.data.stats import validate
 
     d = run.config.data
-    if d.url is None:
+    if not d.url:
         # overwrite: a crashed earlier attempt's data set (ours, recorded) is replaced;
         # anything else found there is refused, never removed.
         if d.generate == "mixture":
@@ -213,9 +224,9 @@ def stage_train(run: Run) -> dict:
     from clam_dist.artifacts import load_artifact, save_artifact
     from clam_dist.data.stats import feature_stats
 
-    m = run.config.model
+    trainer = run.config.train.trainer
     source = run.source()
-    if m.trainer == "ray":
+    if trainer == "ray":
         artifact = _train_with_ray(run)
     else:
         artifact = _train_on_sample(run, feature_stats(source))
@@ -223,7 +234,7 @@ def stage_train(run: Run) -> dict:
     load_artifact(run.model_url)  # read back: what later stages will load
     return {
         "model": run.model_url,
-        "trainer": m.trainer,
+        "trainer": trainer,
         "beta": artifact.beta,
         "final_loss": (artifact.meta.get("loss_history") or [None])[-1],
     }
@@ -231,40 +242,22 @@ def stage_train(run: Run) -> dict:
 
 def _train_with_ray(run: Run):
     from clam_dist.artifacts import load_artifact
-    from clam_dist.train.config import TrainConfig, TrainData, TrainModel, TrainOptim, TrainRun
+    from clam_dist.train.config import TrainConfig, TrainData, TrainRun
     from clam_dist.train.trainer import run_training
 
-    cfg, d, m = run.config, run.config.data, run.config.model
+    cfg, d = run.config, run.data
+    # The shared sections are handed on whole; only where the run lives is the stage's.
     tc = TrainConfig(
-        data=TrainData(
-            url=run.data_url,
-            vector_column=d.vector_column,
-            feature_columns=d.feature_columns,
-            id_column=d.id_column,
-            label_column=d.label_column,
-            storage_options=d.storage_options,
-            nan_policy=d.nan_policy,
-            standardize=m.standardize,
-            init_sample=m.train_sample,
-        ),
-        model=TrainModel(
-            method=m.method,
-            n_clusters=m.n_clusters,
-            beta=m.beta,
-            alpha=m.alpha,
-            steps=m.steps,
-            metric=m.metric,
-            mask_ratio=m.mask_ratio,
-            similarity=m.similarity,
-        ),
+        data=TrainData(**dict(values_of(TrainData, d), url=run.data_url)),
+        model=cfg.model,
         dcam=cfg.dcam,
-        optim=TrainOptim(lr=m.lr, epochs=m.epochs, batch_size=m.batch_size),
+        optim=cfg.optim,
         run=TrainRun(
             name="train",
             storage_path=str((run.dir / "checkpoints").resolve()),
-            num_workers=m.num_workers,
             seed=cfg.seed,
             checkpoint_every=1,
+            **values_of(WorkersSection, cfg.train),
         ),
     )
     with TrainReports(run.console) as reports:  # step/epoch/loss onto the driver's view
@@ -276,11 +269,11 @@ def _train_on_sample(run: Run, stats):
     from clam_dist.data.stats import sample_rows
     from clam_dist.models.predictor import drift_threshold
 
-    cfg, m = run.config, run.config.model
-    spec = methods.get(m.method)
-    sample = sample_rows(run.source(), m.train_sample, cfg.seed)
-    mean = stats.mean if m.standardize else np.zeros_like(stats.mean)
-    scale = np.where(stats.std > 0, stats.std, 1.0) if m.standardize else np.ones_like(stats.std)
+    cfg, d = run.config, run.config.data
+    spec = methods.get(cfg.model.method)
+    sample = sample_rows(run.source(), d.init_sample, cfg.seed)
+    mean = stats.mean if d.standardize else np.zeros_like(stats.mean)
+    scale = np.where(stats.std > 0, stats.std, 1.0) if d.standardize else np.ones_like(stats.std)
     z = ((sample.x - mean) / scale).astype(np.float32)
     est = spec.fit_on_sample(cfg, z)
     meta = dict(spec.estimator_history(est))
@@ -294,22 +287,14 @@ def _train_on_sample(run: Run, stats):
 def stage_assign(run: Run) -> dict:
     from clam_dist.assign.pipeline import AssignConfig, run_assignment
 
-    d, a = run.config.data, run.config.assign
     res = run_assignment(
         AssignConfig(
             input=run.data_url,
             output=run.assignments_url,
             model=run.model_url,
-            vector_column=d.vector_column,
-            feature_columns=d.feature_columns,
-            id_column=d.id_column,
-            label_column=d.label_column,
-            passthrough=a.passthrough,
-            outputs=a.outputs,
-            storage_options=d.storage_options,
-            batch_size=a.batch_size,
-            concurrency=a.concurrency,
             overwrite=True,  # the stage owns this prefix; a finished stage is never re-run unforced
+            **values_of(SourceColumns, run.data),
+            **values_of(OutputsSection, run.config.assign),
         )
     )
     return {
@@ -360,7 +345,7 @@ def _stage_total(run: Run, stage: str, summary: dict) -> int | None:
     """Rows a stage will go through, when known before it runs (for its progress line)."""
     d = run.config.data
     if stage == "data":
-        return d.n if d.url is None and d.generate == "mixture" else None
+        return d.n if not d.url and d.generate == "mixture" else None
     if stage in ("assign", "evaluate"):
         return summary["stages"].get("data", {}).get("rows")
     return None  # train: steps, from its first report
@@ -439,7 +424,7 @@ def run_pipeline(
                 log_event("stage_skipped", stage=stage, reason="finished by an earlier run")
                 console.stage_skipped(stage)
                 continue
-            needs_ray = stage == "assign" or (stage == "train" and config.model.trainer == "ray")
+            needs_ray = stage == "assign" or (stage == "train" and config.train.trainer == "ray")
             if needs_ray and not ray.is_initialized():
                 t0 = time.perf_counter()
                 _init_ray(config, console)
@@ -450,7 +435,7 @@ def run_pipeline(
             console.stage_start(
                 stage,
                 _stage_total(run, stage, summary),
-                unit="steps" if stage == "train" and config.model.trainer == "ray" else "rows",
+                unit="steps" if stage == "train" and config.train.trainer == "ray" else "rows",
             )
             try:
                 record = run.finish(stage, STAGE_FUNCS[stage](run), time.perf_counter() - t0)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from clam_dist import methods
 from clam_dist.data.urls import absolute
+from clam_dist.sections import (
+    DCAMSection,
+    ModelSection,
+    OptimSection,
+    SourceColumns,
+    WorkersSection,
+)
 
 
 @dataclass
-class TrainData:
-    url: str = ""
-    vector_column: str | None = None
-    feature_columns: list[str] | None = None
-    id_column: str | None = None
-    label_column: str | None = None
-    storage_options: dict | None = None
-    nan_policy: Literal["error", "drop"] = "error"
-    standardize: bool = True
+class TrainData(SourceColumns):
+    url: str = ""  # the Parquet prefix (local path or fsspec URL) to train on
+    standardize: bool = True  # train in per-feature standardised space
     init_sample: int = 50_000  # rows sampled (Dask) for initialisation and beta
     # Files are dealt to this many "lanes" (0 = one per worker); each worker reads the lanes
     # rank, rank + W, ... and every step takes the same number of rows from every lane. The
@@ -32,70 +31,9 @@ class TrainData:
 
 
 @dataclass
-class TrainModel:
-    # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
-    # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
-    method: str = "clam"  # a registered method (clam_dist.methods.names())
-    n_clusters: int = 16
-    beta: float | None = None
-    alpha: float = 0.1
-    steps: int = 10
-    metric: Literal["euclidean", "spherical"] = "euclidean"
-    mask_ratio: float = 0.2
-    fill: Literal["mean", "min", "max", "zero"] = "mean"
-    shared_every: int = 3
-    # "kmeans": k-means++ seeding refined by Lloyd on the sample (as the estimator's
-    # default); "kmeans++" seeding only; "kmeans||" for large k.
-    init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
-    kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"
-    # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
-    similarity: Literal["distance", "dot"] = "distance"
-
-    def __post_init__(self) -> None:
-        methods.check_name(self.method, "model.method")
-
-
-@dataclass
-class TrainDCAM:
-    """DCAM only: the autoencoder and its two phases (model.* holds k, beta, alpha, T,
-    mask; optim.epochs counts the JOINT epochs, after ``pretrain_epochs``)."""
-
-    encoder: Literal["mlp", "conv"] = "mlp"
-    latent_dim: int = 10
-    hidden: list[int] | None = None  # None: [128, 64] (mlp) or [16, 32] channels (conv)
-    image_shape: list[int] | None = None  # conv: [C, H, W]; None: square 1/3-channel guess
-    pretrain_epochs: int = 5
-    recon_weight: float = 1.0
-    # The joint phase may trade reconstruction for clustering only within this tolerance
-    # of the pretrained reconstruction loss: "select" keeps the best epoch within it,
-    # "stop" also stops at the first epoch beyond it, "none" ignores it.
-    recon_tolerance: float = 0.10
-    recon_bound: Literal["select", "stop", "none"] = "select"
-
-
-@dataclass
-class TrainOptim:
-    lr: float = 0.01
-    epochs: int = 5
-    max_steps: int = 0  # 0 = no step budget (epochs decide); else stop after this many steps
-    batch_size: int = 1024  # rows per worker per step; 0 = the whole shard (full batch)
-    # "plateau": x plateau_factor when the epoch loss has not improved for plateau_patience
-    # epochs (the ClAM authors'); "cosine": per-step cosine decay to lr * min_lr_factor;
-    # "constant". warmup_steps ramps linearly from 0 for cosine/constant.
-    schedule: Literal["plateau", "cosine", "constant"] = "plateau"
-    warmup_steps: int = 0
-    min_lr_factor: float = 0.0
-    plateau_factor: float = 0.8
-    plateau_patience: int = 5
-
-
-@dataclass
-class TrainRun:
+class TrainRun(WorkersSection):
     name: str = "clam-train"
     storage_path: str = "runs/train"
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
     checkpoint_every: int = 1  # epochs (0 = only at the end)
     checkpoint_every_steps: int = 0  # also every this many global steps (0 = off)
     report_every: int = 50  # steps per metrics window (also reported at every epoch end)
@@ -119,7 +57,8 @@ class TrainRun:
 @dataclass
 class TrainConfig:
     data: TrainData = field(default_factory=TrainData)
-    model: TrainModel = field(default_factory=TrainModel)
-    dcam: TrainDCAM = field(default_factory=TrainDCAM)
-    optim: TrainOptim = field(default_factory=TrainOptim)
+    # the shared sections (clam_dist/sections.py): the pipeline's are the same classes
+    model: ModelSection = field(default_factory=ModelSection)
+    dcam: DCAMSection = field(default_factory=DCAMSection)
+    optim: OptimSection = field(default_factory=OptimSection)
     run: TrainRun = field(default_factory=TrainRun)

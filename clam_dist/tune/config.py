@@ -7,16 +7,14 @@ from typing import Literal
 
 from clam_dist import methods
 from clam_dist.data.urls import absolute
+from clam_dist.sections import SourceColumns
 
 
 @dataclass
-class TuneData:
+class TuneData(SourceColumns):
     # Exactly one of: a bundled ClAM-paper data set name, or a Parquet URL (any fsspec URL).
     dataset: str | None = None
     url: str | None = None
-    vector_column: str | None = None
-    feature_columns: list[str] | None = None
-    storage_options: dict | None = None
     sample: int = 5000  # rows every trial trains on (a uniform sample of the data)
     standardize: bool = True
 

@@ -62,12 +62,7 @@ def load_sample(config: TuneJobConfig) -> LoadedData:
     from clam_dist.data.source import VectorSource
     from clam_dist.data.stats import feature_stats, sample_rows
 
-    source = VectorSource(
-        d.url,
-        vector_column=d.vector_column,
-        feature_columns=d.feature_columns,
-        storage_options=d.storage_options,
-    )
+    source = VectorSource.from_config(d.url, d)
     x = sample_rows(source, d.sample, config.run.seed).x.astype(np.float64)
     if d.standardize:
         # Global statistics, as the training job standardises with them.
@@ -330,10 +325,6 @@ def train_config_text(
     """The chosen configuration as TrainConfig TOML. Only the fields the search decided are
     written; every other field keeps the training job's default. The caller reads the file
     back with ``load_config(TrainConfig, ...)``."""
-    import dataclasses
-
-    from clam_dist.train.config import TrainOptim
-
     m, d = config.model, config.data
     data: dict = {"standardize": d.standardize}
     if d.url:
@@ -343,9 +334,8 @@ def train_config_text(
         "lr": float(point["lr"]),
         "epochs": config.budget.max_epochs,
         "batch_size": m.batch_size,
+        "schedule": "plateau",  # the schedule the trials ran with
     }
-    if "schedule" in {f.name for f in dataclasses.fields(TrainOptim)}:
-        optim["schedule"] = "plateau"  # the schedule the trials ran with
     body = {"data": data, **model_sections(config, k, point, final), "optim": optim}
     return "".join(f"# {line}\n" for line in header) + "\n" + dumps_toml(body)
 

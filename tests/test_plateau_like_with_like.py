@@ -19,7 +19,7 @@ def _update(*overrides: str) -> GradientUpdate:
         ["optim.lr=1.0", "optim.plateau_factor=0.5", "optim.plateau_patience=2", *overrides],
     )
     init = {"prototypes": torch.eye(3, 4).tolist(), "beta": 1.0, "fill": [0.0] * 4}
-    return GradientUpdate(cfg, ClAMObjective(cfg, init, torch.device("cpu")), 1, 10)
+    return GradientUpdate(cfg, ClAMObjective(cfg, init, torch.device("cpu")), 10)
 
 
 def _lrs(update: GradientUpdate, losses: list[float]) -> list[float]:

@@ -11,8 +11,8 @@ The largest size is generated once as ``--files`` large Parquet files (row group
 is the first files of it, so each smaller size must be a whole number of files (2.5M of
 10M with 4 files). Each size runs ``clam-dist pipeline --set data.url=...`` in its own
 process with embedded Ray (every core), with only the model settings below changed
-from the defaults. ``--readme-defaults`` runs the largest size with nothing but
-``data.url`` set (the README's ClAM at k = 16, 3 epochs).
+from the defaults. ``--readme-defaults`` runs instead only the largest size with nothing
+but ``data.url`` set (the README's ClAM at k = 16, 3 epochs, batch 1,024).
 
 Peak RSS per process: a sampler polls the pipeline process and all its descendants every
 0.25 s and keeps each process's largest RSS, keyed by its role (driver, train worker,
@@ -211,7 +211,7 @@ def main() -> None:
         f"optim.batch_size={args.batch_size}",
     ]
     results = []
-    for n in sizes:
+    for n in [] if args.readme_defaults else sizes:
         data = data_all
         if n < n_max:  # the first files of the big set, linked (not copied)
             data = root / f"data-{n}x{args.d}"

@@ -197,9 +197,16 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
-    """Defaults of ``cls`` <- file at ``path`` <- ``overrides``, validated."""
-    data = read_mapping(path) if path else {}
-    return from_dict(cls, apply_overrides(data, overrides))
+    """Defaults of ``cls`` <- file at ``path`` <- ``overrides``, validated. A field that a
+    config class lists in ``MOVED_FIELDS`` ({"old.dotted.name": "new.dotted.name"}) is
+    refused with its new name, so an old config fails saying where the knob went."""
+    data = apply_overrides(read_mapping(path) if path else {}, overrides)
+    for old, new in getattr(cls, "MOVED_FIELDS", {}).items():
+        section, _, name = old.rpartition(".")
+        node = data.get(section) if section else data
+        if isinstance(node, dict) and name in node:
+            raise ConfigError(f"{old}: moved to {new}")
+    return from_dict(cls, data)
 
 
 def _toml_value(value: Any) -> str:

@@ -117,17 +117,10 @@ def _model_sections(config, k, point, final):
     if float(point["beta_scale"]) != 1.0:
         model["beta"] = float(final["beta"])
     model.update(am_sections(config, point, final))
-    dc = config.dcam
-    dcam = {
-        "encoder": dc.encoder,
-        "latent_dim": dc.latent_dim,
-        "hidden": dc.hidden,
-        "image_shape": dc.image_shape,
-        "pretrain_epochs": dc.pretrain_epochs,
-        "recon_weight": float(point["recon_weight"]),
-        "recon_tolerance": dc.recon_tolerance,
-        "recon_bound": dc.recon_bound,
-    }
+    from clam_dist.sections import DCAMSection, values_of
+
+    # The trials' [dcam] section whole, with the searched weight.
+    dcam = dict(values_of(DCAMSection, config.dcam), recon_weight=float(point["recon_weight"]))
     return {"model": model, "dcam": dcam}
 
 

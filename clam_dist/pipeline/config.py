@@ -9,7 +9,7 @@ train and assign stages hand these sections on whole.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from clam_dist.sections import (
     DCAMSection,
@@ -47,6 +47,18 @@ class PipelineTrain(WorkersSection):
 
 @dataclass
 class PipelineConfig:
+    # Knobs of the pipeline's own [model] section before it became the shared one.
+    MOVED_FIELDS: ClassVar[dict[str, str]] = {
+        "model.lr": "optim.lr",
+        "model.epochs": "optim.epochs",
+        "model.batch_size": "optim.batch_size",
+        "model.trainer": "train.trainer",
+        "model.num_workers": "train.num_workers",
+        "model.n_init": "train.n_init",
+        "model.standardize": "data.standardize",
+        "model.train_sample": "data.init_sample",
+    }
+
     run_dir: str = "runs/demo"
     seed: int = 0
     num_cpus: int | None = None  # embedded Ray only; None = all cores

@@ -7,7 +7,7 @@ from typing import Literal
 
 from clam_dist import methods
 from clam_dist.data.urls import absolute
-from clam_dist.sections import SourceColumns
+from clam_dist.sections import DCAMSection, SourceColumns
 
 
 @dataclass
@@ -67,22 +67,6 @@ class TuneSearch:
 
 
 @dataclass
-class TuneDCAM:
-    """DCAM's fixed architecture and phases (not searched; written to the [dcam] section
-    of the training config). Trials pretrain ``pretrain_epochs`` epochs before their
-    first report, then budget.max_epochs joint epochs: the training job's optim.epochs
-    also counts joint epochs only."""
-
-    encoder: Literal["mlp", "conv"] = "mlp"
-    latent_dim: int = 10
-    hidden: list[int] | None = None  # None: the training job's default ([128, 64] / [16, 32])
-    image_shape: list[int] | None = None  # conv only: [C, H, W]
-    pretrain_epochs: int = 5  # the training job's default
-    recon_tolerance: float = 0.10
-    recon_bound: Literal["select", "stop", "none"] = "select"
-
-
-@dataclass
 class TuneBudget:
     num_samples: int = 16  # random configurations (plus the default one, see run.include_default)
     max_epochs: int = 15
@@ -131,7 +115,10 @@ class TuneJobConfig:
     data: TuneData = field(default_factory=TuneData)
     model: TuneModel = field(default_factory=TuneModel)
     search: TuneSearch = field(default_factory=TuneSearch)
-    dcam: TuneDCAM = field(default_factory=TuneDCAM)
+    # The training job's [dcam] (architecture and phases of every DCAM trial; trials
+    # pretrain dcam.pretrain_epochs epochs before their first report, then
+    # budget.max_epochs joint epochs). recon_weight is searched (search.recon_weight).
+    dcam: DCAMSection = field(default_factory=DCAMSection)
     budget: TuneBudget = field(default_factory=TuneBudget)
     score: TuneScore = field(default_factory=TuneScore)
     run: TuneRun = field(default_factory=TuneRun)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 from clam_dist.config import ConfigError
-from clam_dist.tune.config import TuneBudget, TuneDCAM, TuneJobConfig, TuneScore, TuneSearch
+from clam_dist.sections import DCAMSection
+from clam_dist.tune.config import TuneBudget, TuneJobConfig, TuneScore, TuneSearch
 
 SIMILARITIES: tuple[str, ...] = ("distance", "dot")
 # Each method's knobs (TuneSearch fields it searches) and default point are registered
@@ -151,8 +152,13 @@ def check_budget(budget: TuneBudget, score: TuneScore) -> None:
             raise ConfigError(f"score.{name} must be >= 1, got {getattr(score, name)}")
 
 
-def check_dcam(dc: TuneDCAM) -> None:
+def check_dcam(dc: DCAMSection) -> None:
     """The [dcam] section's own checks (the data's width is checked once it is loaded)."""
+    if dc.recon_weight != DCAMSection().recon_weight:
+        raise ConfigError(
+            f"dcam.recon_weight={dc.recon_weight}: Tune searches it; set search.recon_weight "
+            f"= [{dc.recon_weight}, {dc.recon_weight}] to fix it instead"
+        )
     if dc.latent_dim < 1:
         raise ConfigError(f"dcam.latent_dim must be >= 1, got {dc.latent_dim}")
     if dc.pretrain_epochs < 0:

@@ -33,7 +33,7 @@ class PipelineData(TrainData):
     n: int = 200_000  # rows of the generated mixture
     d: int = 32  # its dimension
     k: int = 16  # its number of Gaussian components
-    separation: float = 8.0  # distance between component means, in component std units
+    separation: float = 8.0  # typical distance between component centres, in noise std units
     rows_per_file: int = 25_000  # rows per generated Parquet file
 
 

@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated extras: energy (AM energy, a novelty score: high = far from "
         "every memory), margin (2nd-best minus best squared distance), probs (soft "
-        "assignment probabilities, a k-wide list)",
+        "assignment probabilities, a k-wide list); default energy,margin, '' for none",
     )
     parser.add_argument(
         "--endpoint-url",

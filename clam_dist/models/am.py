@@ -24,6 +24,7 @@ over the same ops reaches about 73%).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -448,6 +449,28 @@ def nearest_prototypes(
     return best_d, best_i
 
 
+def offset_score_blocks(
+    x: torch.Tensor, prototypes: torch.Tensor, block_elems: int = 1 << 22
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, block) of ||rho||^2 - 2 x.rho for row blocks of at most ``block_elems``
+    entries: the squared distances less ||x||^2, which is constant over prototypes, so
+    it changes no argmin and is added to the n per-row results only, never to the n*k
+    block. One addmm per block (the -2 rides in alpha, the prototype norms in the
+    broadcast input) into ONE reused buffer: a block is valid until the next is yielded.
+    k-means' ``assign_nearest`` and ``nearest_and_energy`` both read these blocks, so
+    they take the same argmin."""
+    n, k = x.shape[0], prototypes.shape[0]
+    p_sq = torch.einsum("ij,ij->i", prototypes, prototypes)
+    pt = prototypes.t()
+    rows = max(1, min(n, block_elems // max(k, 1)))
+    buf = torch.empty((min(rows, n), k), dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, rows):
+        xr = x[r0 : r0 + rows]
+        block = buf[: xr.shape[0]]
+        torch.addmm(p_sq, xr, pt, alpha=-2.0, out=block)
+        yield r0, block
+
+
 @torch.no_grad()
 def nearest_and_energy(
     x: torch.Tensor,
@@ -457,30 +480,23 @@ def nearest_and_energy(
     block_elems: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(squared distance to the nearest prototype, its index, energy E(x)), each (n,),
-    from ONE score GEMM per row block: the trainer's monitor reads all three from the same
-    scores instead of computing distances for ``nearest_prototypes`` and again for
-    ``energy``, and k-means' update reuses the indices.
-
-    The block is ||rho||^2 - 2 x.rho (what k-means' ``assign_nearest`` computes, so the
-    argmin is the same); ||x||^2 is constant over prototypes and is added to the n
-    minima and log-sum-exps only, not to the n*k block.
-    """
+    from ONE score GEMM per row block (``offset_score_blocks``): the trainer's monitor
+    reads all three from the same scores instead of computing distances for
+    ``nearest_prototypes`` and again for ``energy``, and k-means' update reuses the
+    indices."""
     check_metric(metric)
     protos = prepare_prototypes(prototypes, metric)
     if metric == "spherical":
         x = normalize_rows(x)
-    n, k = x.shape[0], protos.shape[0]
-    x_sq = torch.einsum("ij,ij->i", x, x)
-    p_sq = torch.einsum("ij,ij->i", protos, protos)
-    pt = protos.t()
-    rows = max(1, min(n, block_elems // max(k, 1)))
+    n = x.shape[0]
     nearest = x.new_empty(n)
     idx = torch.empty(n, dtype=torch.long, device=x.device)
     lse = x.new_empty(n)
-    for r0 in range(0, n, rows):
-        block = torch.addmm(p_sq, x[r0 : r0 + rows], pt, alpha=-2.0)
-        torch.min(block, dim=1, out=(nearest[r0 : r0 + rows], idx[r0 : r0 + rows]))
-        lse[r0 : r0 + rows] = torch.logsumexp(block.mul_(-0.5 * beta), dim=1)
+    for r0, block in offset_score_blocks(x, protos, block_elems):
+        r1 = r0 + block.shape[0]
+        torch.min(block, dim=1, out=(nearest[r0:r1], idx[r0:r1]))
+        lse[r0:r1] = torch.logsumexp(block.mul_(-0.5 * beta), dim=1)
+    x_sq = torch.einsum("ij,ij->i", x, x)
     # E = -(1/beta) log sum exp(-beta/2 (block + ||x||^2)) = -lse/beta + ||x||^2 / 2
     energies = x_sq.mul(0.5).sub_(lse / beta)
     # Clamp: cancellation in ||x||^2 - 2x.rho + ||rho||^2 can leave tiny negatives.

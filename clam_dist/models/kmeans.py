@@ -18,6 +18,7 @@ from clam_dist.models.am import (
     Metric,
     nearest_prototypes,
     normalize_rows,
+    offset_score_blocks,
     set_matmul_precision,
     squared_distances,
 )
@@ -56,25 +57,18 @@ def assign_nearest(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance to, and index of, the nearest centre for every row: (n,), (n,).
 
-    Fused per row block: one addmm computes ||c||^2 - 2 x.c (the -2 rides in addmm's alpha,
-    the centre norms in its broadcast input, so no (n, k) norm sum is ever built), then a
-    min over the block. ||x||^2 is constant over centres, so it is added to the n minima
-    only, not to the n*k block.
+    Fused per row block (``am.offset_score_blocks``: one addmm computes ||c||^2 - 2 x.c,
+    so no (n, k) norm sum is ever built), then a min over the block. ||x||^2 is constant
+    over centres, so it is added to the n minima only, not to the n*k block.
     """
-    n, k = x.shape[0], centers.shape[0]
+    n = x.shape[0]
     if x_sq is None:
         x_sq = row_sq_norms(x)
-    c_sq = row_sq_norms(centers)
-    ct = centers.t()
-    rows = max(1, min(n, block_elems // max(k, 1)))
     vals = torch.empty(n, dtype=x.dtype, device=x.device)
     idx = torch.empty(n, dtype=torch.long, device=x.device)
-    buf = torch.empty((min(rows, n), k), dtype=x.dtype, device=x.device)
-    for r0 in range(0, n, rows):
-        xr = x[r0 : r0 + rows]
-        blk = buf[: xr.shape[0]]
-        torch.addmm(c_sq, xr, ct, alpha=-2.0, out=blk)
-        torch.min(blk, dim=1, out=(vals[r0 : r0 + rows], idx[r0 : r0 + rows]))
+    for r0, block in offset_score_blocks(x, centers, block_elems):
+        r1 = r0 + block.shape[0]
+        torch.min(block, dim=1, out=(vals[r0:r1], idx[r0:r1]))
     # Clamp: cancellation in ||x||^2 - 2x.c + ||c||^2 can leave tiny negatives.
     return vals.add_(x_sq).clamp_(min=0.0), idx
 

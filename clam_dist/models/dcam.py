@@ -333,6 +333,16 @@ class DCAMModel(nn.Module):
         return {"loss": am + self.recon_weight * recon, "am": am, "recon": recon}
 
 
+def seeded_dcam_model(spec: EncoderSpec, seed: int, **kwargs) -> DCAMModel:
+    """A DCAMModel whose layers are initialised from ``seed``. Layer initialisation draws
+    from torch's global RNG: it is seeded locally, so the fit, the Tune trial and every
+    distributed worker build the same weights without changing the caller's random
+    state. ``kwargs`` go to DCAMModel."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return DCAMModel(spec, **kwargs)
+
+
 def dcam_loss(
     model: nn.Module, x_batch: torch.Tensor, mask: torch.Tensor | None = None, phase: str = "joint"
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -582,19 +592,16 @@ def fit_dcam(x: torch.Tensor, config: DCAMConfig) -> DCAMFitResult:
     if n < config.n_clusters:
         raise ValueError(f"n_samples={n} should be >= n_clusters={config.n_clusters}")
     gen = torch.Generator().manual_seed(int(config.seed))
-    with torch.random.fork_rng(devices=[]):
-        # Layer initialisation draws from the global RNG: seed it locally so the fit is
-        # deterministic without changing the caller's random state.
-        torch.manual_seed(int(config.seed))
-        model = DCAMModel(
-            config.spec,
-            n_clusters=config.n_clusters,
-            alpha=config.alpha,
-            steps=config.steps,
-            metric=config.metric,
-            recon_weight=config.recon_weight,
-            fill=config.mask.fill,
-        )
+    model = seeded_dcam_model(
+        config.spec,
+        config.seed,
+        n_clusters=config.n_clusters,
+        alpha=config.alpha,
+        steps=config.steps,
+        metric=config.metric,
+        recon_weight=config.recon_weight,
+        fill=config.mask.fill,
+    )
     training = DCAMEpochs(
         model,
         x,

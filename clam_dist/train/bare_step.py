@@ -53,7 +53,7 @@ def bare_step_rows_per_s(
             update.optimizer_step(batch)
             if global_step >= warmup_steps:
                 seconds += time.perf_counter() - t0
-                rows += batch_size
+                rows += len(batch.x)
             global_step += 1
     return rows / max(seconds, 1e-9)
 

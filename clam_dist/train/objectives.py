@@ -191,26 +191,24 @@ class DCAMObjective(Objective):
     method = "dcam"
 
     def __init__(self, cfg: TrainConfig, init: dict, device: torch.device, sample: np.ndarray):
-        from clam_dist.models.dcam import DCAMModel
+        from clam_dist.models.dcam import seeded_dcam_model
 
         super().__init__(cfg, init)
         m, dc = cfg.model, cfg.dcam
         self.spec = encoder_spec(cfg, len(init["mean"]))
         self.device = device
-        # Layer initialisation draws from torch's global RNG: seed it locally so every
-        # worker builds the same weights (the loop verifies it at step 0).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.run.seed)
-            self.module = DCAMModel(
-                self.spec,
-                prototypes=torch.tensor(init["prototypes"], dtype=torch.float32),
-                beta=self.beta,
-                alpha=m.alpha,
-                steps=m.steps,
-                metric=m.metric,
-                recon_weight=dc.recon_weight,
-                fill=m.fill,
-            ).to(device)
+        # Every worker builds the same weights from the seed (verified at step 0).
+        self.module = seeded_dcam_model(
+            self.spec,
+            cfg.run.seed,
+            prototypes=torch.tensor(init["prototypes"], dtype=torch.float32),
+            beta=self.beta,
+            alpha=m.alpha,
+            steps=m.steps,
+            metric=m.metric,
+            recon_weight=dc.recon_weight,
+            fill=m.fill,
+        ).to(device)
         self.sample = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
         self.joint_ready = False  # prototypes and beta set from the pretrained latents
         # (rows, their latents WITH the encoder's graph) of the current step: the monitor,

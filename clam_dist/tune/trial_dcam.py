@@ -24,7 +24,14 @@ import torch
 
 from clam_dist.metrics import silhouette
 from clam_dist.models.clam import MaskSpec, draw_mask
-from clam_dist.models.dcam import DCAMEpochs, DCAMModel, EncoderSpec, dcam_assign, encode
+from clam_dist.models.dcam import (
+    DCAMEpochs,
+    DCAMModel,
+    EncoderSpec,
+    dcam_assign,
+    encode,
+    seeded_dcam_model,
+)
 from clam_dist.tune.trial import TrialData
 
 
@@ -75,18 +82,16 @@ class DCAMTrial:
         self.steps = params.steps
         mask = MaskSpec(ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every)
         spec = encoder_spec(params, self.x.shape[1])
-        with torch.random.fork_rng(devices=[]):
-            # Layer init draws from the global RNG: seeded locally, as fit_dcam does.
-            torch.manual_seed(int(params.seed))
-            self.model = DCAMModel(
-                spec,
-                n_clusters=params.n_clusters,
-                alpha=params.alpha,
-                steps=params.steps,
-                metric=params.metric,
-                recon_weight=params.recon_weight,
-                fill=params.fill,
-            )
+        self.model = seeded_dcam_model(
+            spec,
+            params.seed,
+            n_clusters=params.n_clusters,
+            alpha=params.alpha,
+            steps=params.steps,
+            metric=params.metric,
+            recon_weight=params.recon_weight,
+            fill=params.fill,
+        )
         self.training = DCAMEpochs(
             self.model,
             self.x,

@@ -60,6 +60,26 @@ def test_masks_depend_on_row_not_on_batching():
     assert batch_mask(ids, 10, 0.0, 3, 0, 0, 1) is None  # unmasked ablation
 
 
+def test_row_keys_of_text_ids_are_fnv1a_of_the_text_whatever_the_array():
+    """A text id's key is 64-bit FNV-1a over its code points (a plain Python reference),
+    the same in an object array, a narrow or a wide fixed-width array (NUL padding is not
+    part of the id), so masks do not depend on which ids a row was batched with."""
+
+    def fnv1a(text: str) -> int:
+        h = 0xCBF29CE484222325
+        for ch in text:
+            h = ((h ^ ord(ch)) * 0x100000001B3) % (1 << 64)
+        return h
+
+    ids = ["part-0.parquet:7", "part-0.parquet:123456", "x", "é:1"]
+    expected = np.array([fnv1a(t) for t in ids], dtype=np.uint64)
+    assert np.array_equal(row_keys(np.array(ids, dtype=object)), expected)
+    assert np.array_equal(row_keys(np.array(ids)), expected)
+    assert row_keys(np.array(ids[:1]))[0] == expected[0]  # narrower array, same key
+    assert np.array_equal(row_keys(np.array([5, 9], dtype=np.int64)), np.array([5, 9], np.uint64))
+    assert row_keys(np.array([], dtype=object)).shape == (0,)
+
+
 def test_row_masks_hide_the_h_smallest_hash_scores_of_each_row():
     """The partition picks exactly the coordinates a full sort of the row's hash scores
     puts first (the definition the masks had before: runs stay reproducible)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 
@@ -19,18 +20,42 @@ class Comm:
         self.seconds: dict[str, float] = defaultdict(float)
         self.wait_s = 0.0
 
-    def all_reduce(self, t: torch.Tensor, op: str = "sum", kind: str = "step") -> torch.Tensor:
+    def all_reduce(
+        self,
+        t: torch.Tensor,
+        op: str = "sum",
+        kind: str = "step",
+        meanwhile: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """The elementwise ``op`` of ``t`` over workers. ``meanwhile`` (work that needs
+        no collective and does not touch ``t``) runs while the reduction is in flight:
+        the collective is started asynchronously and only the time left to wait for it
+        afterwards is counted. With barrier timing the collective stays synchronous, so
+        that the straggler wait and the transfer are timed apart."""
         if not self.distributed:
+            if meanwhile is not None:
+                meanwhile()
             return t
         import torch.distributed as dist
 
         t = t.to(self.device)
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
         if self.barrier_timing and kind == "step":
+            if meanwhile is not None:
+                meanwhile()
             t0 = time.perf_counter()
             dist.barrier()  # stragglers' wait, so the timed all-reduce is transfer only
             self.wait_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+            t0 = time.perf_counter()
+            dist.all_reduce(t, op=reduce_op)
+        elif meanwhile is not None:
+            work = dist.all_reduce(t, op=reduce_op, async_op=True)
+            meanwhile()
+            t0 = time.perf_counter()
+            work.wait()
+        else:
+            t0 = time.perf_counter()
+            dist.all_reduce(t, op=reduce_op)
         self.seconds[kind] += time.perf_counter() - t0
         self.bytes[kind] += t.numel() * t.element_size()
         return t
@@ -56,16 +81,19 @@ def parameter_divergence(comm: Comm, params: torch.Tensor) -> float:
 
 
 def all_reduce_grads_and_rows(
-    params: list[torch.nn.Parameter], local_rows: int, comm: Comm
+    params: list[torch.nn.Parameter],
+    local_rows: int,
+    comm: Comm,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[bool, int]:
     """Sum every parameter's gradient (of each worker's loss SUM) and the workers' row
     counts in ONE flat all-reduce (what DDP's buckets do, in one bucket: the models here
     are small), then divide by the global row count: every worker holds the gradient of
     the global-batch mean. Returns (is it finite, the global row count), the same answer
-    on every worker."""
+    on every worker. ``meanwhile`` runs while the all-reduce is in flight."""
     grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
     rows = torch.tensor([float(local_rows)], device=comm.device)
-    flat = comm.all_reduce(torch.cat([*grads, rows]), kind="step")
+    flat = comm.all_reduce(torch.cat([*grads, rows]), kind="step", meanwhile=meanwhile)
     global_rows = int(flat[-1].item())
     flat = flat[:-1] / max(global_rows, 1)
     offset = 0

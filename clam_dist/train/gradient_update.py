@@ -5,6 +5,8 @@ applied or saved."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from clam_dist.train import checkpoint as ckpt
@@ -97,8 +99,10 @@ class GradientUpdate:
         loss.backward()
         self._loss, self._rows = loss, len(x)
 
-    def all_reduce(self, comm: Comm) -> None:
-        self._finite, self._global_rows = all_reduce_grads_and_rows(self._params, self._rows, comm)
+    def all_reduce(self, comm: Comm, meanwhile: Callable[[], None] | None = None) -> None:
+        self._finite, self._global_rows = all_reduce_grads_and_rows(
+            self._params, self._rows, comm, meanwhile
+        )
 
     def optimizer_step(self, batch: Batch) -> float:
         # The gradient is all-reduced, so every worker reaches the same verdict without

@@ -5,6 +5,8 @@ end. The math is models/kmeans.py's, shared with the in-memory estimator."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from clam_dist.train.comm import Comm
@@ -42,20 +44,20 @@ class KMeansUpdate:
         return self.cfg.optim.lr  # reported for a uniform metrics row; k-means has none
 
     def forward_backward(self, batch: Batch, comm: Comm) -> None:
-        from clam_dist.models.kmeans import batch_sums_counts, nearest_centers
+        from clam_dist.models.kmeans import batch_sums_counts
 
         metric = self.cfg.model.metric
         if len(batch.x):
-            if batch.nearest_idx is None:  # no monitor ran (the bare step)
-                batch.nearest_d2, batch.nearest_idx = nearest_centers(batch.x, self.protos, metric)
-            # The monitor's assignments under the same centres: one distance pass per step.
+            # The assignments (and the energy the monitor reports) from one distance pass
+            # per step: the monitor reads them instead of measuring again.
+            batch.measure(batch.x, self.protos, self.beta, metric)
             s, c, _ = batch_sums_counts(batch.x, self.protos, metric, labels=batch.nearest_idx)
         else:
             s, c = torch.zeros_like(self.protos), torch.zeros_like(self.counts)
         self._sums_counts = torch.cat([s, c[:, None]], dim=1)
 
-    def all_reduce(self, comm: Comm) -> None:
-        self._sums_counts = comm.all_reduce(self._sums_counts, kind="step")
+    def all_reduce(self, comm: Comm, meanwhile: Callable[[], None] | None = None) -> None:
+        self._sums_counts = comm.all_reduce(self._sums_counts, kind="step", meanwhile=meanwhile)
 
     def optimizer_step(self, batch: Batch) -> float:
         from clam_dist.models.kmeans import apply_minibatch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -155,9 +156,10 @@ class Trainer:
             self.cfg, self.run_url, self.rank, self.world, s.epoch, s.step_in_epoch, s.global_step
         )
         batch = self.next_batch(reader)
-        self.monitor(batch)
         self.forward_backward(batch)
-        self.all_reduce()
+        # The monitor needs no collective and reads the prototypes the step started from
+        # (the optimizer has not stepped yet): it runs while the all-reduce is in flight.
+        self.all_reduce(meanwhile=lambda: self.monitor(batch))
         self.optimizer_step(batch)
         self.advance()
         return self.end_of_step()
@@ -170,19 +172,17 @@ class Trainer:
 
     def monitor(self, batch: Batch) -> None:
         """Assignments and energy under the prototypes the step starts from (no extra
-        sync); nothing while the prototypes mean nothing yet (DCAM pretraining)."""
-        from clam_dist.models.am import nearest_and_energy
-
-        t0, metric, window = time.perf_counter(), self.cfg.model.metric, self.window
+        sync; measured by the update already when it needed them, as k-means does);
+        nothing while the prototypes mean nothing yet (DCAM pretraining)."""
+        t0, window = time.perf_counter(), self.window
         with torch.no_grad():
             z = self.update.model_space(batch.x) if len(batch.x) else None
             if z is not None:
-                protos, beta = self.update.prototypes(), self.update.beta
-                batch.nearest_d2, batch.nearest_idx, e = nearest_and_energy(z, protos, beta, metric)
+                batch.measure(z, self.update.prototypes(), self.update.beta, self.cfg.model.metric)
                 window.assign += torch.bincount(batch.nearest_idx, minlength=self.k).to(
                     window.assign
                 )
-                window.sums[2] += float(e.double().sum())
+                window.sums[2] += float(batch.energy.double().sum())
             window.sums[1] += len(batch.x)
         window.monitor_s += time.perf_counter() - t0
 
@@ -191,10 +191,13 @@ class Trainer:
         self.update.forward_backward(batch, self.comm)
         self.window.compute_s += time.perf_counter() - t0
 
-    def all_reduce(self) -> None:
+    def all_reduce(self, meanwhile: Callable[[], None]) -> None:
+        """The step's collective; only the wait left after ``meanwhile`` counts as comm."""
+        monitor_before = self.window.monitor_s
         t0 = time.perf_counter()
-        self.update.all_reduce(self.comm)
-        self.window.comm_s += time.perf_counter() - t0
+        self.update.all_reduce(self.comm, meanwhile)
+        spent = time.perf_counter() - t0
+        self.window.comm_s += spent - (self.window.monitor_s - monitor_before)
 
     def optimizer_step(self, batch: Batch) -> None:
         self.window.sums[0] += self.update.optimizer_step(batch)

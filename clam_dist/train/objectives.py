@@ -296,7 +296,9 @@ class DCAMObjective(Objective):
         if self.phase(epoch) == "pretrain":
             return self.module(x, None, "pretrain")["loss"]
         z = self._latents(x)
-        self._step_latents = None  # the graph is this step's only
+        # The graph is this step's only; the values stay for the monitor, which runs
+        # after the backward pass (while the gradient all-reduce is in flight).
+        self._step_latents = (x, z.detach())
         return self.module(x, mask, "joint", latent_fill=context, latents=z)["loss"]
 
     def _global_latent_fill(self, x: torch.Tensor, comm: Collectives) -> torch.Tensor:

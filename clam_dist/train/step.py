@@ -15,7 +15,6 @@ Three things make N workers equal to one worker with the same global batch:
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -37,12 +36,30 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
 def row_keys(ids: np.ndarray) -> np.ndarray:
-    """A stable 64-bit key per row id (integers as is, anything else by CRC32 of its text)."""
+    """A stable 64-bit key per row id: integers as is, anything else by 64-bit FNV-1a over
+    the code points of its text. Vectorised over the rows, one column of code points at a
+    time (a per-row Python hash cost ~0.3 us per row, 8% of a ClAM step at d = 64); the
+    NUL padding of a fixed-width numpy string array is skipped, so a key never depends
+    on the widest id it was batched with."""
     ids = np.asarray(ids)
     if np.issubdtype(ids.dtype, np.integer):
         return ids.astype(np.uint64)
-    return np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=ids.size)
+    if ids.dtype.kind != "U":
+        ids = ids.astype(str)
+    n = ids.size
+    keys = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    if n == 0 or ids.dtype.itemsize == 0:
+        return keys
+    codes = np.ascontiguousarray(ids).reshape(n).view(np.uint32).reshape(n, -1)
+    with np.errstate(over="ignore"):
+        for column in codes.T:
+            mixed = (keys ^ column.astype(np.uint64)) * _FNV_PRIME
+            keys = np.where(column != 0, mixed, keys)
+    return keys
 
 
 def row_masks(keys: np.ndarray, d: int, ratio: float, epoch: int, seed: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ steps for both and never asks which method runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,20 @@ class Batch:
     # is that inertia and its update those assignments: reused, not computed again).
     nearest_d2: torch.Tensor | None = None
     nearest_idx: torch.Tensor | None = None
+    energy: torch.Tensor | None = None
+
+    def measure(self, z: torch.Tensor, prototypes: torch.Tensor, beta: float, metric: str) -> None:
+        """Fill nearest_d2, nearest_idx and energy of the rows ``z`` (this batch in model
+        space) under ``prototypes``, ONCE per step: whoever needs them first (k-means'
+        update, else the monitor) measures, the other reads them."""
+        if self.nearest_idx is not None:
+            return
+        from clam_dist.models.am import nearest_and_energy
+
+        with torch.no_grad():
+            self.nearest_d2, self.nearest_idx, self.energy = nearest_and_energy(
+                z, prototypes, beta, metric
+            )
 
 
 class Update(Protocol):
@@ -52,7 +67,8 @@ class Update(Protocol):
     def forward_backward(self, batch: Batch, comm: Comm) -> None:
         """Local statistics of this worker's rows (gradients, or sums and counts)."""
 
-    def all_reduce(self, comm: Comm) -> None: ...
+    def all_reduce(self, comm: Comm, meanwhile: Callable[[], None] | None = None) -> None:
+        """Combine the workers' statistics; ``meanwhile`` runs while that is in flight."""
 
     def optimizer_step(self, batch: Batch) -> float:
         """Apply the all-reduced update; this worker's share of the step's loss SUM."""

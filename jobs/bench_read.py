@@ -6,7 +6,8 @@ reports rows/s, MB/s and its own peak RSS (flat memory = streaming). Readers:
 
 - ``iter_batches``: the streaming reader (data/stream.py);
 - ``training``: the training lane reader: LaneStream batches of ``batch_rows`` rows, each
-  copied once into a float32 training buffer, read ahead by the prefetch thread;
+  copied once into a float32 training buffer, read ahead by the prefetch thread, with
+  ``--read-threads`` row groups decoded at once (default: the trainer's data.read_threads);
 - ``pq.read_table``: pyarrow's own whole-file reader on the same files (the ceiling).
 
 The table ends with training / pq.read_table throughput per store (target >= 80%).
@@ -36,7 +37,7 @@ if str(REPO) not in sys.path:
 READERS = ("iter_batches", "training", "pq.read_table")
 
 
-def _batches(reader: str, source, batch_rows: int):
+def _batches(reader: str, source, batch_rows: int, read_threads: int = 1):
     """(file or None, rows, float32 bytes) per batch of the named reader."""
     if reader == "iter_batches":
         from clam_dist.data.stream import iter_batches
@@ -49,8 +50,10 @@ def _batches(reader: str, source, batch_rows: int):
         from clam_dist.train.step import LaneStream, prefetch_steps
 
         steps = math.ceil(source.num_rows() / batch_rows)
-        lane = LaneStream(source, 0, 1, epoch=0, seed=0, read_rows=batch_rows)
-        with prefetch_steps([lane], batch_rows, steps) as reader_:
+        lane = LaneStream(
+            source, 0, 1, epoch=0, seed=0, read_rows=batch_rows, read_threads=read_threads
+        )
+        with prefetch_steps([lane], batch_rows, steps, reuse_buffers=True) as reader_:
             for x, _ in reader_:
                 yield None, len(x), x.nbytes
     elif reader == "pq.read_table":
@@ -68,7 +71,11 @@ def _batches(reader: str, source, batch_rows: int):
 
 
 def read_once(
-    url: str, storage_options: dict | None, batch_rows: int, reader: str = "iter_batches"
+    url: str,
+    storage_options: dict | None,
+    batch_rows: int,
+    reader: str = "iter_batches",
+    read_threads: int = 1,
 ) -> dict:
     from clam_dist.data.source import VectorSource
 
@@ -82,7 +89,7 @@ def read_once(
     t0 = time.perf_counter()
     rows = nbytes = 0
     first_file, peak_after_first_file = None, None
-    for file, n, size in _batches(reader, source, batch_rows):
+    for file, n, size in _batches(reader, source, batch_rows, read_threads):
         if first_file is None:
             first_file = file
         elif peak_after_first_file is None and file != first_file:
@@ -125,11 +132,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(url: str, storage_options: dict | None, batch_rows: int, reader: str) -> dict:
+def measure(
+    url: str, storage_options: dict | None, batch_rows: int, reader: str, read_threads: int
+) -> dict:
     """Run the read in a fresh process so its peak RSS is the reader's alone."""
     code = (
         "import json,sys; from bench_read import read_once; print(json.dumps(read_once("
-        "sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))"
+        "sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))))"
     )
     jobs_dir = Path(__file__).resolve().parent
     out = subprocess.run(
@@ -141,6 +150,7 @@ def measure(url: str, storage_options: dict | None, batch_rows: int, reader: str
             json.dumps(storage_options),
             str(batch_rows),
             reader,
+            str(read_threads),
         ],
         capture_output=True,
         text=True,
@@ -159,6 +169,12 @@ def main() -> None:
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--rows-per-file", type=int, default=250_000)
     p.add_argument("--batch-rows", type=int, default=65_536)
+    p.add_argument(
+        "--read-threads",
+        type=int,
+        default=None,
+        help="row groups the training reader decodes at once (default: data.read_threads)",
+    )
     p.add_argument("--no-s3", action="store_true", help="skip the local S3 server")
     p.add_argument("--readers", default=",".join(READERS), help=f"any of {READERS}")
     p.add_argument("--repeats", type=int, default=1, help="best of N runs per reader")
@@ -167,6 +183,10 @@ def main() -> None:
     from clam_dist.commands.make_dataset import write_mixture
 
     readers = args.readers.split(",")
+    if args.read_threads is None:
+        from clam_dist.train.config import TrainData
+
+        args.read_threads = TrainData().read_threads
 
     def best_of(url, opts) -> list[dict]:
         """Best run per reader; readers alternate within each repeat so a machine that
@@ -174,7 +194,7 @@ def main() -> None:
         runs = {r: [] for r in readers}
         for _ in range(args.repeats):
             for reader in readers:
-                runs[reader].append(measure(url, opts, args.batch_rows, reader))
+                runs[reader].append(measure(url, opts, args.batch_rows, reader, args.read_threads))
         return [max(runs[r], key=lambda m: m["rows_per_s"]) for r in readers]
 
     results = []
@@ -201,7 +221,10 @@ def main() -> None:
                         print(results[-1], flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nd={args.d}, batch_rows={args.batch_rows}, rows_per_file={args.rows_per_file}")
+    print(
+        f"\nd={args.d}, batch_rows={args.batch_rows}, rows_per_file={args.rows_per_file}, "
+        f"training reader read_threads={args.read_threads}"
+    )
     print(
         f"{'GB':>5s} {'store':16s} {'reader':14s} {'rows':>10s} {'rows/s':>10s} {'MB/s':>8s} "
         f"{'RSS before MB':>14s} {'peak@file1 MB':>14s} {'peak RSS MB':>12s}"

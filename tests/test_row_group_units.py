@@ -11,6 +11,7 @@ import pytest
 
 from clam_dist.data import stats as stats_module
 from clam_dist.data.errors import DataError
+from clam_dist.data.row_keys import row_keys
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import iter_batches, read_rows
 from clam_dist.data.units import Unit, deal, plan_parts, plan_units, segments
@@ -89,11 +90,18 @@ def test_parts_are_disjoint_covering_and_balanced(mixed, parts):
     assert max(sizes) - min(sizes) <= 2 * cap
 
 
+@pytest.mark.parametrize("read_threads", [1, 3])
 @pytest.mark.parametrize("n_lanes", [1, 2, 3, 4, 5])
-def test_lanes_read_every_row_once_with_whole_file_ids(mixed, n_lanes):
-    source, truth = mixed
+def test_lanes_read_every_row_once_with_whole_file_ids(mixed, n_lanes, read_threads):
+    """Every row once, with its own vector, whatever the lanes and however many row
+    groups decode at once. Lanes hand out row KEYS (what masks need), here mapped back
+    to the generated whole-file ids of the truth."""
+    source, by_id = mixed
+    ids = np.array(list(by_id))
+    truth = dict(zip(row_keys(ids).tolist(), by_id.values()))
     streams = [
-        LaneStream(source, lane, n_lanes, epoch=1, seed=4, read_rows=40) for lane in range(n_lanes)
+        LaneStream(source, lane, n_lanes, epoch=1, seed=4, read_rows=40, read_threads=read_threads)
+        for lane in range(n_lanes)
     ]
     seen, xs, steps = [], [], 0
     while len(ids := (got := take_step(streams, 33))[1]):

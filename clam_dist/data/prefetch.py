@@ -1,14 +1,18 @@
 """A bounded background reader: the next items are produced in a thread while the
-consumer works on the current one (the training step computes while Parquet is read)."""
+consumer works on the current one (the training step computes while Parquet is read),
+and an order-keeping thread pool that decodes several row groups at once."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
+A = TypeVar("A")
 T = TypeVar("T")
 
 # How many finished items may wait for the consumer; the thread holds at most one more
@@ -111,3 +115,37 @@ class Prefetcher(Generic[T]):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ordered_map(
+    fn: Callable[[A], T], items: Iterable[A], threads: int, name: str = "decode"
+) -> Iterator[T]:
+    """``fn(item)`` for every item, in the items' order, computed by a pool of ``threads``
+    threads that keeps ``threads`` items in flight while the consumer holds the previous
+    result (memory: at most ``threads + 1`` results alive). Parquet decoding releases the
+    GIL, so row groups decode on several cores at once, as ``pq.read_table`` does, while
+    their order (and so every training batch) stays the sequential reader's. An
+    exception of ``fn`` is raised here when its item's turn comes; closing the iterator
+    early cancels what has not started and waits for what has."""
+    if threads < 1:
+        raise ValueError(f"read threads must be >= 1, got {threads}")
+    it = iter(items)
+    pending: deque[Future[T]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
+
+        def fill() -> None:
+            while len(pending) < threads:
+                item = next(it, _END)
+                if item is _END:
+                    return
+                pending.append(pool.submit(fn, item))
+
+        try:
+            fill()
+            while pending:
+                result = pending.popleft().result()
+                fill()
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clam_dist.data.errors import DataError
+from clam_dist.data.row_keys import generated_keys, row_keys
 from clam_dist.data.source import VectorSource
 from clam_dist.data.units import Unit, plan_parts, segments
 
@@ -150,8 +151,10 @@ def generated_ids(key: str, row0: int, n: int) -> np.ndarray:
 
 
 def generated_or_column_ids(
-    table: pa.Table, source: VectorSource, file: str, row0: int
+    table: pa.Table, source: VectorSource, file: str, row0: int, as_keys: bool = False
 ) -> np.ndarray:
+    """The rows' ids: the id column's, else generated; with ``as_keys`` their 64-bit row
+    keys instead (data/row_keys.py: what training masks need, no text per row)."""
     if source.id_column is not None:
         if source.id_column not in table.column_names:
             raise DataError(
@@ -161,9 +164,11 @@ def generated_or_column_ids(
         if ids.null_count:
             raise DataError(f"{file}: id column {source.id_column!r} has {ids.null_count} nulls")
         # Integer ids stay a numpy integer array (a view for one chunk), never objects.
-        return ids.to_numpy()
+        return row_keys(ids.to_numpy()) if as_keys else ids.to_numpy()
     # Generated ids: "<path relative to the dataset root>:<row in file>", counted before
     # any NaN drop, so they are stable across runs, machines and shardings.
+    if as_keys:
+        return generated_keys(source.file_key(file), row0, table.num_rows)
     return generated_ids(source.file_key(file), row0, table.num_rows)
 
 
@@ -195,11 +200,15 @@ def read_rows(
     stop: int | None = None,
     batch_rows: int = 65_536,
     columns_extra: list[str] | None = None,
+    ids_as_keys: bool = False,
 ) -> Iterator[VectorBatch]:
     """Batches of rows [start, stop) of one file (row numbers within the file), reading
-    only the row groups that overlap the range, one at a time."""
+    only the row groups that overlap the range, one at a time; ``ids_as_keys``: the
+    batches carry row keys (data/row_keys.py) instead of ids."""
     with source.parquet_file(file) as pf:
-        yield from _batches_of(pf, source, file, batch_rows, columns_extra, start, stop)
+        yield from _batches_of(
+            pf, source, file, batch_rows, columns_extra, start, stop, ids_as_keys
+        )
 
 
 def read_unit(
@@ -207,8 +216,11 @@ def read_unit(
     unit: Unit,
     batch_rows: int = 65_536,
     columns_extra: list[str] | None = None,
+    ids_as_keys: bool = False,
 ) -> Iterator[VectorBatch]:
-    yield from read_rows(source, unit.file, unit.start, unit.stop, batch_rows, columns_extra)
+    yield from read_rows(
+        source, unit.file, unit.start, unit.stop, batch_rows, columns_extra, ids_as_keys
+    )
 
 
 def _wanted_columns(pf, source: VectorSource, file: str, columns_extra: list[str] | None):
@@ -262,6 +274,7 @@ def _batches_of(
     columns_extra: list[str] | None,
     start: int = 0,
     stop: int | None = None,
+    ids_as_keys: bool = False,
 ):
     wanted = _wanted_columns(pf, source, file, columns_extra)
     row0 = start
@@ -270,7 +283,7 @@ def _batches_of(
         for row0, record_batch in record_batches_in(pf, batch_rows, wanted, start, stop):
             table = pa.Table.from_batches([record_batch])
             x = table_to_matrix(table, source, file)
-            ids = generated_or_column_ids(table, source, file, row0)
+            ids = generated_or_column_ids(table, source, file, row0, ids_as_keys)
             labels = (
                 table.column(source.label_column).to_numpy(zero_copy_only=False)
                 if source.label_column

@@ -122,3 +122,21 @@ def segments(units: list[Unit]) -> list[Unit]:
         else:
             out.append(u)
     return out
+
+
+def row_group_pieces(units: list[Unit], row_groups: dict[str, int | tuple[int, ...]]) -> list[Unit]:
+    """The units cut at their files' row-group boundaries, in order: the pieces a pool
+    decodes in parallel. A piece never spans two row groups (so the decoded data alive
+    per piece is at most one row group) and never splits one (Parquet decodes a row
+    group from its start, so a cut inside it would decode it twice)."""
+    pieces: list[Unit] = []
+    for u in units:
+        begin = 0
+        for rg in _row_groups(row_groups[u.file]):
+            lo, hi = max(u.start, begin), min(u.stop, begin + rg)
+            if lo < hi:
+                pieces.append(Unit(u.file, lo, hi))
+            begin += rg
+            if begin >= u.stop:
+                break
+    return pieces

@@ -25,9 +25,15 @@ class TrainData(SourceColumns):
     # and 2 workers with the same lanes train on exactly the same rows (must be a multiple
     # of the worker count).
     lanes: int = 0
+    # Row groups each lane decodes at once (threads; Parquet decoding releases the GIL).
+    # The order of rows, so every batch, is the same for any value; memory holds up to
+    # read_threads + 1 decoded row groups per lane. 1 = decode in the prefetch thread only.
+    read_threads: int = 2
 
     def __post_init__(self) -> None:
         self.url = absolute(self.url)
+        if self.read_threads < 1:
+            raise ValueError(f"data.read_threads must be >= 1, got {self.read_threads}")
 
 
 @dataclass

@@ -139,13 +139,15 @@ class Trainer:
                 s.epoch,
                 seed,
                 read_rows=min(self.lane_batch, 65_536),
+                read_threads=self.cfg.data.read_threads,
                 skip_rows=skip,
                 row_counts=self.row_counts,
             )
             for lane in worker_lanes(self.rank, self.world, self.n_lanes)
         ]
         steps_left = self.plan.steps_per_epoch[s.epoch] - s.step_in_epoch
-        return prefetch_steps(streams, self.lane_batch, steps_left)
+        # next_batch standardises each batch into a new tensor at once: buffers recycle.
+        return prefetch_steps(streams, self.lane_batch, steps_left, reuse_buffers=True)
 
     # -- one step ------------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from clam_dist.data.prefetch import DEPTH, Prefetcher
+from clam_dist.data.prefetch import DEPTH, Prefetcher, ordered_map
+from clam_dist.data.row_keys import row_keys
 from clam_dist.data.stream import read_unit
-from clam_dist.data.units import Unit, plan_parts, segments
+from clam_dist.data.units import Unit, plan_parts, row_group_pieces, segments
 from clam_dist.models.clam import hidden_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -34,32 +35,6 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
         z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)).astype(np.uint64)
         z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)).astype(np.uint64)
         return z ^ (z >> np.uint64(31))
-
-
-_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
-
-
-def row_keys(ids: np.ndarray) -> np.ndarray:
-    """A stable 64-bit key per row id: integers as is, anything else by 64-bit FNV-1a over
-    the code points of its text. Vectorised over the rows, one column of code points at a
-    time (a per-row Python hash cost ~0.3 us per row, 8% of a ClAM step at d = 64); the
-    NUL padding of a fixed-width numpy string array is skipped, so a key never depends
-    on the widest id it was batched with."""
-    ids = np.asarray(ids)
-    if np.issubdtype(ids.dtype, np.integer):
-        return ids.astype(np.uint64)
-    if ids.dtype.kind != "U":
-        ids = ids.astype(str)
-    n = ids.size
-    keys = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    if n == 0 or ids.dtype.itemsize == 0:
-        return keys
-    codes = np.ascontiguousarray(ids).reshape(n).view(np.uint32).reshape(n, -1)
-    with np.errstate(over="ignore"):
-        for column in codes.T:
-            mixed = (keys ^ column.astype(np.uint64)) * _FNV_PRIME
-            keys = np.where(column != 0, mixed, keys)
-    return keys
 
 
 def row_masks(keys: np.ndarray, d: int, ratio: float, epoch: int, seed: int) -> torch.Tensor:
@@ -193,6 +168,7 @@ class LaneStream:
         read_rows: int = 65_536,
         skip_rows: int = 0,
         row_counts: dict | None = None,
+        read_threads: int = 1,
     ):
         units = lane_units(source, lane, n_lanes, epoch, seed)
         if row_counts is not None and source.nan_policy == "error":
@@ -200,6 +176,7 @@ class LaneStream:
                 skip_rows -= units[0].rows
                 units = units[1:]
         self._source, self._units, self._read_rows = source, units, read_rows
+        self._read_threads = read_threads
         self._dim = source.dim()
         self._batches = self._iterate()
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (x, ids) not yet taken
@@ -212,14 +189,31 @@ class LaneStream:
             self._drop(got)
             skip_rows -= got
 
+    def _decoded_units(self):
+        """Each unit's batches, in the lane's order. One thread: read lazily, adjacent
+        units of a file merged (one open per file). Several: the units' row groups decoded
+        at once by a pool (data/prefetch.py: ordered_map), so at most
+        ``read_threads + 1`` decoded row groups are alive."""
+        if self._read_threads <= 1:
+            return (
+                read_unit(self._source, seg, self._read_rows, ids_as_keys=True)
+                for seg in segments(self._units)
+            )
+        return ordered_map(
+            lambda unit: list(read_unit(self._source, unit, self._read_rows, ids_as_keys=True)),
+            row_group_pieces(self._units, self._source.row_group_rows()),
+            self._read_threads,
+            name="clam-dist-row-group-decode",
+        )
+
     def _iterate(self):
-        for seg in segments(self._units):
+        for batches in self._decoded_units():
             # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
             pa.default_memory_pool().release_unused()
-            for b in read_unit(self._source, seg, self._read_rows):
+            for b in batches:
                 if len(b) and b.x.shape[1] != self._dim:
                     raise ValueError(
-                        f"{seg.file}: vectors have width {b.x.shape[1]}, expected {self._dim}"
+                        f"{b.file}: vectors have width {b.x.shape[1]}, expected {self._dim}"
                     )
                 yield b
 
@@ -274,12 +268,17 @@ def _concat_ids(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def take_step(streams: list[LaneStream], lane_batch: int) -> tuple[np.ndarray, np.ndarray]:
+def take_step(
+    streams: list[LaneStream], lane_batch: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """This worker's rows of one step: ``lane_batch`` rows from each of its lanes, copied
-    once into one buffer (lane after lane)."""
+    once into one buffer (lane after lane): the first rows of ``out`` when it is large
+    enough, else a new array."""
     counts = [s.ready(lane_batch) for s in streams]
     d = streams[0]._dim if streams else 0
-    x = np.empty((sum(counts), d), np.float32)
+    rows = sum(counts)
+    fits = out is not None and out.shape[0] >= rows and out.shape[1:] == (d,)
+    x = out[:rows] if fits else np.empty((rows, d), np.float32)
     ids, row = [], 0
     for s, n in zip(streams, counts):
         ids.append(s.take_into(x[row : row + n]))
@@ -288,16 +287,32 @@ def take_step(streams: list[LaneStream], lane_batch: int) -> tuple[np.ndarray, n
 
 
 def prefetch_steps(
-    streams: list[LaneStream], lane_batch: int, steps: int, depth: int = DEPTH
+    streams: list[LaneStream],
+    lane_batch: int,
+    steps: int,
+    depth: int = DEPTH,
+    reuse_buffers: bool = False,
 ) -> Prefetcher:
     """The next ``steps`` results of take_step, read in a background thread at most
     ``depth`` steps ahead (so memory is bounded by depth + 1 training batches). Errors
     of the reader are re-raised by ``next`` with their own message; ``close()`` stops the
-    thread when the consumer stops early."""
+    thread when the consumer stops early.
+
+    ``reuse_buffers``: the batches are copied into a ring of ``depth + 3`` buffers instead
+    of a new array each (a fresh 32 MB array costs ~4.5 ms of page faults on top of the
+    copy itself). A batch's vectors then stay valid only until ``depth + 2`` more batches
+    have been taken: for a consumer that copies them at once, as the training loop's
+    standardisation does. The producer can be at most depth + 1 batches ahead of the
+    batch the consumer holds, so the ring never overwrites a batch still in use."""
+    ring: list[np.ndarray | None] = [None] * (depth + 3)
 
     def produce():
-        for _ in range(steps):
-            yield take_step(streams, lane_batch)
+        for i in range(steps):
+            slot = i % len(ring)
+            x, ids = take_step(streams, lane_batch, ring[slot] if reuse_buffers else None)
+            if reuse_buffers and (ring[slot] is None or x.shape[0] > ring[slot].shape[0]):
+                ring[slot] = x  # a new array: the slot's buffer from now on
+            yield x, ids
 
     return Prefetcher(produce(), depth, name="clam-dist-lane-reader")
 

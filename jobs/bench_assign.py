@@ -49,12 +49,51 @@ def _pipeline(url, write_opts, x, model, args, batch) -> dict:
     )
     res = run_assignment(cfg)
     return {
+        # what the workers computed: the pipeline adds energy for the drift check
+        "outputs": list(dict.fromkeys([*cfg.outputs, "energy"])),
         "rows_per_s": res.rows_per_second,
         "seconds": res.seconds,
         "timings_s": res.timings_s,
         "plan": res.plan,
         "ray_data_stats": res.stats,
     }
+
+
+def task_split(input_url: str, model_url: str, outputs: list[str], batch: int) -> dict:
+    """Where a fused task's time goes (Ray Data reports only the fused total): the same
+    read, assignment and Parquet write of every row, one after the other in this
+    process, one torch thread (what each task gets)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from clam_dist.assign.worker import assign_batch
+    from clam_dist.data.ray_dataset import _read_units, read_plan
+    from clam_dist.data.source import VectorSource
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    source = VectorSource(input_url, id_column="id")
+    plan = read_plan(source)
+    settings = {"model_url": model_url, "storage_options": None, "outputs": outputs}
+    settings.update(passthrough=[], chunk_rows=batch)
+    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    try:
+        for task in range(len(plan)):
+            t0 = time.perf_counter()
+            parts = list(_read_units({"task": np.array([task])}, source, plan, 65_536, None))
+            block = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+            t1 = time.perf_counter()
+            table = assign_batch(block, **settings)
+            t2 = time.perf_counter()
+            pq.write_table(table, io.BytesIO())
+            t3 = time.perf_counter()
+            seconds["read"] += t1 - t0
+            seconds["compute"] += t2 - t1
+            seconds["write"] += t3 - t2
+    finally:
+        torch.set_num_threads(threads)
+    return {k: round(v, 3) for k, v in seconds.items()}
 
 
 def main() -> None:
@@ -86,11 +125,20 @@ def main() -> None:
     # the faster of the two, so noise can only make the pipeline look worse.
     mem_before_s = time_predictor(batch)
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    # One untimed assignment of a small slice first: Ray's worker processes start and
+    # import torch and the model once per cluster, not once per job (reported apart).
+    with tempfile.TemporaryDirectory(prefix="bench_assign_warm_") as tmp:
+        warm_args = argparse.Namespace(**{**vars(args), "rows_per_file": 10_000})
+        warm = _pipeline(
+            lambda name: str(Path(tmp) / name), None, x[:20_000], model, warm_args, batch
+        )
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_assign_") as tmp:
         runs["local Parquet -> local Parquet"] = _pipeline(
             lambda name: str(Path(tmp) / name), None, x, model, args, batch
         )
+        outputs = runs["local Parquet -> local Parquet"]["outputs"]
+        split = task_split(str(Path(tmp) / "in"), str(Path(tmp) / "model"), outputs, batch)
     with local_s3(bucket="bench") as s3:
         runs["local S3 -> local S3"] = _pipeline(s3.url, s3.storage_options, x, model, args, batch)
 
@@ -113,6 +161,16 @@ def main() -> None:
             f"{run['ratio_to_in_memory']:6.2f}  {stages}"
         )
     print(f"{'in-memory predictor (1 process)':34s} {mem_rate:10.0f} {mem_s:8.1f} {1.0:6.2f}")
+    total = sum(split.values())
+    print(
+        "  one task's time, split (the same read, assignment and write of all rows in this "
+        "process, 1 torch thread): "
+        + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in split.items())
+    )
+    print(
+        f"  cold start (untimed warm-up: 20,000 rows on fresh Ray workers, before the runs "
+        f"above): {warm['seconds']:.1f} s"
+    )
     print(
         f"  in-memory timed before/after the pipelines: {args.n / mem_before_s:.0f} / "
         f"{args.n / mem_after_s:.0f} rows/s (the faster is the reference)"
@@ -133,6 +191,8 @@ def main() -> None:
         "in_memory_seconds_before_after": [mem_before_s, mem_after_s],
         "in_memory_torch_threads": torch.get_num_threads(),
         "in_memory_rows_per_s_by_batch_size": sweep,
+        "warm_up_seconds_20000_rows": warm["seconds"],
+        "task_split_seconds_one_thread": split,
         "runs": runs,
     }
     out.write_text(json.dumps(row, indent=2))

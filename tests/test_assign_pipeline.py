@@ -94,6 +94,12 @@ def test_cli_assign_through_s3_equals_in_memory_predict(ray_local, fitted, s3_se
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows"] == N and summary["batch_size"] == 300
     assert set(summary["timings_s"]) >= {"checks", "assign_write", "drift", "commit"}
+    # read -> assign -> write ran fused in one task per row range (the vectors never went
+    # through the object store), and the job's CPU limit was lifted again afterwards
+    assert "read_compute_write_task_s" in summary["timings_s"]
+    import ray.data
+
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.cpu == float("inf")
     # drift vs the training energy's 99th percentile on the same data: about 1%
     assert summary["drift"]["rows_above"] == pytest.approx(0.01 * N, abs=3)
     # a committed output is never silently replaced (bad input found before work: 2)

@@ -145,3 +145,28 @@ def test_row_group_pieces_cover_units_without_spanning_row_groups():
     assert row_group_pieces(units, groups) == [
         Unit("a", 3, 10), Unit("a", 10, 20), Unit("a", 20, 22), Unit("b", 0, 7), Unit("a", 22, 25)
     ]  # fmt: skip
+
+
+def test_stage_seconds_of_separate_and_fused_operators():
+    from clam_dist.assign.stats import stage_seconds
+
+    separate = (
+        "Operator 1 MapBatches(_read_units): 10 tasks executed, 10 blocks produced in 4.31s\n"
+        "* Remote wall time: 86.61ms min, 399.89ms max, 164.92ms mean, 1.65s total\n"
+        "Operator 2 MapBatches(assign_batch): 10 tasks executed, 10 blocks produced in 6.51s\n"
+        "* Remote wall time: 413.49ms min, 581.55ms max, 505.02ms mean, 5.05s total\n"
+        "Operator 3 Write: 10 tasks executed, 10 blocks produced in 2.8s\n"
+        "* Remote wall time: 55.65ms min, 79.11ms max, 67.29ms mean, 672.92ms total\n"
+    )
+    assert stage_seconds(separate) == {
+        "read_s": 4.31, "read_task_s": 1.65, "compute_s": 6.51, "compute_task_s": 5.05,
+        "write_s": 2.8, "write_task_s": 0.673,
+    }  # fmt: skip
+    fused = (
+        "Operator 0 FromItems: 1 tasks executed, 4 blocks produced in 0.01s\n"
+        "* Remote wall time: 850.09us min, 2.42ms max, 1.38ms mean, 5.53ms total\n"
+        "Operator 1 MapBatches(_read_units)->MapBatches(assign_batch)->Write: 4 tasks "
+        "executed, 4 blocks produced in 5.01s\n"
+        "* Remote wall time: 1.37s min, 2.28s max, 1.73s mean, 6.93s total\n"
+    )
+    assert stage_seconds(fused) == {"read_compute_write_s": 5.01, "read_compute_write_task_s": 6.93}

@@ -52,10 +52,25 @@ def fingerprint(artifact: ModelArtifact) -> str:
     return h.hexdigest()[:16]
 
 
-def assign_batch(batch: dict[str, np.ndarray], **settings) -> pa.Table:
-    """map_batches function: label one batch with the process's cached assigner.
+def assign_batch(batch: dict[str, np.ndarray], chunk_rows: int = 0, **settings) -> pa.Table:
+    """map_batches function: label one block with the process's cached assigner, in
+    calls of ``chunk_rows`` rows (0 = the whole block at once).
 
     ``settings`` are ClusterAssigner's keyword arguments plus ``model_fingerprint``."""
+    assigner = _assigner(settings)
+    n = len(batch["x"])
+    if chunk_rows <= 0 or n <= chunk_rows:
+        return assigner(batch)
+    return pa.concat_tables(
+        [
+            assigner({c: v[r0 : r0 + chunk_rows] for c, v in batch.items()})
+            for r0 in range(0, n, chunk_rows)
+        ]
+    )
+
+
+def _assigner(settings: dict):
+    """The process's assigner for these settings (built, and its model loaded, once)."""
     from clam_dist.assign.pipeline import ClusterAssigner
 
     _maybe_die()
@@ -75,7 +90,7 @@ def assign_batch(batch: dict[str, np.ndarray], **settings) -> pa.Table:
                 f"(fingerprint {found}, the driver checked {expected}); re-run the job"
             )
         _CACHE[key] = assigner
-    return assigner(batch)
+    return assigner
 
 
 def _maybe_die() -> None:

@@ -10,6 +10,7 @@ energy / nearest-prototype bookkeeping for the metrics) runs while it is in flig
 
     python jobs/scaling.py [--n 200000 --d 64 --k 64 --batch 4096 --epochs 2 --workers 1,2]
         [--method clam|kmeans|attention|dcam]   (dcam: the last epoch is a joint-loss epoch)
+        [--set section.key=value ...]           (any other training setting)
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def main() -> None:
     p.add_argument(
         "--pretrain-epochs", type=int, default=1, help="dcam: autoencoder epochs before --epochs"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other training setting, e.g. --set data.read_threads=1 (repeatable)",
+    )
     p.add_argument("--json", default="bench_results/scaling.json")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -67,6 +75,7 @@ def main() -> None:
                     f"run.checkpoint_every={args.epochs}",
                     "run.report_every=1000000",  # one metrics window per epoch
                     "run.verify_every=0",  # (checked at each epoch end only)
+                    *args.set,
                 ],
             )
             if bare is None:  # at the 1-worker batch: the work of one worker alone

@@ -170,3 +170,31 @@ def test_stage_seconds_of_separate_and_fused_operators():
         "* Remote wall time: 1.37s min, 2.28s max, 1.73s mean, 6.93s total\n"
     )
     assert stage_seconds(fused) == {"read_compute_write_s": 5.01, "read_compute_write_task_s": 6.93}
+
+
+def test_the_decode_pool_opens_each_file_once_per_thread_and_closes_all(folder, monkeypatch):
+    """Row groups are decoded in parallel, but a thread keeps its file open for the next
+    row group of the same file (an object store pays a HEAD and a footer GET per open)."""
+    import contextlib
+
+    opened, closed = [], []
+    real = VectorSource.parquet_file
+
+    @contextlib.contextmanager
+    def counting(self, path):
+        opened.append(path)
+        with real(self, path) as pf:
+            yield pf
+        closed.append(path)
+
+    monkeypatch.setattr(VectorSource, "parquet_file", counting)
+    stream = LaneStream(folder, 0, 1, epoch=0, seed=0, read_rows=25, read_threads=2)
+    x, _ = stream.take(10_000)
+    assert len(x) == folder.num_rows()
+    row_groups = sum(len(g) for g in folder.row_group_rows().values())  # 8 + 1 + 12
+    assert len(opened) <= 2 * len(folder.files()) < row_groups
+    del stream
+    import gc
+
+    gc.collect()
+    assert sorted(closed) == sorted(opened)

@@ -7,6 +7,7 @@ a cast (float64, integers) costs one copy and is announced once in the log."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -209,6 +210,51 @@ def read_rows(
         yield from _batches_of(
             pf, source, file, batch_rows, columns_extra, start, stop, ids_as_keys
         )
+
+
+class FilePerThread:
+    """Read row ranges with ONE open file per thread, kept open while the thread's next
+    range is in the same file: a decoding pool reading a file row group by row group
+    then opens it once per thread instead of once per row group (through an object store
+    every open is a HEAD and a footer GET; measured against the local S3 server, per-row-
+    group opens cost the pool a third of its throughput). ``close`` closes every file
+    still open; call it once no thread reads any more."""
+
+    def __init__(self, source: VectorSource):
+        self._source = source
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[contextlib.ExitStack] = []
+
+    def read(self, unit: Unit, batch_rows: int, ids_as_keys: bool = False) -> list[VectorBatch]:
+        """Every batch of ``unit``, decoded now."""
+        current = getattr(self._local, "current", None)
+        if current is None or current[0] != unit.file:
+            if current is not None:
+                self._close(current[1])
+            stack = contextlib.ExitStack()
+            with self._lock:
+                self._open.append(stack)
+            pf = stack.enter_context(self._source.parquet_file(unit.file))
+            current = self._local.current = (unit.file, stack, pf)
+        return list(
+            _batches_of(
+                current[2], self._source, unit.file, batch_rows, None, unit.start, unit.stop,
+                ids_as_keys,
+            )
+        )  # fmt: skip
+
+    def _close(self, stack: contextlib.ExitStack) -> None:
+        with self._lock:
+            if stack in self._open:
+                self._open.remove(stack)
+        stack.close()
+
+    def close(self) -> None:
+        with self._lock:
+            stacks, self._open = self._open, []
+        for stack in stacks:
+            stack.close()
 
 
 def read_unit(

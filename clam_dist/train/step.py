@@ -22,7 +22,7 @@ import torch
 
 from clam_dist.data.prefetch import DEPTH, Prefetcher, ordered_map
 from clam_dist.data.row_keys import row_keys
-from clam_dist.data.stream import read_unit
+from clam_dist.data.stream import FilePerThread, read_unit
 from clam_dist.data.units import Unit, plan_parts, row_group_pieces, segments
 from clam_dist.models.clam import hidden_count
 
@@ -199,23 +199,33 @@ class LaneStream:
                 read_unit(self._source, seg, self._read_rows, ids_as_keys=True)
                 for seg in segments(self._units)
             )
+        files = self._files = FilePerThread(self._source)
         return ordered_map(
-            lambda unit: list(read_unit(self._source, unit, self._read_rows, ids_as_keys=True)),
+            lambda unit: files.read(unit, self._read_rows, ids_as_keys=True),
             row_group_pieces(self._units, self._source.row_group_rows()),
             self._read_threads,
             name="clam-dist-row-group-decode",
         )
 
     def _iterate(self):
-        for batches in self._decoded_units():
-            # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
-            pa.default_memory_pool().release_unused()
-            for b in batches:
-                if len(b) and b.x.shape[1] != self._dim:
-                    raise ValueError(
-                        f"{b.file}: vectors have width {b.x.shape[1]}, expected {self._dim}"
-                    )
-                yield b
+        self._files: FilePerThread | None = None
+        units = self._decoded_units()
+        try:
+            for batches in units:
+                # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
+                pa.default_memory_pool().release_unused()
+                for b in batches:
+                    if len(b) and b.x.shape[1] != self._dim:
+                        raise ValueError(
+                            f"{b.file}: vectors have width {b.x.shape[1]}, expected {self._dim}"
+                        )
+                    yield b
+        finally:
+            close = getattr(units, "close", None)
+            if close is not None:
+                close()  # the pool first: no thread reads once the files close
+            if self._files is not None:
+                self._files.close()
 
     def _fill(self, rows: int) -> int:
         """Read until ``rows`` rows are pending (or the lane ends); how many are ready."""

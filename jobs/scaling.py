@@ -11,6 +11,7 @@ energy / nearest-prototype bookkeeping for the metrics) runs while it is in flig
     python jobs/scaling.py [--n 200000 --d 64 --k 64 --batch 4096 --epochs 2 --workers 1,2]
         [--method clam|kmeans|attention|dcam]   (dcam: the last epoch is a joint-loss epoch)
         [--set section.key=value ...]           (any other training setting)
+        [--ceiling]   (also the bare step in 1 and in N processes at once: what the cores allow)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from clam_dist.commands.make_dataset import write_mixture
@@ -27,6 +29,43 @@ from clam_dist.config import load_config
 from clam_dist.train.bare_step import bare_step_of_run
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.trainer import run_training
+
+
+def _bare_in_process(job: tuple) -> float:
+    """One process's bare step (spawned: its own interpreter, one torch thread)."""
+    import torch
+
+    from clam_dist.train.bare_step import bare_step_rows_per_s
+    from clam_dist.train.objectives import total_epochs
+
+    cfg, init, x, sample, batch = job
+    torch.set_num_threads(1)
+    first = total_epochs(cfg) - 1
+    return bare_step_rows_per_s(cfg, init, x, batch, first_epoch=first, sample=sample)
+
+
+def hardware_ceiling(cfg: TrainConfig, n_rows: int, workers: int, batch: int) -> dict:
+    """What the cores allow with no trainer at all: the bare step alone in one process,
+    then in ``workers`` processes at once (each on its share of the rows, at the
+    per-worker batch), rows/s summed. Their ratio is the best speed-up any trainer could
+    show here."""
+    import multiprocessing
+
+    from clam_dist.data.stats import sample_rows
+    from clam_dist.train.sources import init_sample, initialise, make_source, standardize
+
+    sample = init_sample(cfg)
+    init = initialise(cfg, sample)
+    x = standardize(
+        sample_rows(make_source(cfg), n_rows, cfg.run.seed).x, init["mean"], init["scale"]
+    )
+    worker_sample = standardize(sample.x, init["mean"], init["scale"])
+    shares = np.array_split(x, workers)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        one = pool.map(_bare_in_process, [(cfg, init, shares[0], worker_sample, batch)])[0]
+        jobs = [(cfg, init, share, worker_sample, batch) for share in shares]
+        together = pool.map(_bare_in_process, jobs)
+    return {"one_process": one, "processes": together, "speedup": sum(together) / one}
 
 
 def main() -> None:
@@ -50,11 +89,16 @@ def main() -> None:
         metavar="SECTION.KEY=VALUE",
         help="any other training setting, e.g. --set data.read_threads=1 (repeatable)",
     )
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the bare step in 1 and in N processes at once (what the cores allow)",
+    )
     p.add_argument("--json", default="bench_results/scaling.json")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
-    rows, bare = [], None
+    rows, bare, ceiling = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         write_mixture(data, args.n, args.d, args.k, 8.0, 0, max(1, args.n // 16))
@@ -80,6 +124,8 @@ def main() -> None:
             )
             if bare is None:  # at the 1-worker batch: the work of one worker alone
                 bare = bare_step_of_run(cfg, args.n)
+            if args.ceiling and w == workers[-1] and w > 1:
+                ceiling = hardware_ceiling(cfg, args.n, w, args.batch // w)
             m = run_training(cfg).metrics  # the last epoch's window
             rows.append(
                 {
@@ -115,10 +161,20 @@ def main() -> None:
             f"{r['allreduce_ms_per_step']:18.2f} "
             f"{r['monitor_ms_per_step']:16.2f} {r['allreduce_bytes_per_step']:11d}"
         )
+    if ceiling is not None:
+        per = " + ".join(f"{v:,.0f}" for v in ceiling["processes"])
+        print(
+            f"hardware ceiling: the bare step alone in 1 process {ceiling['one_process']:,.0f} "
+            f"rows/s; in {workers[-1]} processes at once {per} rows/s = "
+            f"{ceiling['speedup']:.2f}x (no Ray, reader, monitor or all-reduce)"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"args": vars(args), "bare_step_rows_per_s": bare, "rows": rows}, indent=2)
+        json.dumps(
+            {"args": vars(args), "bare_step_rows_per_s": bare, "rows": rows, "ceiling": ceiling},
+            indent=2,
+        )
     )
     print(f"wrote {out}")
 

@@ -254,27 +254,20 @@ class ClusterAssigner:
 
 
 def _check_unique_ids(config: AssignConfig, source: VectorSource) -> None:
-    """Refuse duplicate ids (before any work), naming the first ones and their counts.
-    Generated '<file>:<row>' ids are unique by construction."""
+    """Refuse duplicate ids (before any work), naming the first ones and their counts,
+    in bounded memory (data/duplicates.py). Generated '<file>:<row>' ids are unique by
+    construction."""
     if config.id_column is None or config.allow_duplicate_ids:
         return
-    import pyarrow.compute as pc
+    from clam_dist.data.duplicates import find_duplicates
 
-    chunks = []
-    for f in source.files():
-        with source.parquet_file(f) as pf:
-            chunks.extend(pf.read(columns=[config.id_column]).column(0).chunks)
-    if not chunks:
+    dup = find_duplicates(source, config.id_column)
+    if not dup.values:
         return
-    ids = pa.chunked_array(chunks)
-    if pc.count_distinct(ids).as_py() == len(ids):
-        return
-    counts = pc.value_counts(ids)
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
-    shown = ", ".join(f"{v['values']!r} x{v['counts']}" for v in dup.slice(0, 5).to_pylist())
+    shown = ", ".join(f"{v!r} x{c}" for v, c in dup.examples)
     raise DataError(
-        f"input {config.input_url}: id column {config.id_column!r} has {len(dup)} duplicated "
-        f"value(s) among {len(ids)} rows (first: {shown}); fix the ids or pass "
+        f"input {config.input_url}: id column {config.id_column!r} has {dup.values} duplicated "
+        f"value(s) among {dup.rows} rows (first: {shown}); fix the ids or pass "
         "--set allow_duplicate_ids=true"
     )
 

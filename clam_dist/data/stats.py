@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import pyarrow as pa
 
+from clam_dist.data.duplicates import find_duplicates
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import FOOTER_THREADS, VectorSource
 from clam_dist.data.stream import (
@@ -193,7 +194,8 @@ class ValidationReport:
 
 
 def _scan_unit(pf, source: VectorSource, unit: Unit):
-    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature, ids) of a unit."""
+    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature, ids) of a unit;
+    ids stay empty: duplicates are found by data/duplicates.py in bounded memory."""
     file = unit.file
     widths, rows, bad_rows, by_feature, ids = set(), 0, 0, None, []
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
@@ -205,8 +207,8 @@ def _scan_unit(pf, source: VectorSource, unit: Unit):
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())
         by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
-        if source.id_column:  # generated ids are unique by construction: keep none
-            ids.append(generated_or_column_ids(table, source, file, row0))
+        if source.id_column:  # read (so nulls and a missing column are reported)
+            generated_or_column_ids(table, source, file, row0)
         rows += table.num_rows
     return widths, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
 
@@ -275,9 +277,8 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
     units, footer_problems = _readable_units(source)
     parts = _compute([dask.delayed(_unit_validate)(source, u) for u in units], scheduler)
     rep = ValidationReport()
-    all_ids = []
     rep.problems.extend(footer_problems)
-    for file, widths, rows, bad, by_feature, ids, errors in _merge_files(parts):
+    for file, widths, rows, bad, by_feature, _ids, errors in _merge_files(parts):
         if errors:
             rep.problems.extend(errors)
             continue
@@ -296,7 +297,6 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
                 rep.nonfinite_by_feature = [
                     a + int(b) for a, b in zip(rep.nonfinite_by_feature, by_feature)
                 ]
-        all_ids.extend(ids)
     widths = set(rep.widths.values())
     if len(widths) > 1:
         first = next(iter(rep.widths.items()))
@@ -304,13 +304,15 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
         rep.problems.append(
             f"mixed vector widths: {first[0]} has {first[1]}, but {', '.join(odd[:5])}"
         )
-    if all_ids and source.id_column:
-        ids = np.concatenate(all_ids)
-        uniq, counts = np.unique(ids, return_counts=True)
-        rep.duplicate_ids = int((counts > 1).sum())
-        if rep.duplicate_ids:
+    readable = list(rep.widths)  # files read without an error
+    if source.id_column and readable:
+        # Not from the scan above: holding every id would grow the driver with the data
+        # (data/duplicates.py re-reads the id column in bounded passes).
+        dup = find_duplicates(source, source.id_column, readable, rep.rows, examples=3)
+        rep.duplicate_ids = dup.values
+        if dup.values:
             rep.problems.append(
-                f"id column {source.id_column!r} has {rep.duplicate_ids} duplicated value(s), "
-                f"e.g. {uniq[counts > 1][:3].tolist()}"
+                f"id column {source.id_column!r} has {dup.values} duplicated value(s), "
+                f"e.g. {sorted(v for v, _ in dup.examples)}"
             )
     return rep

@@ -354,8 +354,9 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
             "per-operator cap (which would stop the fusion); no actor pool, no reserved "
             "read slot, no fractional CPUs: reads overlap compute because while one "
             "task reads, the others compute. Each worker process loads the model from "
-            "its URL once (cached); a retried task reloads it. Tasks: 2 per slot or one "
-            "per 1,048,576 rows, whichever is more (each is a scheduling round trip). "
+            "its URL once (cached); a retried task reloads it. Tasks: one per 524,288 "
+            "rows (a task's memory follows its rows, so workers stay flat as data "
+            "grows), at least 2 per slot (each task is a scheduling round trip). "
             "Batch size: rows per predictor call, auto_batch_size(d, k), a fixed rule "
             "measured with jobs/bench_assign.py --batch-sizes."
         ),
@@ -436,17 +437,19 @@ def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
 
 
 TASKS_PER_SLOT = 2  # tasks per concurrent slot: the last wave leaves no slot idle for long
+# Rows per fused task, whatever the data's size: a task's peak memory follows its rows
+# (measured: tasks of 625,000 vs 1,000,000 rows put the assignment workers' peak RSS
+# 16-18% apart at 2.5M vs 10M rows; at 524,288 rows per task +6% / -1%), so a fixed size
+# keeps workers flat as data grows. (262,144 rows: flat too, but 7% slower at 4M rows.)
+TASK_ROWS = 1 << 19
 
 
 def _assign_tasks(source, config: AssignConfig) -> int:
-    """Fused read -> assign -> write tasks: row ranges of at most UNIT_ROWS rows, but
-    no more tasks than needed to give every slot ``TASKS_PER_SLOT`` of them. Each task
-    streams its rows in bounded blocks, so a larger task costs no memory, while every
-    extra task costs a scheduling round trip with the CPUs idle (measured: 40 tasks of
-    100,000 rows kept 2 CPUs 79% busy; 4 of 1,000,000, 9x%)."""
-    from clam_dist.data.units import UNIT_ROWS
-
-    by_size = -(-source.num_rows() // UNIT_ROWS)
+    """Fused read -> assign -> write tasks: row ranges of at most TASK_ROWS rows, and at
+    least TASKS_PER_SLOT per slot. Every extra task costs a scheduling round trip with
+    the CPUs idle (40 tasks of 100,000 rows kept 2 CPUs 79% busy), so they are not made
+    smaller than that."""
+    by_size = -(-source.num_rows() // TASK_ROWS)
     return max(1, by_size, TASKS_PER_SLOT * config.concurrency)
 
 

@@ -397,7 +397,6 @@ def _write_staged(
 
 
 def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
-
     from clam_dist.assign.worker import assign_batch
     from clam_dist.data.ray_dataset import to_ray_dataset
     from clam_dist.logs import quiet_ray

@@ -194,10 +194,11 @@ class ValidationReport:
 
 
 def _scan_unit(pf, source: VectorSource, unit: Unit):
-    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature, ids) of a unit;
-    ids stay empty: duplicates are found by data/duplicates.py in bounded memory."""
+    """(widths seen, rows, rows with NaN/inf, NaN/inf count per feature) of a unit. Ids
+    are read (so nulls and a missing id column are reported) but not kept: duplicates
+    are found by data/duplicates.py in bounded memory."""
     file = unit.file
-    widths, rows, bad_rows, by_feature, ids = set(), 0, 0, None, []
+    widths, rows, bad_rows, by_feature = set(), 0, 0, None
     vec, cols = source.resolve_columns(pf.schema_arrow, file)
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
     for row0, rb in record_batches_in(pf, BATCH_ROWS, wanted, unit.start, unit.stop):
@@ -207,26 +208,26 @@ def _scan_unit(pf, source: VectorSource, unit: Unit):
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())
         by_feature = nonfinite.sum(0) if by_feature is None else by_feature + nonfinite.sum(0)
-        if source.id_column:  # read (so nulls and a missing column are reported)
+        if source.id_column:
             generated_or_column_ids(table, source, file, row0)
         rows += table.num_rows
-    return widths, rows, bad_rows, by_feature, (np.concatenate(ids) if ids else np.zeros(0))
+    return widths, rows, bad_rows, by_feature
 
 
 def _unit_validate(source: VectorSource, unit: Unit):
-    """Widths, row count, NaN/inf counts and ids of one unit; a DataError (or an
+    """Widths, row count and NaN/inf counts of one unit; a DataError (or an
     unreadable range) becomes a problem instead of stopping the pass."""
-    widths, rows, bad_rows, by_feature, ids, error = set(), 0, 0, None, np.zeros(0), None
+    widths, rows, bad_rows, by_feature, error = set(), 0, 0, None, None
     try:
         with source.parquet_file(unit.file) as pf:
-            widths, rows, bad_rows, by_feature, ids = _scan_unit(pf, source, unit)
+            widths, rows, bad_rows, by_feature = _scan_unit(pf, source, unit)
     except DataError as exc:
         error = str(exc)
     except (pa.ArrowInvalid, OSError) as exc:
         error = (
             f"{unit.file}: rows {unit.start}-{unit.stop} unreadable (corrupt or truncated?): {exc}"
         )
-    return unit.file, widths, rows, bad_rows, by_feature, ids, error
+    return unit.file, widths, rows, bad_rows, by_feature, error
 
 
 def _readable_units(source: VectorSource) -> tuple[list[Unit], list[str]]:
@@ -254,11 +255,11 @@ def _readable_units(source: VectorSource) -> tuple[list[Unit], list[str]]:
 def _merge_files(parts) -> list:
     """Unit results combined per file, in file order (same tuple shape, widths a set)."""
     merged: dict[str, list] = {}
-    for file, widths, rows, bad, by_feature, ids, error in parts:
-        m = merged.setdefault(file, [file, set(), 0, 0, None, [], []])
+    for file, widths, rows, bad, by_feature, error in parts:
+        m = merged.setdefault(file, [file, set(), 0, 0, None, []])
         if error:
-            if error not in m[6]:
-                m[6].append(error)
+            if error not in m[5]:
+                m[5].append(error)
             continue
         m[1] |= widths
         m[2] += rows
@@ -266,7 +267,6 @@ def _merge_files(parts) -> list:
         if by_feature is not None:
             same = m[4] is not None and len(m[4]) == len(by_feature)
             m[4] = m[4] + by_feature if same else (by_feature if m[4] is None else m[4])
-        m[5].append(ids)
     return list(merged.values())
 
 
@@ -278,7 +278,7 @@ def validate(source: VectorSource, scheduler: str | None = None) -> ValidationRe
     parts = _compute([dask.delayed(_unit_validate)(source, u) for u in units], scheduler)
     rep = ValidationReport()
     rep.problems.extend(footer_problems)
-    for file, widths, rows, bad, by_feature, _ids, errors in _merge_files(parts):
+    for file, widths, rows, bad, by_feature, errors in _merge_files(parts):
         if errors:
             rep.problems.extend(errors)
             continue

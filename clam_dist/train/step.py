@@ -189,17 +189,17 @@ class LaneStream:
             self._drop(got)
             skip_rows -= got
 
-    def _decoded_units(self):
-        """Each unit's batches, in the lane's order. One thread: read lazily, adjacent
-        units of a file merged (one open per file). Several: the units' row groups decoded
-        at once by a pool (data/prefetch.py: ordered_map), so at most
-        ``read_threads + 1`` decoded row groups are alive."""
-        if self._read_threads <= 1:
+    def _decoded_units(self, files: FilePerThread | None):
+        """Each unit's batches, in the lane's order. No ``files``: read lazily in this
+        thread, adjacent units of a file merged (one open per file). With ``files``
+        (several read threads): the units' row groups decoded at once by a pool
+        (data/prefetch.py: ordered_map), so at most ``read_threads + 1`` decoded row
+        groups are alive, each thread reading through its own open file."""
+        if files is None:
             return (
                 read_unit(self._source, seg, self._read_rows, ids_as_keys=True)
                 for seg in segments(self._units)
             )
-        files = self._files = FilePerThread(self._source)
         return ordered_map(
             lambda unit: files.read(unit, self._read_rows, ids_as_keys=True),
             row_group_pieces(self._units, self._source.row_group_rows()),
@@ -208,8 +208,8 @@ class LaneStream:
         )
 
     def _iterate(self):
-        self._files: FilePerThread | None = None
-        units = self._decoded_units()
+        files = FilePerThread(self._source) if self._read_threads > 1 else None
+        units = self._decoded_units(files)
         try:
             for batches in units:
                 # Freed Arrow buffers back to the OS between ranges (as iter_batches does).
@@ -224,8 +224,8 @@ class LaneStream:
             close = getattr(units, "close", None)
             if close is not None:
                 close()  # the pool first: no thread reads once the files close
-            if self._files is not None:
-                self._files.close()
+            if files is not None:
+                files.close()
 
     def _fill(self, rows: int) -> int:
         """Read until ``rows`` rows are pending (or the lane ends); how many are ready."""

@@ -68,6 +68,10 @@ class KMeans(_PrototypeClusterer):
     ``sample_per_centroid * n_clusters`` rows (None = all rows), ``n_init`` restarts
     compared on that sample, then Lloyd on all rows until the relative inertia change is
     below ``tol``. ``n_init`` defaults to 1, as scikit-learn's "auto" does for k-means++.
+    Between the sample's Lloyd and the full passes, rounds of centroid swaps
+    (``models/kmeans_swaps.py``) move the centroids Lloyd left in a local minimum (two in
+    one group, one between two): at k = 4,096 on a 1M-row mixture they take the inertia
+    below scikit-learn's MiniBatchKMeans (README, "Speed against faiss").
 
     Parameters
     ----------
@@ -87,6 +91,9 @@ class KMeans(_PrototypeClusterer):
         Spherical: rows and centroids compared as unit vectors.
     sample_per_centroid : int or None, default=256
         Seeding and first passes on at most this many rows per centroid; None = all rows.
+    swap_rounds : int, default=8
+        Most rounds of centroid swaps (``algorithm='lloyd'``, Euclidean metric); 0 gives
+        plain Lloyd from the seeds.
     random_state : int, RandomState or None
         Seed of the seeding and sampling.
 
@@ -117,6 +124,7 @@ class KMeans(_PrototypeClusterer):
         batch_size: int = 1024,
         metric: str = "euclidean",
         sample_per_centroid: int | None = 256,
+        swap_rounds: int = 8,
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -127,6 +135,7 @@ class KMeans(_PrototypeClusterer):
         self.batch_size = batch_size
         self.metric = metric
         self.sample_per_centroid = sample_per_centroid
+        self.swap_rounds = swap_rounds
         self.random_state = random_state
 
     def fit(self, X, y=None) -> KMeans:
@@ -138,6 +147,8 @@ class KMeans(_PrototypeClusterer):
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if not isinstance(self.swap_rounds, (int, np.integer)) or self.swap_rounds < 0:
+            raise ValueError(f"swap_rounds must be an integer >= 0, got {self.swap_rounds!r}")
         x = self._tensor(X)
         gen = torch.Generator().manual_seed(self._seed())
         if self.algorithm == "lloyd":
@@ -148,6 +159,7 @@ class KMeans(_PrototypeClusterer):
                 max_iter=self.max_iter,
                 tol=self.tol,
                 sample_per_centroid=self.sample_per_centroid,
+                swap_rounds=int(self.swap_rounds),
                 generator=gen,
                 metric=self.metric,
             )

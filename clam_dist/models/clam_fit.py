@@ -118,6 +118,11 @@ def init_prototypes(
                 max_iter=100,
                 sample_per_centroid=per_centroid,
                 full_iter=0,
+                # Plain Lloyd starts, no centroid swaps: swaps pull every restart to the
+                # same low-inertia start, and ClAM's restarts (selected by Silhouette)
+                # then lose their spread: measured on the paper's data sets, ecoli's
+                # selected ClAM fell from Silhouette 0.344 / ARI 0.704 to 0.263 / 0.516.
+                swap_rounds=0,
                 generator=generator,
             )
         return res.centers

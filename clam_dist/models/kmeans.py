@@ -22,6 +22,7 @@ from clam_dist.models.am import (
     set_matmul_precision,
     squared_distances,
 )
+from clam_dist.models.kmeans_swaps import refine_by_swaps
 
 # Rows per block when scoring k-means++ candidates (bounded memory for any n).
 _PP_ROW_CHUNK = 1 << 18
@@ -394,6 +395,10 @@ def lloyd(
         n_iter += 1
 
 
+# Relative inertia change that ends the Lloyd runs around centroid swaps (the caller's
+# tol, if looser, wins; the final Lloyd always runs to the caller's tol).
+SWAP_LLOYD_TOL = 1e-3
+
 # Distance evaluations (rows x centres x trials) that k-means++ seeding may spend: 2^31
 # takes ~10 s on 2 CPU cores and bounds the seeding sample only when k is large.
 SEEDING_EVALUATIONS = 1 << 31
@@ -427,6 +432,8 @@ def kmeans_fit(
     sample_per_centroid: int | None = 256,
     sample_iter: int = 25,
     full_iter: int | None = None,
+    swap_rounds: int = 8,
+    swap_fraction: float = 0.05,
     generator: torch.Generator | None = None,
     metric: Metric = "euclidean",
     callback=None,
@@ -444,6 +451,11 @@ def kmeans_fit(
        ``full_iter`` passes (default max_iter) until the relative inertia change < tol.
        ``full_iter=0`` returns the sample centroids with ``labels=None`` (no O(n) pass).
        When the sample is all rows this is simply Lloyd from the seeds.
+    Between 2's Lloyd and the comparison, up to ``swap_rounds`` rounds of centroid swaps
+    (``kmeans_swaps.refine_by_swaps``: up to ``swap_fraction * k`` centroids moved from
+    the cheapest removals to the most profitable splits, then Lloyd again, kept only if
+    the inertia fell) take the sample's Lloyd out of its local minimum (Euclidean metric;
+    0 disables them).
 
     Warns when fewer than 39 rows per centroid are available (faiss's threshold).
     ``callback(stage, iteration, inertia)`` sees every pass; stage is "sample" or "full".
@@ -480,13 +492,35 @@ def kmeans_fit(
             def cb(i, v):
                 return callback("full", i, v) if callback else None
 
-            res = lloyd(xs, seeds, max_iter, tol, metric, callback=cb)
+            passes = max_iter
         else:
 
             def cb(i, v):
                 return callback("sample", i, v) if callback else None
 
-            res = lloyd(xs, seeds, min(max_iter, sample_iter), tol, metric, callback=cb)
+            passes = min(max_iter, sample_iter)
+        xs_sq = row_sq_norms(xs)
+        swaps = swap_rounds > 0 and metric == "euclidean" and k >= 2
+        # With swaps ahead, Lloyd's last passes (each < 0.1%) are left for after them:
+        # a swap round moves the inertia by 0.1-1%, a late Lloyd pass by 0.01%.
+        loose = max(tol, SWAP_LLOYD_TOL) if swaps else tol
+        res = lloyd(xs, seeds, passes, loose, metric, xs_sq, cb)
+        if swaps:
+            res = refine_by_swaps(
+                xs,
+                res,
+                lambda centers: lloyd(xs, centers, passes, loose, metric, xs_sq, cb),  # noqa: B023
+                xs_sq,
+                swap_rounds,
+                swap_fraction,
+                loose,
+            )
+            if rows is None and loose > tol:
+                # The sample is every row: converge to the caller's tol here.
+                polished = lloyd(xs, res.centers, passes, tol, metric, xs_sq, cb)
+                polished.n_iter += res.n_iter
+                res = polished
+        if rows is not None:
             res.labels = None  # sample labels mean nothing for the full data
         if best is None or res.inertia < best.inertia:
             best = res

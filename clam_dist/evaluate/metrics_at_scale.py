@@ -32,6 +32,7 @@ from clam_dist.evaluate.contingency import (
 )
 from clam_dist.evaluate.partitions import drift_by_partition
 from clam_dist.evaluate.per_cluster import ClusterTable
+from clam_dist.memory import release_unused_memory
 from clam_dist.metrics import ari, clustering_accuracy, nmi, silhouette
 from clam_dist.models.predictor import ClusterPredictor
 
@@ -180,6 +181,10 @@ def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, di
     lap("sample")
     totals, table, found = _stream_pass(cfg, art.k, columns, label_col, sample.ids, energy_p99)
     sample_clusters, sample_energy = _align(sample.ids, found, cfg.assignments)
+    # The two passes over the data are done: free what their reads left in Arrow's pool
+    # and the C heap (it grows with the rows read) before the sample metrics allocate
+    # their O(sample^2) distances on top of it.
+    release_unused_memory()
     lap("stream_pass")
 
     sizes = totals.sizes

@@ -19,6 +19,7 @@ from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event
+from clam_dist.memory import release_unused_memory
 from clam_dist.pipeline.config import GENERATED_LABEL_COLUMN, PipelineConfig, PipelineData
 from clam_dist.pipeline.overview import overview
 from clam_dist.progress import Console, NullConsole, TrainReports
@@ -430,6 +431,8 @@ def run_pipeline(
                 _init_ray(config, console)
                 started_ray = True
                 timings["ray_init"] = round(time.perf_counter() - t0, 3)
+            # What the previous stage's allocators kept would be this stage's floor.
+            release_unused_memory()
             t0 = time.perf_counter()
             log_event("stage_start", stage=stage)
             console.stage_start(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clam_dist import methods
+from clam_dist.memory import release_unused_memory
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
@@ -187,6 +188,9 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
         check_method_config(cfg, source.dim())
         # One sample serves the initialisation, DCAM's joint phase and the drift threshold.
         sample = init_sample(cfg)
+        # The sample pass read every row: what its reads left in Arrow's pool and the C
+        # heap grows with the data and would be the floor of the initialisation's peak.
+        release_unused_memory()
         init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg, sample)
     except BaseException:
         _remove_if_empty(created)  # a refused run leaves no empty storage folder behind

@@ -65,7 +65,9 @@ def test_a_stuck_lloyd_is_freed_by_one_swap():
     x_sq = row_sq_norms(x)
     stuck = lloyd(x, STUCK)
     assert stuck.inertia > 4000  # the pair of groups sharing one centroid
-    proposal, made, gain = plan_swaps(x, stuck.centers, x_sq, max_swaps=2)
+    proposal, made, gain = plan_swaps(x, stuck, x_sq, max_swaps=2)
+    kept = lloyd(x, STUCK, keep_second=True)  # the same plan from Lloyd's own distances
+    assert torch.equal(plan_swaps(x, kept, x_sq, max_swaps=2)[0], proposal)
     assert made == 1 and gain > 0
     freed = refine_by_swaps(
         x, stuck, lambda c: lloyd(x, c), x_sq, rounds=3, swap_fraction=0.5, tol=1e-4

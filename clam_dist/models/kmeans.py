@@ -22,7 +22,7 @@ from clam_dist.models.am import (
     set_matmul_precision,
     squared_distances,
 )
-from clam_dist.models.kmeans_swaps import refine_by_swaps
+from clam_dist.models.kmeans_swaps import nearest_two, refine_by_swaps
 
 # Rows per block when scoring k-means++ candidates (bounded memory for any n).
 _PP_ROW_CHUNK = 1 << 18
@@ -34,6 +34,10 @@ class KMeansResult:
     labels: torch.Tensor | None  # (n,); None when only sample centroids were fitted
     inertia: float
     n_iter: int
+    # Per row: squared distance to the nearest and to the second-nearest centre, kept
+    # only by ``lloyd(..., keep_second=True)`` (what a centroid-swap plan reads).
+    nearest_sq: torch.Tensor | None = None
+    second_sq: torch.Tensor | None = None
 
 
 # Rows per distance block: (rows x k) float32 stays within ~16 MiB, so the block is still
@@ -355,6 +359,7 @@ def lloyd(
     metric: Metric = "euclidean",
     x_sq: torch.Tensor | None = None,
     callback=None,
+    keep_second: bool = False,
 ) -> KMeansResult:
     """Lloyd's algorithm.
 
@@ -364,7 +369,9 @@ def lloyd(
     the returned labels/inertia are then those of the returned centres with no extra pass.
     Only when max_iter updates run out is one final assignment pass made. Empty clusters
     are repaired by ``split_empty``. ``x_sq`` (row norms) may be passed in to reuse them;
-    ``callback(iteration, inertia)`` sees the inertia of every pass.
+    ``callback(iteration, inertia)`` sees the inertia of every pass. ``keep_second``:
+    every pass also finds each row's second-nearest centre (one more min over the block)
+    and the result keeps both distances, so a centroid-swap plan needs no pass of its own.
     """
     if metric == "spherical":
         x = normalize_rows(x)
@@ -377,7 +384,10 @@ def lloyd(
     prev_inertia, prev_labels = float("inf"), None
     n_iter = 0
     while True:
-        d2, labels = assign_nearest(x, centers, x_sq)
+        if keep_second:
+            d2, second, labels = nearest_two(x, centers, x_sq)
+        else:
+            (d2, labels), second = assign_nearest(x, centers, x_sq), None
         cur = float(d2.sum(dtype=torch.float64))
         if callback is not None:
             callback(n_iter, cur)
@@ -385,7 +395,9 @@ def lloyd(
             prev_inertia - cur <= tol * cur
         )
         if converged or n_iter >= max_iter:
-            return KMeansResult(centers, labels, cur, n_iter)
+            if not keep_second:
+                d2 = None
+            return KMeansResult(centers, labels, cur, n_iter, d2, second)
         sums, counts = _sums_counts(x, labels, k)
         new_centers = apply_lloyd(centers, sums, counts, metric)
         centers, _ = split_empty(new_centers, counts)
@@ -504,12 +516,16 @@ def kmeans_fit(
         # With swaps ahead, Lloyd's last passes (each < 0.1%) are left for after them:
         # a swap round moves the inertia by 0.1-1%, a late Lloyd pass by 0.01%.
         loose = max(tol, SWAP_LLOYD_TOL) if swaps else tol
-        res = lloyd(xs, seeds, passes, loose, metric, xs_sq, cb)
+        res = lloyd(xs, seeds, passes, loose, metric, xs_sq, cb, keep_second=swaps)
         if swaps:
+
+            def relloyd(centers: torch.Tensor) -> KMeansResult:
+                return lloyd(xs, centers, passes, loose, metric, xs_sq, cb, keep_second=True)  # noqa: B023
+
             res = refine_by_swaps(
                 xs,
                 res,
-                lambda centers: lloyd(xs, centers, passes, loose, metric, xs_sq, cb),  # noqa: B023
+                relloyd,
                 xs_sq,
                 swap_rounds,
                 swap_fraction,
@@ -520,6 +536,7 @@ def kmeans_fit(
                 polished = lloyd(xs, res.centers, passes, tol, metric, xs_sq, cb)
                 polished.n_iter += res.n_iter
                 res = polished
+            res.nearest_sq = res.second_sq = None  # the swaps' working data, (n,) each
         if rows is not None:
             res.labels = None  # sample labels mean nothing for the full data
         if best is None or res.inertia < best.inertia:

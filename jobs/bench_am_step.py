@@ -85,6 +85,47 @@ def _autograd_loss(x, protos, beta, alpha, steps, mask, fill) -> torch.Tensor:
     return (((state - x) * mask) ** 2).sum(dim=1).mean()
 
 
+def kernel_floor(batch: int, d: int, k: int) -> dict:
+    """The direct step's kernels timed alone, each on warm buffers (best of five): its six
+    GEMMs, and the least elementwise work it must do around them on the (batch x k) block
+    (bias add, softmax, the softmax-backward product, the bias gradient's column sum) and
+    on the (batch x d) state (lerp, dY = w*grad, <dY, Y>, grad - dY). gemm / (gemm +
+    elementwise) is what a step of separate torch kernels can reach even with every pass
+    in cache: the ceiling of the AM / SGEMM ratio without fused kernels."""
+    g = torch.Generator().manual_seed(3)
+    x, r = torch.randn(batch, d, generator=g), torch.randn(k, d, generator=g)
+    p, gl = torch.rand(batch, k, generator=g), torch.randn(batch, k, generator=g)
+    y, gy, w = torch.randn(batch, d, generator=g), torch.randn(batch, d, generator=g), 0.1
+    bias = torch.randn(k, generator=g)
+    out_bk, out_bd = torch.empty(batch, k), torch.empty(batch, d)
+
+    def best(fn: Callable[[], object], inner: int = 10) -> float:
+        fn()
+        return min(_clocks(lambda: [fn() for _ in range(inner)])[1] for _ in range(5)) / inner
+
+    gemm = (
+        2 * best(lambda: torch.mm(x, r.t(), out=out_bk))  # logits; dL/dP = dY R^T
+        + 2 * best(lambda: torch.mm(p, r, out=out_bd))  # read-out P R; dlogits R
+        + 2 * best(lambda: torch.mm(p.t(), x))  # P^T dY; dlogits^T x
+    )
+    elementwise = (
+        2 * best(lambda: out_bk.copy_(bias.expand(batch, k)))  # bias / delta broadcast
+        + best(lambda: torch.softmax(gl, 1))
+        + best(lambda: out_bk.copy_(gl).mul_(p))
+        - best(lambda: out_bk.copy_(gl))  # the product alone, not the refill
+        + best(lambda: gl.sum(0))
+        + best(lambda: torch.lerp(x, y, w))
+        + best(lambda: gy * w)
+        + best(lambda: (gy * y).sum(1))
+        + best(lambda: torch.sub(gy, y))
+    )
+    return {
+        "gemm_ms": gemm * 1e3,
+        "elementwise_ms": elementwise * 1e3,
+        "ceiling": gemm / (gemm + elementwise),
+    }
+
+
 def make_epoch(x: torch.Tensor, k: int, steps: int, batch: int, fused: bool) -> Callable[[], None]:
     n, d = x.shape
     g = torch.Generator().manual_seed(0)
@@ -143,6 +184,7 @@ def main() -> None:
         for clock in ("wall", "cpu")
     }
     square = square_sgemm()
+    floor = kernel_floor(min(args.batch, args.n), args.d, args.k)
 
     print(
         f"n={args.n} d={args.d} k={args.k} T={args.steps} batch={args.batch} "
@@ -160,6 +202,11 @@ def main() -> None:
             f"{ratios[f'{name}_wall_over_sgemm']:11.1%} {ratios[f'{name}_cpu_over_sgemm']:10.1%}"
         )
     print(f"{'SGEMM 2048^3 (context)':<28s} {'':>8s} {square:8.1f}")
+    print(
+        f"kernels alone, one direct step: GEMMs {floor['gemm_ms']:.2f} ms, least elementwise "
+        f"{floor['elementwise_ms']:.2f} ms -> ceiling without fused kernels "
+        f"{floor['ceiling']:.1%} of the GEMM rate"
+    )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -173,6 +220,7 @@ def main() -> None:
                 "median": median,
                 "ratios": ratios,
                 "sgemm_square_2048_cpu_gflops": square,
+                "kernel_floor": floor,
                 "machine": platform.platform(),
                 "torch": torch.__version__,
             },

@@ -407,6 +407,27 @@ def lloyd(
         n_iter += 1
 
 
+def _swapped_start(
+    xs, xs_sq, seeds, rounds, fraction, per_centroid, passes, tol, generator, callback
+) -> tuple[torch.Tensor, int]:
+    """Centroids after Lloyd + swap rounds on at most per_centroid * k rows of xs, and
+    the Lloyd iterations that took. With swaps ahead, Lloyd's last passes (each < 0.1%)
+    are left out: a swap round moves the inertia by 0.1-1%, a late Lloyd pass by 0.01%."""
+    k = seeds.shape[0]
+    keep = None if per_centroid is None else _draw_sample(xs.shape[0], per_centroid * k, generator)
+    xw, xw_sq = (xs, xs_sq) if keep is None else (xs[keep], xs_sq[keep])
+    loose = max(tol, SWAP_LLOYD_TOL)
+
+    def cb(i, v):
+        return callback("swaps", i, v) if callback else None
+
+    def relloyd(centers: torch.Tensor) -> KMeansResult:
+        return lloyd(xw, centers, passes, loose, "euclidean", xw_sq, cb, keep_second=True)
+
+    res = refine_by_swaps(xw, relloyd(seeds), relloyd, xw_sq, rounds, fraction, loose)
+    return res.centers, res.n_iter
+
+
 # Relative inertia change that ends the Lloyd runs around centroid swaps (the caller's
 # tol, if looser, wins; the final Lloyd always runs to the caller's tol).
 SWAP_LLOYD_TOL = 1e-3
@@ -446,6 +467,7 @@ def kmeans_fit(
     full_iter: int | None = None,
     swap_rounds: int = 8,
     swap_fraction: float = 0.05,
+    swap_sample_per_centroid: int | None = 64,
     generator: torch.Generator | None = None,
     metric: Metric = "euclidean",
     callback=None,
@@ -463,14 +485,17 @@ def kmeans_fit(
        ``full_iter`` passes (default max_iter) until the relative inertia change < tol.
        ``full_iter=0`` returns the sample centroids with ``labels=None`` (no O(n) pass).
        When the sample is all rows this is simply Lloyd from the seeds.
-    Between 2's Lloyd and the comparison, up to ``swap_rounds`` rounds of centroid swaps
+    Before 2's Lloyd, up to ``swap_rounds`` rounds of centroid swaps
     (``kmeans_swaps.refine_by_swaps``: up to ``swap_fraction * k`` centroids moved from
     the cheapest removals to the most profitable splits, then Lloyd again, kept only if
-    the inertia fell) take the sample's Lloyd out of its local minimum (Euclidean metric;
-    0 disables them).
+    the inertia fell) take Lloyd out of the local minima it cannot leave (Euclidean
+    metric; 0 disables them). They run on at most ``swap_sample_per_centroid * k`` rows
+    of the sample (None: all of it), so at large k, where the sample is every row, their
+    passes stay cheap; the sample's Lloyd then starts from the swapped centroids.
 
     Warns when fewer than 39 rows per centroid are available (faiss's threshold).
-    ``callback(stage, iteration, inertia)`` sees every pass; stage is "sample" or "full".
+    ``callback(stage, iteration, inertia)`` sees every pass; stage is "swaps" (the Lloyd
+    runs around the swaps), "sample" or "full".
     """
     n = x.shape[0]
     if k < 1 or k > n:
@@ -512,31 +537,14 @@ def kmeans_fit(
 
             passes = min(max_iter, sample_iter)
         xs_sq = row_sq_norms(xs)
-        swaps = swap_rounds > 0 and metric == "euclidean" and k >= 2
-        # With swaps ahead, Lloyd's last passes (each < 0.1%) are left for after them:
-        # a swap round moves the inertia by 0.1-1%, a late Lloyd pass by 0.01%.
-        loose = max(tol, SWAP_LLOYD_TOL) if swaps else tol
-        res = lloyd(xs, seeds, passes, loose, metric, xs_sq, cb, keep_second=swaps)
-        if swaps:
-
-            def relloyd(centers: torch.Tensor) -> KMeansResult:
-                return lloyd(xs, centers, passes, loose, metric, xs_sq, cb, keep_second=True)  # noqa: B023
-
-            res = refine_by_swaps(
-                xs,
-                res,
-                relloyd,
-                xs_sq,
-                swap_rounds,
-                swap_fraction,
-                loose,
-            )
-            if rows is None and loose > tol:
-                # The sample is every row: converge to the caller's tol here.
-                polished = lloyd(xs, res.centers, passes, tol, metric, xs_sq, cb)
-                polished.n_iter += res.n_iter
-                res = polished
-            res.nearest_sq = res.second_sq = None  # the swaps' working data, (n,) each
+        start, prior_iter = seeds, 0
+        if swap_rounds > 0 and metric == "euclidean" and k >= 2:
+            start, prior_iter = _swapped_start(
+                xs, xs_sq, seeds, swap_rounds, swap_fraction, swap_sample_per_centroid,
+                min(passes, max_iter), tol, generator, callback,
+            )  # fmt: skip
+        res = lloyd(xs, start, passes, tol, metric, xs_sq, cb)
+        res.n_iter += prior_iter
         if rows is not None:
             res.labels = None  # sample labels mean nothing for the full data
         if best is None or res.inertia < best.inertia:

@@ -356,7 +356,7 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
             "task reads, the others compute. Each worker process loads the model from "
             "its URL once (cached); a retried task reloads it. Tasks: one per 524,288 "
             "rows (a task's memory follows its rows, so workers stay flat as data "
-            "grows), at least 2 per slot (each task is a scheduling round trip). "
+            f"grows), at least {TASKS_PER_SLOT} per slot (each task is a scheduling round trip). "
             "Batch size: rows per predictor call, auto_batch_size(d, k), a fixed rule "
             "measured with jobs/bench_assign.py --batch-sizes."
         ),
@@ -435,7 +435,10 @@ def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
         del ds, labelled  # this frame outlives the call in a failure's traceback
 
 
-TASKS_PER_SLOT = 2  # tasks per concurrent slot: the last wave leaves no slot idle for long
+# Tasks per concurrent slot at least: with 2 per slot a 1M-row job ran 4 tasks whose
+# times differed by up to 1.8x and the last wave left a slot idle; 4 per slot (8 tasks of
+# 125,000 rows on 2 slots) ran 8% more rows/s (jobs/bench_assign.py, alternated runs).
+TASKS_PER_SLOT = 4
 # Rows per fused task, whatever the data's size: a task's peak memory follows its rows
 # (measured: tasks of 625,000 vs 1,000,000 rows put the assignment workers' peak RSS
 # 16-18% apart at 2.5M vs 10M rows; at 524,288 rows per task +6% / -1%), so a fixed size

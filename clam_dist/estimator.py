@@ -68,9 +68,9 @@ class KMeans(_PrototypeClusterer):
     ``sample_per_centroid * n_clusters`` rows (None = all rows), ``n_init`` restarts
     compared on that sample, then Lloyd on all rows until the relative inertia change is
     below ``tol``. ``n_init`` defaults to 1, as scikit-learn's "auto" does for k-means++.
-    Between the sample's Lloyd and the full passes, rounds of centroid swaps
-    (``models/kmeans_swaps.py``) move the centroids Lloyd left in a local minimum (two in
-    one group, one between two): at k = 4,096 on a 1M-row mixture they take the inertia
+    Before the sample's Lloyd, rounds of centroid swaps (``models/kmeans_swaps.py``, on
+    at most 64 rows per centroid of the sample) move the centroids Lloyd leaves in a local
+    minimum (two in one group, one between two): at k = 4,096 on a 1M-row mixture they take the inertia
     below scikit-learn's MiniBatchKMeans (README, "Speed against faiss").
 
     Parameters

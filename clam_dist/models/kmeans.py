@@ -408,7 +408,16 @@ def lloyd(
 
 
 def _swapped_start(
-    xs, xs_sq, seeds, rounds, fraction, per_centroid, passes, tol, generator, callback
+    xs: torch.Tensor,
+    xs_sq: torch.Tensor,
+    seeds: torch.Tensor,
+    rounds: int,
+    fraction: float,
+    per_centroid: int | None,
+    passes: int,
+    tol: float,
+    generator: torch.Generator | None,
+    callback,
 ) -> tuple[torch.Tensor, int]:
     """Centroids after Lloyd + swap rounds on at most per_centroid * k rows of xs, and
     the Lloyd iterations that took. With swaps ahead, Lloyd's last passes (each < 0.1%)
@@ -541,7 +550,7 @@ def kmeans_fit(
         if swap_rounds > 0 and metric == "euclidean" and k >= 2:
             start, prior_iter = _swapped_start(
                 xs, xs_sq, seeds, swap_rounds, swap_fraction, swap_sample_per_centroid,
-                min(passes, max_iter), tol, generator, callback,
+                passes, tol, generator, callback,
             )  # fmt: skip
         res = lloyd(xs, start, passes, tol, metric, xs_sq, cb)
         res.n_iter += prior_iter

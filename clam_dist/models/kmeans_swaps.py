@@ -14,17 +14,22 @@ this module does the same with full statistics instead of a random draw:
   most profitable split), run Lloyd again, and keep the result only if the inertia fell.
 
 One round costs the Lloyd passes that follow it (Lloyd keeps each row's second-nearest
-distance, so the plan needs no pass of its own); ``kmeans_fit`` runs it on its seeding sample, so at large n most of it is on the
-sample, not on every row. Pure torch, no I/O.
+distance, so the plan needs no pass of its own); ``kmeans_fit`` runs the rounds on at
+most 64 rows per centroid of its Lloyd sample, never on every row of a large data set.
+Pure torch, no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from clam_dist.models.am import offset_score_blocks
+
+if TYPE_CHECKING:  # kmeans.py imports this module, so the type only for checkers
+    from clam_dist.models.kmeans import KMeansResult
 
 # Local 2-means iterations per split candidate: its rows are few and the split from the
 # farthest-row seed settles in a handful of passes.
@@ -98,7 +103,7 @@ def split_in_two(
 
 
 def plan_swaps(
-    x: torch.Tensor, result, x_sq: torch.Tensor, max_swaps: int
+    x: torch.Tensor, result: KMeansResult, x_sq: torch.Tensor, max_swaps: int
 ) -> tuple[torch.Tensor, int, float]:
     """New centres with up to ``max_swaps`` centroids of the Lloyd result ``result`` moved
     from the cheapest removals to the most profitable splits; returns (centres, swaps
@@ -149,17 +154,18 @@ def plan_swaps(
 
 def refine_by_swaps(
     x: torch.Tensor,
-    start,
-    run_lloyd: Callable[[torch.Tensor], object],
+    start: KMeansResult,
+    run_lloyd: Callable[[torch.Tensor], KMeansResult],
     x_sq: torch.Tensor,
     rounds: int,
     swap_fraction: float,
     tol: float,
-):
-    """Rounds of ``plan_swaps`` + Lloyd (``run_lloyd(centres) -> KMeansResult``, best with
-    ``keep_second``) from the converged result ``start``; a round's result is kept only if its inertia is lower.
-    Stops early when no profitable swap is left or a round gains less than ``tol``
-    relative. Returns the best result (``start`` itself if no round helped)."""
+) -> KMeansResult:
+    """Rounds of ``plan_swaps`` + Lloyd (``run_lloyd(centres)``, best with
+    ``keep_second``) from the converged result ``start``; a round's result is kept only
+    if its inertia is lower. Stops early when no profitable swap is left or a round gains
+    less than ``tol`` relative. Returns the best result (``start`` itself if no round
+    helped)."""
     best = start
     k = start.centers.shape[0]
     max_swaps = max(1, int(swap_fraction * k))

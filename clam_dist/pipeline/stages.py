@@ -49,6 +49,8 @@ class Run:
         self._refuse_foreign_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "stages").mkdir(exist_ok=True)
+        # Set by run_pipeline when --fresh / --from-stage asks for these stages again.
+        self.rerun_requested: set[str] = set()
 
     def _refuse_foreign_dir(self) -> None:
         """A run directory is ours (it has stages/) or new/empty: stages replace their own
@@ -241,6 +243,35 @@ def stage_train(run: Run) -> dict:
     }
 
 
+def train_attempt(run: Run) -> str:
+    """The Ray Train run name (its checkpoint folder under run_dir/checkpoints) for this
+    train stage: the recorded one when the last attempt had the same inputs and no
+    re-run was asked for (a crashed run resumes from its checkpoints), else a new,
+    unused name. Ray Train restores any run whose folder holds a checkpoint, so reusing
+    one name made --fresh or a changed config resume the OLD training (a 10M-row
+    --fresh run "trained" in 60 s from a 3-epoch checkpoint of another code version).
+    Old folders are left in place (never deleted), only no longer resumed."""
+    root = run.dir / "checkpoints"
+    record_path = root / "train-attempt.json"
+    inputs = hashlib.sha256(
+        json.dumps(run.inputs("train"), sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record and record.get("inputs") == inputs and "train" not in run.rerun_requested:
+        return record["name"]
+    name, n = "train", 1
+    while (root / name).exists():
+        n += 1
+        name = f"train-{n}"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"name": name, "inputs": inputs}))
+    tmp.replace(record_path)  # atomic: the record is whole or absent
+    if n > 1:
+        log_event("train_new_attempt", name=name, previous=record and record.get("name"))
+    return name
+
+
 def _train_with_ray(run: Run):
     from clam_dist.artifacts import load_artifact
     from clam_dist.train.config import TrainConfig, TrainData, TrainRun
@@ -254,7 +285,7 @@ def _train_with_ray(run: Run):
         dcam=cfg.dcam,
         optim=cfg.optim,
         run=TrainRun(
-            name="train",
+            name=train_attempt(run),
             storage_path=str((run.dir / "checkpoints").resolve()),
             seed=cfg.seed,
             checkpoint_every=1,
@@ -399,6 +430,7 @@ def run_pipeline(
             raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
         for stage in STAGES[STAGES.index(from_stage) :]:
             run.marker(stage).unlink(missing_ok=True)
+            run.rerun_requested.add(stage)
     check_unchanged(run)
     summary = {
         "run_dir": str(run.dir),

@@ -168,10 +168,10 @@ def refine_by_swaps(
     helped)."""
     best = start
     k = start.centers.shape[0]
+    if k < 2:
+        return best  # nothing to move a centroid to
     max_swaps = max(1, int(swap_fraction * k))
     for _ in range(rounds):
-        if k < 2:
-            break
         proposal, made, _ = plan_swaps(x, best, x_sq, max_swaps)
         if made == 0:
             break

@@ -253,11 +253,9 @@ def train_attempt(run: Run) -> str:
     Old folders are left in place (never deleted), only no longer resumed."""
     root = run.dir / "checkpoints"
     record_path = root / "train-attempt.json"
-    inputs = hashlib.sha256(
-        json.dumps(run.inputs("train"), sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
     record = json.loads(record_path.read_text()) if record_path.exists() else None
-    if record and record.get("inputs") == inputs and "train" not in run.rerun_requested:
+    # The same comparison as the stage markers' (Run.changed): the recorded inputs.
+    if record and not run.changed("train", record) and "train" not in run.rerun_requested:
         return record["name"]
     name, n = "train", 1
     while (root / name).exists():
@@ -265,7 +263,8 @@ def train_attempt(run: Run) -> str:
         name = f"train-{n}"
     root.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"name": name, "inputs": inputs}))
+    record_text = json.dumps({"name": name, "inputs": run.inputs("train")}, default=_json_default)
+    tmp.write_text(record_text)
     tmp.replace(record_path)  # atomic: the record is whole or absent
     if n > 1:
         log_event("train_new_attempt", name=name, previous=record and record.get("name"))

@@ -16,7 +16,13 @@ from typing import Literal
 
 import torch
 
-from clam_dist.models.am import Metric, am_evolve, check_dynamics, check_metric
+from clam_dist.models.am import (
+    TRAIN_BLOCK_ELEMS,
+    Metric,
+    am_evolve,
+    check_dynamics,
+    check_metric,
+)
 
 FillValue = Literal["mean", "min", "max", "zero"]
 FILL_VALUES: tuple[str, ...] = ("mean", "min", "max", "zero")
@@ -121,6 +127,7 @@ def clam_loss(
     metric: Metric = "euclidean",
     mask: torch.Tensor | None = None,
     fill: torch.Tensor | None = None,
+    block_elems: int = TRAIN_BLOCK_ELEMS,
 ) -> torch.Tensor:
     """Mean pattern-completion loss of a batch.
 
@@ -128,20 +135,84 @@ def clam_loss(
     only they evolve, and the loss is mean_i ||m_i * (x_T,i - x_i)||^2.
     With ``mask=None``: the unmasked ablation, every coordinate evolves from x and the loss
     is mean_i ||x_T,i - x_i||^2.
+
+    A batch whose (rows x k) scores exceed ``block_elems`` is, when gradients are wanted,
+    trained in row blocks (``_RowBlockedLoss``), each block's T direct steps run forward and
+    backward at once; without gradients it runs whole (``am_evolve`` picks its path).
     """
     check_metric(metric)
     check_dynamics(beta, alpha, steps)
-    if mask is None:
-        x_t = am_evolve(x, prototypes, beta, alpha, steps, metric)
-        target = x if metric == "euclidean" else torch.nn.functional.normalize(x, dim=1)
-        return ((x_t - target) ** 2).sum(dim=1).mean()
     if fill is None:
         fill = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     fill = fill.to(dtype=x.dtype, device=x.device)
-    x_start = x * (1 - mask) + fill * mask
-    x_t = am_evolve(x_start, prototypes, beta, alpha, steps, metric, mask=mask)
+    block_rows = max(1, block_elems // max(1, prototypes.shape[0]))
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or prototypes.requires_grad)
+    if wants_grad and x.shape[0] > block_rows and steps > 0:
+        spec = (float(beta), float(alpha), int(steps), metric, fill)
+        total = _RowBlockedLoss.apply(x, prototypes, mask, spec, block_rows)
+    else:
+        total = _loss_sum(x, prototypes, beta, alpha, steps, metric, mask, fill)
+    return total / x.shape[0]
+
+
+def _loss_sum(x, prototypes, beta, alpha, steps, metric, mask, fill) -> torch.Tensor:
+    """The batch's summed (not mean) pattern-completion loss; see ``clam_loss``."""
     target = x if metric == "euclidean" else torch.nn.functional.normalize(x, dim=1)
-    return (((x_t - target) * mask) ** 2).sum(dim=1).mean()
+    if mask is None:
+        x_t = am_evolve(x, prototypes, beta, alpha, steps, metric)
+        return ((x_t - target) ** 2).sum()
+    x_start = x * (1 - mask) + fill * mask
+    x_t = am_evolve(x_start, prototypes, beta, alpha, steps, metric, mask)
+    return (((x_t - target) * mask) ** 2).sum()
+
+
+class _RowBlockedLoss(torch.autograd.Function):
+    """The summed loss of a batch too large for one direct block, with its gradients
+    computed in the forward pass, one block of rows at a time.
+
+    Why: rows are independent given the prototypes, so the batch gradient is exactly the
+    sum of the row blocks' gradients. Running each block's forward AND backward before the
+    next block starts keeps memory at one block's saved tensors (rows x k x T), like the
+    chunked read-out, but every AM step costs the direct path's 6 GEMMs; the chunked
+    read-out recomputes the logits in its backward (7 GEMMs per step, so at most 6/7 of
+    the GEMM rate). The backward pass then only scales the stored gradients. Gradients
+    are taken for x and the prototypes (the mask and fill are constants).
+    """
+
+    @staticmethod
+    def forward(ctx, x, prototypes, mask, spec, block_rows: int):
+        beta, alpha, steps, metric, fill = spec
+        need_x, need_p = ctx.needs_input_grad[:2]
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_p = torch.zeros_like(prototypes) if need_p else None
+        total = x.new_zeros(())
+        for r0 in range(0, x.shape[0], block_rows):
+            rows = slice(r0, r0 + block_rows)
+            xb = x[rows].detach().requires_grad_(need_x)
+            pb = prototypes.detach().requires_grad_(need_p)
+            mb = None if mask is None else mask[rows]
+            with torch.enable_grad():
+                loss = _loss_sum(xb, pb, beta, alpha, steps, metric, mb, fill)
+                wanted = [t for t in (xb, pb) if t.requires_grad]
+                grads = torch.autograd.grad(loss, wanted)
+            if need_x:
+                grad_x[rows] = grads[0]
+            if need_p:
+                grad_p.add_(grads[-1])
+            total += loss.detach()
+        ctx.save_for_backward(grad_x, grad_p)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_p = ctx.saved_tensors
+        return (
+            None if grad_x is None else grad_x * grad_total,
+            None if grad_p is None else grad_p * grad_total,
+            None,
+            None,
+            None,
+        )
 
 
 @torch.no_grad()

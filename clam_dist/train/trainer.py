@@ -18,6 +18,7 @@ from pathlib import Path
 from clam_dist import methods
 from clam_dist.memory import release_unused_memory
 from clam_dist.train import checkpoint as ckpt
+from clam_dist.train import run_record
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
 from clam_dist.train.objectives import total_epochs
@@ -181,6 +182,9 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
     created = _first_missing_folder(cfg.run.storage_path)
     storage_path, storage_fs, run_url = storage(cfg)
     try:
+        # Ray Train resumes whatever run <storage>/<name> holds: refuse another config's
+        # folder now, before the init sample (the record is written below).
+        run_record.check(cfg, run_url)
         source = make_source(cfg)
         plan = plan_steps(cfg, source)
         # Ray Train v2 has no resume_from_checkpoint: the loop opens run.resume_from itself
@@ -192,6 +196,9 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
         # heap grows with the data and would be the floor of the initialisation's peak.
         release_unused_memory()
         init = resume_init(cfg, source.dim()) if cfg.run.resume_from else initialise(cfg, sample)
+        # Only once every fail-fast check passed: a refused config's corrected re-run under
+        # the same name must not meet a record of it.
+        run_record.record(cfg, run_url)
     except BaseException:
         _remove_if_empty(created)  # a refused run leaves no empty storage folder behind
         raise

@@ -27,7 +27,7 @@ from clam_dist.assign.stats import stage_seconds
 from clam_dist.assign.worker import fingerprint
 from clam_dist.config import ConfigError
 from clam_dist.data.errors import DataError
-from clam_dist.data.source import VectorSource, open_filesystem
+from clam_dist.data.source import VectorSource, is_local, open_filesystem
 from clam_dist.data.urls import absolute
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event, ray_data_errors_reported_by_us
@@ -434,9 +434,7 @@ def _arrow_fs(fs) -> pafs.FileSystem:
     """The pyarrow filesystem Ray writes the staged files through: pyarrow's own for a
     local output (its writes skip the Python file object and the GIL per chunk), else a
     pyarrow view of the same fsspec filesystem (custom endpoints, credentials and all)."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    if isinstance(fs, LocalFileSystem):
+    if is_local(fs):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 

@@ -161,7 +161,8 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is the local disk."""
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
@@ -329,7 +330,7 @@ class VectorSource:
         # fsspec's default read-ahead cache stays on: measured side by side against the
         # local S3 server it read 1.2-2.2x faster than cache_type="none" (fewer, larger
         # GETs) for ~190 MB more peak memory, which stays flat either way.
-        local = _is_local(fs)
+        local = is_local(fs)
         handle = None if local else _retrying(f"opening {path}", lambda: fs.open(path, "rb"))
         try:
             try:

@@ -142,9 +142,10 @@ def clam_loss(
     """
     check_metric(metric)
     check_dynamics(beta, alpha, steps)
-    if fill is None:
-        fill = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-    fill = fill.to(dtype=x.dtype, device=x.device)
+    if mask is not None:  # the fill only enters where coordinates are hidden
+        if fill is None:
+            fill = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+        fill = fill.to(dtype=x.dtype, device=x.device)
     block_rows = max(1, block_elems // max(1, prototypes.shape[0]))
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or prototypes.requires_grad)
     if wants_grad and x.shape[0] > block_rows and steps > 0:

@@ -20,10 +20,10 @@ from typing import Any
 from clam_dist import methods
 from clam_dist.config import to_dict
 from clam_dist.secrets import persistable
+from clam_dist.train.checkpoint import STATE
 from clam_dist.train.config import TrainConfig
 
 RECORD = "run-config.json"
-STATE = "state.json"  # clam_dist.train.checkpoint.STATE (not imported: that pulls in torch)
 
 # Fields that may change between a crashed attempt and its retry without changing what is
 # trained; they are left out of the identity, so such a retry still resumes.

@@ -26,3 +26,31 @@ def test_tasks_have_a_fixed_size_and_fill_every_slot(rows, concurrency, tasks):
     config = AssignConfig(input="in", output="out", model="m", concurrency=concurrency)
     assert _assign_tasks(source, config) == tasks
     assert -(-rows // tasks) <= TASK_ROWS
+
+
+def test_execution_settings_apply_inside_and_are_restored():
+    """The job's CPU limit and no per-operator reservation (with it, Ray Data started
+    one task alone until that task reported its output size: one slot idle for a whole
+    task). A Dataset deep-copies the DataContext when it is made, so what a Dataset made
+    inside the block sees is what counts."""
+    import copy
+
+    import ray.data
+
+    from clam_dist.assign.pipeline import _execution_settings
+
+    context = ray.data.DataContext.get_current()
+    limits_before = context.execution_options.resource_limits
+    reservation_before = context.op_resource_reservation_enabled
+    config = AssignConfig(
+        input="in", output="out", model="m", concurrency=3, num_cpus_per_actor=0.5
+    )
+    with _execution_settings(config):
+        seen = copy.deepcopy(ray.data.DataContext.get_current())
+        assert seen.op_resource_reservation_enabled is False
+        assert seen.execution_options.resource_limits.cpu == 1.5
+    assert context.op_resource_reservation_enabled == reservation_before
+    assert context.execution_options.resource_limits == limits_before
+    with pytest.raises(RuntimeError), _execution_settings(config):
+        raise RuntimeError("a failed job restores them too")
+    assert context.op_resource_reservation_enabled == reservation_before

@@ -14,7 +14,7 @@ from clam_dist.data.errors import DataError
 from clam_dist.data.row_keys import row_keys
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import iter_batches, read_rows
-from clam_dist.data.units import Unit, deal, plan_parts, plan_units, segments
+from clam_dist.data.units import Unit, deal, even_parts, plan_parts, plan_units, segments
 from clam_dist.train.step import LaneStream, lane_units, steps_in_epoch, take_step
 
 D = 3
@@ -88,6 +88,51 @@ def test_parts_are_disjoint_covering_and_balanced(mixed, parts):
     sizes = [sum(u.rows for u in part) for part in plan]
     cap = -(-sum(sizes) // parts)  # units are at most this large: parts differ by <= 2 units
     assert max(sizes) - min(sizes) <= 2 * cap
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7, 8, 40])
+def test_even_parts_are_contiguous_covering_and_equal(mixed, parts):
+    """Read tasks run side by side: equal rows (within the snap to a row-group edge),
+    every row once, in file order, each part one contiguous run."""
+    source, _ = mixed
+    files, groups = source.files(), source.row_group_rows()
+    plan = even_parts(files, groups, parts)
+    assert len(plan) == parts and all(plan)
+    flat = [(u.file, u.start, u.stop) for part in plan for u in part]
+    expect_pos = {f: 0 for f in files}
+    order = []
+    for f, a, b in flat:  # consecutive and gap-free within each file, files in order
+        assert a == expect_pos[f] and b > a
+        expect_pos[f] = b
+        if not order or order[-1] != f:
+            order.append(f)
+    assert order == files and all(expect_pos[f] == sum(groups[f]) for f in files)
+    total = sum(sum(groups[f]) for f in files)
+    sizes = [sum(u.rows for u in part) for part in plan]
+    slack = 1 + int(total / parts * 0.05)  # SNAP: a cut may move to a nearby row-group edge
+    assert max(sizes) - min(sizes) <= 2 * slack
+
+
+def test_even_parts_snap_to_row_group_edges_and_cut_inside_when_far():
+    # 10 files of 100 rows in row groups of 64 + 36: 8 parts of 125 rows.
+    files = [f"f{i}" for i in range(10)]
+    plan = even_parts(files, {f: (64, 36) for f in files}, 8)
+    assert [sum(u.rows for u in p) for p in plan] == [125] * 8  # dealt whole files: 100/200
+    assert [(u.file, u.start, u.stop) for u in plan[0]] == [("f0", 0, 100), ("f1", 0, 25)]
+    # An edge within 5% of the exact cut (500 of 1,000 rows) is taken: file a ends at
+    # 496, so the first part is all of a, and nobody decodes a row group twice.
+    plan = even_parts(["a", "b"], {"a": (64, 432), "b": (504,)}, 2)
+    assert [[(u.file, u.start, u.stop) for u in p] for p in plan] == [
+        [("a", 0, 496)],
+        [("b", 0, 504)],
+    ]
+    plan = even_parts(["a"], {"a": (470, 530)}, 2)  # the nearest edge is 30 rows away: cut
+    assert [(u.start, u.stop) for p in plan for u in p] == [(0, 500), (500, 1000)]
+    plan = even_parts(["a"], {"a": (1000,)}, 3)  # one huge row group: cut inside it
+    assert [(u.start, u.stop) for p in plan for u in p] == [(0, 333), (333, 666), (666, 1000)]
+    assert len(even_parts(["a"], {"a": (2,)}, 5)) == 2  # never an empty part
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        even_parts(["a"], {"a": 3}, 0)
 
 
 @pytest.mark.parametrize("read_threads", [1, 3])

@@ -354,9 +354,11 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
             "per-operator cap (which would stop the fusion); no actor pool, no reserved "
             "read slot, no fractional CPUs: reads overlap compute because while one "
             "task reads, the others compute. Each worker process loads the model from "
-            "its URL once (cached); a retried task reloads it. Tasks: one per 524,288 "
-            "rows (a task's memory follows its rows, so workers stay flat as data "
-            f"grows), at least {TASKS_PER_SLOT} per slot (each task is a scheduling round trip). "
+            "its URL once (cached); a retried task reloads it. Tasks: equal row "
+            "ranges, one per 524,288 rows at most (a task's memory follows its rows, so "
+            f"workers stay flat as data grows), at least {TASKS_PER_SLOT} per slot (each "
+            "task is a scheduling round trip); Ray Data's per-operator resource "
+            "reservation is off, so every slot starts at once. "
             "Batch size: rows per predictor call, auto_batch_size(d, k), a fixed rule "
             "measured with jobs/bench_assign.py --batch-sizes."
         ),
@@ -404,26 +406,28 @@ def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
     quiet_ray()
     ds = labelled = None
     try:
-        ds = to_ray_dataset(
-            source,
-            columns_extra=config.passthrough or None,
-            read_tasks=_assign_tasks(source, config),
-        )
-        # Whole blocks (batch_size=None), cut into batch_size-row predictor calls inside
-        # the task, and no per-operator concurrency cap: Ray Data then FUSES read ->
-        # assign -> write into one task per read unit, so the input vectors never pass
-        # through the object store. (A cap, or a row batch size that makes Ray bundle
-        # several read units into one task, keeps the operators apart.) The concurrency
-        # is the job's CPU limit instead: at most `concurrency` tasks at once.
-        labelled = ds.map_batches(
-            assign_batch,
-            fn_kwargs={**settings, "chunk_rows": batch_size},
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=config.num_cpus_per_actor,
-            num_gpus=config.num_gpus_per_actor or None,
-        )
-        with _resource_limits(config):
+        # The Dataset copies the DataContext when it is made: settings go in first.
+        with _execution_settings(config):
+            ds = to_ray_dataset(
+                source,
+                columns_extra=config.passthrough or None,
+                read_tasks=_assign_tasks(source, config),
+            )
+            # Whole blocks (batch_size=None), cut into batch_size-row predictor calls
+            # inside the task, and no per-operator concurrency cap: Ray Data then FUSES
+            # read -> assign -> write into one task per read unit, so the input vectors
+            # never pass through the object store. (A cap, or a row batch size that makes
+            # Ray bundle several read units into one task, keeps the operators apart.)
+            # The concurrency is the job's CPU limit instead: at most `concurrency` tasks
+            # at once.
+            labelled = ds.map_batches(
+                assign_batch,
+                fn_kwargs={**settings, "chunk_rows": batch_size},
+                batch_size=None,
+                batch_format="numpy",
+                num_cpus=config.num_cpus_per_actor,
+                num_gpus=config.num_gpus_per_actor or None,
+            )
             labelled.write_parquet(prefix.staging_path(staging), filesystem=_arrow_fs(prefix.fs))
         return _stats_text(labelled)
     finally:
@@ -460,23 +464,34 @@ def _assign_tasks(source, config: AssignConfig) -> int:
 
 
 @contextlib.contextmanager
-def _resource_limits(config: AssignConfig):
+def _execution_settings(config: AssignConfig):
     """This driver's Ray Data executions limited to ``concurrency`` tasks' worth of CPUs
-    (GPUs), restored afterwards: the fused tasks' concurrency without a per-operator cap."""
+    (GPUs), and without per-operator resource reservation; both restored afterwards.
+
+    The limit gives the fused tasks their concurrency without a per-operator cap. The
+    reservation splits the budget between operators and, before a first task has
+    reported its output size, let Ray Data start only ONE task: the second slot sat idle
+    for the whole first task (~0.8 s of a 5 s job at 1M rows). The job has one real
+    operator whose outputs are a few bytes per task (the written files' metadata), so
+    there is nothing to reserve for; measured with jobs/bench_assign.py."""
     import ray.data
 
-    options = ray.data.DataContext.get_current().execution_options
-    before = options.resource_limits
+    context = ray.data.DataContext.get_current()
+    options = context.execution_options
+    limits_before = options.resource_limits
+    reservation_before = context.op_resource_reservation_enabled
     limits = {}
     if config.num_cpus_per_actor > 0:
         limits["cpu"] = config.concurrency * config.num_cpus_per_actor
     if config.num_gpus_per_actor > 0:
         limits["gpu"] = config.concurrency * config.num_gpus_per_actor
-    options.resource_limits = before.copy(**limits) if limits else before
+    options.resource_limits = limits_before.copy(**limits) if limits else limits_before
+    context.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        options.resource_limits = before
+        options.resource_limits = limits_before
+        context.op_resource_reservation_enabled = reservation_before
 
 
 def _stats_text(ds) -> str:

@@ -1,8 +1,9 @@
 """A Ray Data dataset over a VectorSource: batches with 'id', 'x' (float32 (n, d)),
 'label' when the source has a label column, and any requested pass-through columns.
 
-Read tasks are row ranges (data/units.py): row groups, merged when small and split when
-huge, dealt to ``read_tasks`` tasks, so even one Parquet file is read in parallel. Each
+Read tasks are row ranges (data/units.py: even_parts): ``read_tasks`` contiguous ranges of
+equal row counts, cut at row-group boundaries where one is close, so even one Parquet file
+is read in parallel and no task outlasts the others by its size. Each
 task streams its ranges in bounded batches through the same reader as training (so
 schema checks, the NaN policy and the generated '<file>:<row>' ids are identical on every
 path).
@@ -16,7 +17,7 @@ import numpy as np
 
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import read_unit
-from clam_dist.data.units import UNIT_ROWS, Unit, plan_parts, segments
+from clam_dist.data.units import UNIT_ROWS, Unit, even_parts, segments
 
 
 def _read_units(
@@ -38,14 +39,16 @@ def _read_units(
 
 
 def read_plan(source: VectorSource, read_tasks: int | None = None) -> list[list[Unit]]:
-    """The row ranges of each read task. Default: one task per ~UNIT_ROWS rows, but at
-    least one per file (files are the natural grain of object stores)."""
+    """The row ranges of each read task, equal in rows (tasks run side by side, so the
+    largest one sets the job's end: with whole row groups dealt instead, 8 tasks over 10
+    files of 100,000 rows got 100,000 or 200,000 rows and the two large ones ran last).
+    Default count: one task per ~UNIT_ROWS rows, but at least one per file."""
     files, row_groups = source.files(), source.row_group_rows()
     if read_tasks is None:
         read_tasks = max(len(files), -(-source.num_rows() // UNIT_ROWS))
     if read_tasks < 1:
         raise ValueError(f"read_tasks must be >= 1, got {read_tasks}")
-    parts = plan_parts(files, row_groups, read_tasks, shuffle=False)
+    parts = even_parts(files, row_groups, read_tasks)
     return [p for p in parts if p]
 
 

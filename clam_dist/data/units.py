@@ -18,6 +18,8 @@ import numpy as np
 # Rows per unit at most: 1 Mi rows of 128 float32 are 512 MiB of vectors, read as a stream
 # of bounded batches, so this caps the work per task, not the memory.
 UNIT_ROWS = 1 << 20
+# even_parts moves a cut to a row-group boundary within this share of a part's rows.
+SNAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,45 @@ def deal(units: list[Unit], parts: int) -> list[list[Unit]]:
         bounds.append(min(max(j, lo), hi))
     bounds.append(k)
     return [units[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def even_parts(
+    files: list[str], row_groups: dict[str, int | tuple[int, ...]], parts: int
+) -> list[list[Unit]]:
+    """``parts`` contiguous row ranges of ``files`` (in order) with equal row counts (+-1
+    row), whatever the row groups: for tasks that run side by side, where the job lasts
+    as long as its largest task. A cut lands on a row-group boundary when one is within
+    SNAP of the exact position (a cut inside a row group makes the second task decode the
+    group's rows before the cut and discard them), else inside the group."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    sizes = [sum(_row_groups(row_groups[f])) for f in files]
+    total = sum(sizes)
+    parts = max(1, min(parts, total))
+    # Row-group boundaries in global row numbers, for snapping.
+    edges = [0]
+    for f in files:
+        edges.extend((edges[-1] + np.cumsum(_row_groups(row_groups[f]), dtype=np.int64)).tolist())
+    edges_np = np.unique(np.asarray(edges, dtype=np.int64))
+    snap = max(1, int(total / parts * SNAP))
+    cuts = [0]
+    for i in range(1, parts):
+        exact = total * i // parts
+        j = int(np.searchsorted(edges_np, exact))
+        near = [e for e in edges_np[max(0, j - 1) : j + 1] if abs(int(e) - exact) <= snap]
+        cut = int(min(near, key=lambda e: abs(int(e) - exact))) if near else exact
+        cuts.append(max(cut, cuts[-1]))
+    cuts.append(total)
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    out: list[list[Unit]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        part = []
+        for f, f0, n in zip(files, starts, sizes):
+            lo, hi = max(a, f0), min(b, f0 + n)
+            if lo < hi:
+                part.append(Unit(f, lo - f0, hi - f0))
+        out.append(part)
+    return out
 
 
 def epoch_file_order(files: list[str], epoch: int, seed: int, shuffle: bool = True) -> list[str]:

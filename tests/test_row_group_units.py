@@ -130,7 +130,10 @@ def test_even_parts_snap_to_row_group_edges_and_cut_inside_when_far():
     assert [(u.start, u.stop) for p in plan for u in p] == [(0, 500), (500, 1000)]
     plan = even_parts(["a"], {"a": (1000,)}, 3)  # one huge row group: cut inside it
     assert [(u.start, u.stop) for p in plan for u in p] == [(0, 333), (333, 666), (666, 1000)]
-    assert len(even_parts(["a"], {"a": (2,)}, 5)) == 2  # never an empty part
+    for groups, parts in [((2,), 5), ((1, 1), 2), ((1, 1, 1), 3), ((3, 1), 4)]:
+        plan = even_parts(["a"], {"a": groups}, parts)  # never an empty part
+        assert len(plan) == min(parts, sum(groups)) and all(u.rows > 0 for p in plan for u in p)
+        assert sum(u.rows for p in plan for u in p) == sum(groups)
     with pytest.raises(ValueError, match="parts must be >= 1"):
         even_parts(["a"], {"a": 3}, 0)
 

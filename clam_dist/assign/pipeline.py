@@ -355,8 +355,8 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
             "read slot, no fractional CPUs: reads overlap compute because while one "
             "task reads, the others compute. Each worker process loads the model from "
             "its URL once (cached); a retried task reloads it. Tasks: equal row "
-            "ranges, one per 524,288 rows at most (a task's memory follows its rows, so "
-            f"workers stay flat as data grows), at least {TASKS_PER_SLOT} per slot (each "
+            "ranges, one per 524,288 rows at most (a fixed bound on what one task "
+            f"holds, whatever the data's size), at least {TASKS_PER_SLOT} per slot (each "
             "task is a scheduling round trip); Ray Data's per-operator resource "
             "reservation is off, so every slot starts at once. "
             "Batch size: rows per predictor call, auto_batch_size(d, k), a fixed rule "
@@ -447,10 +447,12 @@ def _arrow_fs(fs) -> pafs.FileSystem:
 # times differed by up to 1.8x and the last wave left a slot idle; 4 per slot (8 tasks of
 # 125,000 rows on 2 slots) ran 8% more rows/s (jobs/bench_assign.py, alternated runs).
 TASKS_PER_SLOT = 4
-# Rows per fused task, whatever the data's size: a task's peak memory follows its rows
-# (measured: tasks of 625,000 vs 1,000,000 rows put the assignment workers' peak RSS
-# 16-18% apart at 2.5M vs 10M rows; at 524,288 rows per task +6% / -1%), so a fixed size
-# keeps workers flat as data grows. (262,144 rows: flat too, but 7% slower at 4M rows.)
+# Rows per fused task at most, whatever the data's size, so what one task holds does not
+# grow with the data (tasks sized from the data, 625,000 vs 1,000,000 rows, put the
+# workers' peak RSS 16-18% apart at 2.5M vs 10M rows). With this bound the peak still
+# grew 9-18% across repeated runs, with the number of tasks a process runs rather than
+# one task's rows (one 524,288-row task peaks ~53 MB above a 262,144-row one); 262,144
+# rows gave +4% / -1% once but ran 8-13% slower at 10M rows (jobs/bench_scale.py).
 TASK_ROWS = 1 << 19
 
 

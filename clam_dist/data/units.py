@@ -89,11 +89,12 @@ def deal(units: list[Unit], parts: int) -> list[list[Unit]]:
 def even_parts(
     files: list[str], row_groups: dict[str, int | tuple[int, ...]], parts: int
 ) -> list[list[Unit]]:
-    """``parts`` contiguous row ranges of ``files`` (in order) with equal row counts (+-1
-    row), whatever the row groups: for tasks that run side by side, where the job lasts
+    """``parts`` contiguous, non-empty row ranges of ``files`` (in order) with equal row
+    counts whatever the row groups: for tasks that run side by side, where the job lasts
     as long as its largest task. A cut lands on a row-group boundary when one is within
-    SNAP of the exact position (a cut inside a row group makes the second task decode the
-    group's rows before the cut and discard them), else inside the group."""
+    SNAP of a part's rows from the exact position (a cut inside a row group makes the
+    second task decode the group's rows before the cut and discard them), else exactly
+    there, inside the group. Fewer parts than asked only when there are fewer rows."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
     sizes = [sum(_row_groups(row_groups[f])) for f in files]
@@ -109,9 +110,14 @@ def even_parts(
     for i in range(1, parts):
         exact = total * i // parts
         j = int(np.searchsorted(edges_np, exact))
-        near = [e for e in edges_np[max(0, j - 1) : j + 1] if abs(int(e) - exact) <= snap]
-        cut = int(min(near, key=lambda e: abs(int(e) - exact))) if near else exact
-        cuts.append(max(cut, cuts[-1]))
+        near = [
+            int(e)
+            for e in edges_np[max(0, j - 1) : j + 1]
+            if abs(int(e) - exact) <= snap and cuts[-1] < int(e) < total
+        ]
+        cut = min(near, key=lambda e: abs(e - exact)) if near else exact
+        # at least one row for this part and one for each part still to come
+        cuts.append(min(max(cut, cuts[-1] + 1), total - (parts - i)))
     cuts.append(total)
     starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
     out: list[list[Unit]] = []

@@ -37,11 +37,12 @@ def test_execution_settings_apply_inside_and_are_restored():
 
     import ray.data
 
-    from clam_dist.assign.pipeline import _execution_settings
+    from clam_dist.assign.pipeline import ASSIGN_BLOCK_BYTES, _execution_settings
 
     context = ray.data.DataContext.get_current()
     limits_before = context.execution_options.resource_limits
     reservation_before = context.op_resource_reservation_enabled
+    block_before = context.target_max_block_size
     config = AssignConfig(
         input="in", output="out", model="m", concurrency=3, num_cpus_per_actor=0.5
     )
@@ -49,8 +50,21 @@ def test_execution_settings_apply_inside_and_are_restored():
         seen = copy.deepcopy(ray.data.DataContext.get_current())
         assert seen.op_resource_reservation_enabled is False
         assert seen.execution_options.resource_limits.cpu == 1.5
+        assert seen.target_max_block_size == ASSIGN_BLOCK_BYTES
     assert context.op_resource_reservation_enabled == reservation_before
     assert context.execution_options.resource_limits == limits_before
+    assert context.target_max_block_size == block_before
     with pytest.raises(RuntimeError), _execution_settings(config):
         raise RuntimeError("a failed job restores them too")
     assert context.op_resource_reservation_enabled == reservation_before
+    assert context.target_max_block_size == block_before
+
+
+@pytest.mark.parametrize("d,rows", [(128, 16_384), (8, 65_536), (1_000_000, 1_024), (100, 20_971)])
+def test_read_batches_are_half_a_block(d, rows):
+    """Two read batches of float32 vectors fill one ASSIGN_BLOCK_BYTES block, within
+    [1,024, 65,536] rows."""
+    from clam_dist.assign.pipeline import ASSIGN_BLOCK_BYTES, _read_batch_rows
+
+    assert ASSIGN_BLOCK_BYTES == 16 << 20
+    assert _read_batch_rows(d) == rows

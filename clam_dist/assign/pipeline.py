@@ -354,7 +354,8 @@ def _compute_plan(config: AssignConfig, batch_size: int) -> dict:
             "per-operator cap (which would stop the fusion); no actor pool, no reserved "
             "read slot, no fractional CPUs: reads overlap compute because while one "
             "task reads, the others compute. Each worker process loads the model from "
-            "its URL once (cached); a retried task reloads it. Tasks: equal row "
+            "its URL once (cached); a retried task reloads it. Blocks of "
+            f"{ASSIGN_BLOCK_BYTES >> 20} MiB bound what a task holds at once. Tasks: equal row "
             "ranges, one per 524,288 rows at most (a fixed bound on what one task "
             f"holds, whatever the data's size), at least {TASKS_PER_SLOT} per slot (each "
             "task is a scheduling round trip); Ray Data's per-operator resource "
@@ -411,6 +412,7 @@ def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
             ds = to_ray_dataset(
                 source,
                 columns_extra=config.passthrough or None,
+                batch_rows=_read_batch_rows(source.dim()),
                 read_tasks=_assign_tasks(source, config),
             )
             # Whole blocks (batch_size=None), cut into batch_size-row predictor calls
@@ -449,10 +451,8 @@ def _arrow_fs(fs) -> pafs.FileSystem:
 TASKS_PER_SLOT = 4
 # Rows per fused task at most, whatever the data's size, so what one task holds does not
 # grow with the data (tasks sized from the data, 625,000 vs 1,000,000 rows, put the
-# workers' peak RSS 16-18% apart at 2.5M vs 10M rows). With this bound the peak still
-# grew 9-18% across repeated runs, with the number of tasks a process runs rather than
-# one task's rows (one 524,288-row task peaks ~53 MB above a 262,144-row one); 262,144
-# rows gave +4% / -1% once but ran 8-13% slower at 10M rows (jobs/bench_scale.py).
+# workers' peak RSS 16-18% apart at 2.5M vs 10M rows). What a task holds at once is
+# bounded further by its blocks (ASSIGN_BLOCK_BYTES).
 TASK_ROWS = 1 << 19
 
 
@@ -465,6 +465,22 @@ def _assign_tasks(source, config: AssignConfig) -> int:
     return max(1, by_size, TASKS_PER_SLOT * config.concurrency)
 
 
+# Bytes per Ray Data block in the assignment (Ray Data's default is 128 MiB). A block is
+# what a fused task holds at once, gathered from read batches half its size: with 128 MiB
+# blocks (65,536-row reads) a worker's RSS swung between ~500 MB and ~1.1 GB, and its
+# peak, the largest of those swings, grew with the number of blocks the process had
+# seen (+9..+18% from 2.5M to 10M rows, d = 128, k = 1,024). 16 MiB blocks (16,384-row
+# reads) cut the peak to ~0.7-0.8 GB and ran 2-7% faster (jobs/bench_scale.py and
+# assignment-only runs of the same files, README).
+ASSIGN_BLOCK_BYTES = 16 << 20
+
+
+def _read_batch_rows(d: int) -> int:
+    """Rows per read batch: half a block of float32 vectors of width ``d`` (two read
+    batches make one block), within [1,024, 65,536]."""
+    return int(min(65_536, max(1_024, ASSIGN_BLOCK_BYTES // 2 // (4 * max(1, d)))))
+
+
 @contextlib.contextmanager
 def _execution_settings(config: AssignConfig):
     """This driver's Ray Data executions limited to ``concurrency`` tasks' worth of CPUs
@@ -475,13 +491,15 @@ def _execution_settings(config: AssignConfig):
     reported its output size, let Ray Data start only ONE task: the second slot sat idle
     for the whole first task (~0.8 s of a 5 s job at 1M rows). The job has one real
     operator whose outputs are a few bytes per task (the written files' metadata), so
-    there is nothing to reserve for; measured with jobs/bench_assign.py."""
+    there is nothing to reserve for; measured with jobs/bench_assign.py. Blocks are
+    ASSIGN_BLOCK_BYTES."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     options = context.execution_options
     limits_before = options.resource_limits
     reservation_before = context.op_resource_reservation_enabled
+    block_before = context.target_max_block_size
     limits = {}
     if config.num_cpus_per_actor > 0:
         limits["cpu"] = config.concurrency * config.num_cpus_per_actor
@@ -489,11 +507,13 @@ def _execution_settings(config: AssignConfig):
         limits["gpu"] = config.concurrency * config.num_gpus_per_actor
     options.resource_limits = limits_before.copy(**limits) if limits else limits_before
     context.op_resource_reservation_enabled = False
+    context.target_max_block_size = ASSIGN_BLOCK_BYTES
     try:
         yield
     finally:
         options.resource_limits = limits_before
         context.op_resource_reservation_enabled = reservation_before
+        context.target_max_block_size = block_before
 
 
 def _stats_text(ds) -> str:

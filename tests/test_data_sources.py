@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clam_dist.data.errors import DataError
@@ -205,3 +207,21 @@ def test_writer_checks_shapes_and_leaves_no_temporary_files(tmp_path):
         "part-00001.parquet",
         "part-00002.parquet",
     ]
+
+
+def test_width_of_a_variable_length_list_is_read_once(tmp_path, monkeypatch):
+    """A list<float> column has no width in its schema: dim() decodes the first row group
+    for it, once per source however often a job asks (checks, read plan, batch sizes)."""
+    rows = pa.array([[1.0, 2.0, 3.0]] * 4, type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"v": rows}), tmp_path / "a.parquet")
+    source = VectorSource(str(tmp_path))
+    opened = []
+    real = VectorSource.parquet_file
+    monkeypatch.setattr(
+        VectorSource, "parquet_file", lambda self, path: opened.append(path) or real(self, path)
+    )
+    assert source.dim() == 3
+    assert opened, "the first call decodes the first file's first row group"
+    opened.clear()
+    assert source.dim() == 3 and source.dim() == 3
+    assert opened == []

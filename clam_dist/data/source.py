@@ -424,6 +424,12 @@ class VectorSource:
         known = {f: w for f, w in widths.items() if w is not None}
         if known:
             return next(iter(known.values()))
+        return self._first_row_width
+
+    @cached_property
+    def _first_row_width(self) -> int:
+        """Width of the first row of a variable-length list column: read once per source
+        (a whole row group is decoded for it, and a job asks dim() several times)."""
         first = self.files()[0]
         vec, _ = self.resolve_columns(self._schema_of(first), first)
         with self.parquet_file(first) as pf:

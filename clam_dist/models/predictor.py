@@ -29,11 +29,11 @@ RULES = ("am", "dot", "nearest")
 ROW_CHUNK = 65_536  # rows per chunk at most
 # (rows x prototypes) entries per chunk at most: the (rows, k) score and probability
 # blocks stay at 4 MiB whatever k is, so a chunk's elementwise passes over them (min,
-# logsumexp, the AM steps' softmax) run in cache. Measured with 2 torch threads on
-# 65,536 x 128 rows with the energy output (nearest rule / 5 AM steps, rows/s):
-# k = 1,024: 152k / 23k with 2^24 (64 MiB) blocks, 222k / 37k with 2^20; k = 256:
-# 503k / 129k vs 1,018k / 148k; k = 4,096: 38k / 6k vs 51k / 9k. The smaller
-# transients also keep an assignment worker's peak memory flat (README, 10M rows).
+# logsumexp, the AM steps' softmax) run in cache. `python jobs/bench_predictor.py`
+# (65,536 x 128 rows, 2 threads, energy output; rows/s with 2^24 (64 MiB) -> 2^20
+# chunks): nearest rule k = 256 540k -> 801k, k = 1,024 155k -> 322k, k = 4,096 67k ->
+# 75k; 5 AM steps 74k -> 150k, 22k -> 39k, 6.2k -> 9.7k. The smaller transients also
+# keep an assignment worker's peak memory flat (README, 10M rows).
 BLOCK_ELEMS = 1 << 20
 
 

@@ -3,6 +3,9 @@
 
 The JSON is written LAST: a directory whose JSON exists and names every tensor with the
 shapes the tensor file holds is a complete artifact; anything else is refused.
+``check_artifact`` makes every check of ``load_artifact`` with bounded reads (model.json,
+the safetensors header, the prototypes) before anything is read whole, so a corrupt or
+lying file costs no memory; `clam-dist inspect` uses it to refuse what a load refuses.
 """
 
 from __future__ import annotations
@@ -143,83 +146,259 @@ def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | Non
     return url
 
 
-def _check_consistent(url: str, meta: dict, tensors: dict) -> None:
-    """model.json's numbers must describe its tensors and be usable: a hand-edited or
-    mismatched file is refused here, not found out inside the assignment's workers."""
-    where = f"{url}/{META_FILE}"
-    protos = tensors.get("prototypes")
-    if protos is None or protos.ndim != 2:
-        raise ArtifactError(f"{url}/{TENSORS_FILE}: no 2-D 'prototypes' tensor")
-    checks = [
-        ("k", meta.get("k"), protos.shape[0], "the prototypes' rows"),
-        ("d_model", meta.get("d_model"), protos.shape[1], "the prototypes' columns"),
-    ]
-    for name in ("scaler_mean", "scaler_scale"):
-        if name in tensors:
-            checks.append(("n_features", meta.get("n_features"), tensors[name].shape[0], name))
-    for field_name, said, found, what in checks:
-        if said is not None and said != found:
-            raise ArtifactError(
-                f"{where}: {field_name} = {said}, but {what} say {found} (mismatched files?)"
-            )
-    beta, alpha, steps = meta.get("beta"), meta.get("alpha"), meta.get("steps")
-    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
-        raise ArtifactError(f"{where}: beta must be a finite number > 0, got {beta!r}")
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
-        raise ArtifactError(f"{where}: alpha must be a finite number > 0, got {alpha!r}")
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ArtifactError(f"{where}: steps must be an integer >= 0, got {steps!r}")
-    if not np.isfinite(protos).all():
-        raise ArtifactError(f"{url}/{TENSORS_FILE}: prototypes contain NaN/inf")
+# -- checking before reading ------------------------------------------------------------
+# A model directory may come from anywhere (a shared bucket, a hand edit). Nothing is read
+# whole until its size is known to be what the files declare: model.json has a bound, the
+# safetensors header has a bound and is read first, and every tensor's dtype, shape and
+# byte range must agree with each other, with model.json and with the file's size.
+
+MAX_META_BYTES = 64 * 2**20  # model.json holds a config and a loss history: KBs
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
+# The dtypes safetensors.numpy loads, and their sizes in bytes.
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "U32": 4, "I32": 4,
+    "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}  # safetensors is little-endian
+# What a model cannot be built without (model.json fields).
+REQUIRED_FIELDS = ("method", "n_features", "beta", "alpha", "steps", "metric")
 
 
-def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifact:
-    """Read and validate an artifact directory written by ``save_artifact``."""
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the safetensors header declares it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # byte range in the data section (after the length and the header)
+    end: int
+
+
+@dataclass
+class CheckedArtifact:
+    """An artifact that passed every check ``load_artifact`` makes: model.json's fields,
+    the tensors the file declares and both files' sizes in bytes."""
+
+    url: str
+    meta: dict
+    tensors: dict[str, TensorEntry]
+    file_bytes: dict[str, int]
+
+
+def check_artifact(url: str, storage_options: dict | None = None) -> CheckedArtifact:
+    """Every check of ``load_artifact`` without loading: raises ArtifactError naming the
+    file and the mismatch. Reads model.json, the safetensors header and the prototypes'
+    bytes, each bounded; `inspect` uses it so that it refuses what a load refuses."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    meta_path, tensor_path = f"{path}/{META_FILE}", f"{path}/{TENSORS_FILE}"
-    if not fs.exists(meta_path):
+    return check_artifact_at(fs, path, url)
+
+
+def check_artifact_at(fs, path: str, url: str) -> CheckedArtifact:
+    """``check_artifact`` on an open filesystem (``path`` in it, ``url`` for messages)."""
+    meta, meta_bytes = read_meta(fs, path, url)
+    tensor_path, where = f"{path}/{TENSORS_FILE}", f"{url}/{TENSORS_FILE}"
+    size = _file_size(fs, tensor_path, where, f"{url}: {TENSORS_FILE} is missing")
+    data_offset, entries = _read_header(fs, tensor_path, where, size)
+    _check_declared(url, meta, entries)
+    protos = entries["prototypes"]
+    raw = _read_range(fs, tensor_path, where, data_offset + protos.start, data_offset + protos.end)
+    values = np.frombuffer(raw, dtype=FLOAT_DTYPES[protos.dtype])
+    if not np.isfinite(values).all():
+        raise ArtifactError(f"{where}: prototypes contain NaN/inf")
+    return CheckedArtifact(url, meta, entries, {META_FILE: meta_bytes, TENSORS_FILE: size})
+
+
+def read_meta(fs, path: str, url: str) -> tuple[dict, int]:
+    """model.json (bounded) with its format marker and version checked; and its size."""
+    where = f"{url}/{META_FILE}"
+    missing = f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)"
+    size = _file_size(fs, f"{path}/{META_FILE}", where, missing)
+    if size > MAX_META_BYTES:
         raise ArtifactError(
-            f"{url}: no {META_FILE}: not a clam-dist model directory (or an incomplete save)"
+            f"{where}: {size} bytes, more than a clam-dist model.json ever holds "
+            f"({MAX_META_BYTES} at most): not a clam-dist model"
         )
-    try:
-        raw = fs.cat(meta_path)
-    except OSError as exc:
-        raise ArtifactError(f"{url}/{META_FILE}: cannot read: {exc}") from exc
+    raw = _read_range(fs, f"{path}/{META_FILE}", where, 0, size)
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{url}/{META_FILE}: not valid JSON: {exc}") from exc
+        raise ArtifactError(f"{where}: not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{url}: {META_FILE} is not a clam-dist model (format marker missing)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{url}: unsupported format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
-    if not fs.exists(tensor_path):
-        raise ArtifactError(f"{url}: {TENSORS_FILE} is missing")
+    return meta, size
+
+
+def _file_size(fs, path: str, where: str, missing: str) -> int:
     try:
-        tensors = st_load(fs.cat(tensor_path))
-    except (SafetensorError, ValueError, OSError) as exc:
-        raise ArtifactError(f"{url}/{TENSORS_FILE}: corrupt safetensors file: {exc}") from exc
-    expected = meta.get("tensor_shapes", {})
-    found = {name: list(t.shape) for name, t in tensors.items()}
-    if expected != found:
-        raise ArtifactError(f"{url}: tensors {found} do not match the metadata {expected}")
-    _check_consistent(url, meta, tensors)
+        return int(fs.size(path))
+    except FileNotFoundError as exc:
+        raise ArtifactError(missing) from exc
+    except OSError as exc:
+        raise ArtifactError(f"{where}: cannot read: {exc}") from exc
+
+
+def _read_range(fs, path: str, where: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file, which must all be there."""
     try:
-        return ModelArtifact(
-            method=meta["method"],
-            prototypes=tensors["prototypes"],
-            n_features=int(meta["n_features"]),
-            beta=float(meta["beta"]),
-            alpha=float(meta["alpha"]),
-            steps=int(meta["steps"]),
-            metric=meta["metric"],
-            scaler_mean=tensors.get("scaler_mean"),
-            scaler_scale=tensors.get("scaler_scale"),
-            tensors={n[len("extra.") :]: t for n, t in tensors.items() if n.startswith("extra.")},
-            meta=meta.get("meta", {}),
-            library_version=meta.get("library_version", "unknown"),
+        raw = fs.cat_file(path, start=start, end=end)
+    except OSError as exc:
+        raise ArtifactError(f"{where}: cannot read: {exc}") from exc
+    if len(raw) != end - start:  # shorter than its size said: replaced while we read
+        raise ArtifactError(f"{where}: corrupt safetensors file: changed while being read")
+    return raw
+
+
+def _corrupt(where: str, why: str) -> ArtifactError:
+    return ArtifactError(f"{where}: corrupt safetensors file: {why}")
+
+
+def _read_header(fs, path: str, where: str, size: int) -> tuple[int, dict[str, TensorEntry]]:
+    """(offset of the data section, {name: entry}) from a safetensors file of ``size``
+    bytes: an 8-byte little-endian header length, a JSON header, then the data."""
+    if size < 8:
+        raise _corrupt(where, f"{size} bytes, too short to hold a header")
+    n = int.from_bytes(_read_range(fs, path, where, 0, 8), "little")
+    if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+        raise _corrupt(
+            where,
+            f"its header length says {n} bytes, but the file has {size} bytes "
+            f"(a header is 2 to {MAX_HEADER_BYTES} bytes)",
         )
-    except KeyError as exc:
-        raise ArtifactError(f"{url}: {META_FILE} lacks field {exc}") from exc
+    try:
+        header = json.loads(_read_range(fs, path, where, 8, 8 + n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(where, f"its header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise _corrupt(where, "its header is not a JSON object")
+    entries = {
+        name: _entry(where, name, spec) for name, spec in header.items() if name != "__metadata__"
+    }
+    _check_layout(where, entries, size - 8 - n)
+    return 8 + n, entries
+
+
+def _entry(where: str, name: str, spec) -> TensorEntry:
+    """One header entry, its byte range matching its dtype and shape."""
+    if not isinstance(spec, dict):
+        raise _corrupt(where, f"tensor {name!r} is not described by a JSON object")
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise _corrupt(where, f"tensor {name!r} has an unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(_count(s) for s in shape)):
+        raise _corrupt(where, f"tensor {name!r} has an invalid shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_count(o) for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise _corrupt(where, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    need = math.prod(shape) * DTYPE_BYTES[dtype]  # Python ints: no overflow at 10^12
+    if offsets[1] - offsets[0] != need:
+        raise _corrupt(
+            where,
+            f"tensor {name!r} ({dtype} {shape}) needs {need} bytes, its data_offsets "
+            f"span {offsets[1] - offsets[0]}",
+        )
+    return TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(where: str, entries: dict[str, TensorEntry], data_bytes: int) -> None:
+    """The tensors tile the data section exactly: no overlap, no gap, nothing past the
+    end of the file (a header claiming a 4 TB tensor in a small file stops here)."""
+    end = 0
+    for name, e in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+        if e.start != end:
+            raise _corrupt(where, f"tensor {name!r} starts at byte {e.start}, expected {end}")
+        end = e.end
+    if end != data_bytes:
+        raise _corrupt(
+            where,
+            f"its tensors declare {end} bytes of data, the file holds {data_bytes} "
+            "(truncated, padded or forged)",
+        )
+
+
+def _check_declared(url: str, meta: dict, entries: dict[str, TensorEntry]) -> None:
+    """model.json's numbers must describe the tensors and be usable: a hand-edited or
+    mismatched file is refused here, not found out inside the assignment's workers."""
+    where = f"{url}/{META_FILE}"
+    for key in REQUIRED_FIELDS:
+        if key not in meta:
+            raise ArtifactError(f"{url}: {META_FILE} lacks field {key!r}")
+    if meta["method"] not in methods.names():
+        raise ArtifactError(
+            f"{where}: method must be one of {list(methods.names())}, got {meta['method']!r}"
+        )
+    protos = entries.get("prototypes")
+    if protos is None or len(protos.shape) != 2 or protos.dtype not in FLOAT_DTYPES:
+        raise ArtifactError(f"{url}/{TENSORS_FILE}: no 2-D floating-point 'prototypes' tensor")
+    if protos.shape[0] == 0:
+        raise ArtifactError(f"{url}/{TENSORS_FILE}: 'prototypes' has no rows (k = 0)")
+    n_features = meta["n_features"]
+    if not (_count(n_features) and n_features >= 1):
+        raise ArtifactError(f"{where}: n_features must be an integer >= 1, got {n_features!r}")
+    checks = [
+        ("k", meta.get("k"), protos.shape[0], "the prototypes' rows"),
+        ("d_model", meta.get("d_model"), protos.shape[1], "the prototypes' columns"),
+    ]
+    for name in ("scaler_mean", "scaler_scale"):
+        if name in entries:
+            checks.append(("n_features", n_features, math.prod(entries[name].shape), name))
+    for field_name, said, found, what in checks:
+        if said is not None and said != found:
+            raise ArtifactError(
+                f"{where}: {field_name} = {said}, but {what} say {found} (mismatched files?)"
+            )
+    expected = meta.get("tensor_shapes", {})
+    found_shapes = {name: list(e.shape) for name, e in entries.items()}
+    if expected != found_shapes:
+        raise ArtifactError(f"{url}: tensors {found_shapes} do not match the metadata {expected}")
+    _check_dynamics(where, meta)
+
+
+def _check_dynamics(where: str, meta: dict) -> None:
+    beta, alpha, steps = meta["beta"], meta["alpha"], meta["steps"]
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+        raise ArtifactError(f"{where}: beta must be a finite number > 0, got {beta!r}")
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ArtifactError(f"{where}: alpha must be a finite number > 0, got {alpha!r}")
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ArtifactError(f"{where}: steps must be an integer >= 0, got {steps!r}")
+
+
+def load_artifact(url: str, storage_options: dict | None = None) -> ModelArtifact:
+    """Read and validate an artifact directory written by ``save_artifact``: every check
+    of ``check_artifact`` first, so only a file of the size it declares is read whole."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    checked = check_artifact_at(fs, path, url)
+    meta, where = checked.meta, f"{url}/{TENSORS_FILE}"
+    raw = _read_range(fs, f"{path}/{TENSORS_FILE}", where, 0, checked.file_bytes[TENSORS_FILE])
+    try:
+        tensors = st_load(raw)
+    except (SafetensorError, ValueError) as exc:
+        raise _corrupt(where, str(exc)) from exc
+    if {n: list(t.shape) for n, t in tensors.items()} != meta.get("tensor_shapes", {}):
+        raise _corrupt(where, "changed while being read")
+    return ModelArtifact(
+        method=meta["method"],
+        prototypes=tensors["prototypes"],
+        n_features=int(meta["n_features"]),
+        beta=float(meta["beta"]),
+        alpha=float(meta["alpha"]),
+        steps=int(meta["steps"]),
+        metric=meta["metric"],
+        scaler_mean=tensors.get("scaler_mean"),
+        scaler_scale=tensors.get("scaler_scale"),
+        tensors={n[len("extra.") :]: t for n, t in tensors.items() if n.startswith("extra.")},
+        meta=meta.get("meta", {}),
+        library_version=meta.get("library_version", "unknown"),
+    )

@@ -47,13 +47,24 @@ def _installed(module_name: str) -> bool:
 COMMANDS = {name: spec for name, spec in _REGISTRY.items() if _installed(spec[0])}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as ONE line (argparse prints the whole usage block first),
+    pointing at --help; exit code 2 as for every input error. Subcommand parsers are made
+    of the same class (argparse's default for add_subparsers)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="clam-dist",
         description="Distributed clustering with Associative Memories (ClAM, DCAM, attention, k-means).",
     )
     # Accepted anywhere on the line (main() takes them out before the command's parser).
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks, Ray's logs")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version")
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
@@ -76,6 +87,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 LOG_FORMATS = ("text", "json")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clam-dist")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _pop_option(argv: list[str], name: str) -> str | None:
     """Remove ``name VALUE`` / ``name=VALUE`` from ``argv`` (the last one wins)."""
     value = None
@@ -94,6 +114,9 @@ def _pop_option(argv: list[str], name: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"clam-dist {_version()}")
+        return 0
     # -v/--verbose anywhere: tracebacks on errors, Ray's own INFO logs.
     verbose = any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
@@ -105,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=chosen if chosen in COMMANDS else "__none__")
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    try:  # a usage error returns its exit code (2), as every failure of main() does
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.error(f"a command is required, one of: {', '.join(COMMANDS)}")
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help: argparse's own clean exit
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
     return run_logged(
         args.command,
         lambda: importlib.import_module(args._module).run(args),
@@ -143,11 +170,15 @@ def _run_logged(command: str, fn, verbose: bool) -> int:
     import time
     import traceback
 
+    from clam_dist import interrupts
     from clam_dist.errors import describe, exit_code
     from clam_dist.logs import log_event, set_job, set_verbose
 
     set_job(command)
     set_verbose(verbose)
+    # Ctrl-C and SIGTERM: clean up, then one line and 130/143 (clam_dist.interrupts).
+    interrupts.reset()
+    interrupts.catch_signals()
     log_event("job_start")
     t0 = time.perf_counter()
     error = None
@@ -160,6 +191,12 @@ def _run_logged(command: str, fn, verbose: bool) -> int:
             details = getattr(exc, "details", None)
             if details:
                 print(details, file=sys.stderr)
+    signum = interrupts.received()
+    if signum is not None:
+        # Whatever a library made of the KeyboardInterrupt (Ray Train wraps it), the
+        # person asked the job to stop: say that, with the shell's exit code.
+        code, error = interrupts.exit_code(signum), interrupts.describe(command, signum)
+    if error:
         print(error, file=sys.stderr)
     log_event(
         "job_done",

@@ -6,6 +6,21 @@ rows found while reading, a failed commit); 2 bad input or config found BEFORE a
 that is not ours). Errors raised inside Ray workers arrive wrapped (RayTaskError,
 UserCodeException, ...): :func:`root_cause` digs out the project's own exception, whose
 message names the file, column, rows or shape.
+
+Storage that cannot be used at all is a setup error, exit 2, like a missing file, in
+every command (``inspect`` included):
+
+- no credentials anywhere in the AWS chain for an ``s3://`` URL (data/source.py refuses
+  it when the filesystem is opened, naming the URL and how to give them; a botocore
+  ``NoCredentialsError`` that still gets through is treated the same);
+- an endpoint that cannot be CONNECTED to (connection refused, unknown host, connect
+  timeout, a proxy that refuses), after the retries data/source.py and botocore make. What
+  is left then is a wrong endpoint URL or port, a server that is not running or no route
+  to it: running the same command again unchanged fails the same way.
+
+A connection that was made and then lost or timed out in the middle of a request (reset,
+read timeout, HTTP 5xx) may be transient: exit 1, as is anything a command reports as a
+:class:`JobError` (the job had started).
 """
 
 from __future__ import annotations
@@ -125,12 +140,61 @@ def first_line(exc: BaseException) -> str:
     return redact(text.splitlines()[0] if text else type(exc).__name__)
 
 
+# Storage errors that mean "fix the setup" (see the module doc), by (module, class name)
+# so that neither botocore nor aiohttp has to be imported to classify an error.
+_NO_CREDENTIALS = frozenset(
+    {
+        ("botocore.exceptions", "NoCredentialsError"),
+        ("botocore.exceptions", "PartialCredentialsError"),
+    }
+)
+_CANNOT_CONNECT = frozenset(
+    {
+        ("botocore.exceptions", "EndpointConnectionError"),
+        ("botocore.exceptions", "ConnectTimeoutError"),
+        ("botocore.exceptions", "ProxyConnectionError"),
+        ("aiohttp.client_exceptions", "ClientConnectorError"),
+        ("builtins", "ConnectionRefusedError"),
+        ("socket", "gaierror"),
+    }
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it wraps (see :func:`_wrapped`), outermost first."""
+    seen: set[int] = set()
+    found: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        found.append(node)
+        node = _wrapped(node)
+    return found
+
+
+def _is_one_of(exc: BaseException, kinds: frozenset[tuple[str, str]]) -> bool:
+    return any((k.__module__, k.__name__) in kinds for k in type(exc).__mro__)
+
+
+def storage_setup_error(exc: BaseException) -> tuple[str, BaseException] | None:
+    """(``"credentials"`` or ``"unreachable"``, the error that says so) when ``exc`` or
+    what it wraps says the storage cannot be used at all (see the module doc), else None."""
+    for node in _chain(exc):
+        if _is_one_of(node, _NO_CREDENTIALS):
+            return "credentials", node
+        if _is_one_of(node, _CANNOT_CONNECT):
+            return "unreachable", node
+    return None
+
+
 def exit_code(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return 130
     if isinstance(exc, JobError):
         return 1
-    return 2 if isinstance(root_cause(exc), _input_error_types()) else 1
+    if isinstance(root_cause(exc), _input_error_types()) or storage_setup_error(exc):
+        return 2
+    return 1
 
 
 def describe(command: str, exc: BaseException) -> str:
@@ -143,4 +207,25 @@ def describe(command: str, exc: BaseException) -> str:
     root = root_cause(exc)
     if isinstance(root, ConfigError):
         return f"config error: {first_line(root)}"
+    storage = None if _ours(root) else storage_setup_error(exc)
+    if storage is not None:  # the storage's own error: it names the endpoint
+        kind, node = storage
+        return (
+            f"{command} failed: {type(node).__name__}: {first_line(node)}; {_STORAGE_HINTS[kind]}"
+        )
     return f"{command} failed: {type(root).__name__}: {first_line(root)}"
+
+
+# What to do about a storage setup error whose message does not say (a botocore or aiohttp
+# error that reached us without a URL; ours already say it).
+_STORAGE_HINTS = {
+    "credentials": (
+        "give credentials through the environment (AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), ~/.aws/credentials, or storage_options "
+        "key and secret (anon: true for a public bucket)"
+    ),
+    "unreachable": (
+        "check the endpoint URL (endpoint_url, --endpoint-url) and that the server is "
+        "running and reachable from here"
+    ),
+}

@@ -26,21 +26,57 @@ def _fmt_seconds(s: float) -> str:
 
 
 class StageState:
-    """What is known about the running stage; read by the ticker, written by updates."""
+    """What is known about the running stage; read by the ticker, written by updates.
 
-    def __init__(self, name: str, total: int | None, unit: str):
+    The ETA comes from the rate between reports, not from the stage's elapsed time: a
+    training stage spends its first ~20 s starting workers before the first step, and
+    counting that time in would make the ETA jump as reports arrive. The rate is smoothed
+    over reports, and between reports the ETA counts down from the last estimate."""
+
+    # Weight of the newest report's rate in the smoothed rate.
+    RATE_SMOOTHING = 0.3
+
+    def __init__(self, name: str, total: int | None, unit: str, clock=time.perf_counter):
         self.name, self.total, self.unit = name, total, unit
         self.done: int | None = None
         self.info: dict[str, Any] = {}  # epoch, loss, rows/s: shown as they come
-        self.t0 = time.perf_counter()
+        self.clock = clock
+        self.t0 = clock()
+        self.rate: float | None = None  # units per second, smoothed over reports
+        self._last_report: tuple[float, int] | None = None  # (time, done) of the last one
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
+
+    def advance(self, done: int) -> None:
+        """A report: ``done`` units so far (the rate is measured between reports)."""
+        now = self.clock()
+        if self._last_report is not None:
+            t_prev, done_prev = self._last_report
+            if done > done_prev and now > t_prev:
+                rate = (done - done_prev) / (now - t_prev)
+                a = self.RATE_SMOOTHING
+                self.rate = rate if self.rate is None else a * rate + (1 - a) * self.rate
+        if self._last_report is None or done != self._last_report[1]:
+            self._last_report = (now, done)
+        self.done = done
 
     def eta(self) -> float | None:
         if not self.total or not self.done or self.done >= self.total:
             return None
-        return (self.total - self.done) * self.elapsed() / self.done
+        rate = self.rate
+        if rate is None and self._last_report is not None:
+            # One report so far: the rate since the stage started is all there is (it
+            # includes the start-up, so it is pessimistic; the next report replaces it).
+            rate = self.done / max(self._last_report[0] - self.t0, 1e-9)
+        if not rate:
+            return None
+        since_report = self.clock() - self._last_report[0] if self._last_report else 0.0
+        return max(0.0, (self.total - self.done) / rate - since_report)
+
+    def progress_key(self) -> tuple:
+        """What a plain line shows besides the time: equal keys, nothing new to print."""
+        return (self.done, self.total, tuple(sorted(self.info.items())))
 
     def describe(self) -> str:
         """One plain line: `[train] 12s step 120/300 (40%) epoch 1 loss 0.1234 ... ETA 18s`."""
@@ -128,7 +164,7 @@ class Console:
             if total is not None:
                 st.total = total
             if done is not None:
-                st.done = done
+                st.advance(done)
             st.info.update({k: v for k, v in info.items() if v is not None})
             if self._bar is not None:
                 self._draw_bar(st)
@@ -201,8 +237,12 @@ class Console:
 
     def _tick(self) -> None:
         """Redraw the bar twice a second (elapsed time moves even without reports), or
-        print a plain status line every ``every_s`` seconds."""
+        print a plain line every ``every_s`` seconds when there is news: a line that
+        repeats the last one's figures is skipped, except a bare "running" heartbeat once
+        a minute (at least every ``HEARTBEAT_PERIODS`` periods) so a pipe still shows
+        life."""
         period = 0.5 if self.tty else self.every_s
+        last_key, quiet_periods = None, 0
         while not self._stop.wait(period):
             with self._lock:
                 st = self._stage
@@ -210,8 +250,21 @@ class Console:
                     return
                 if self._bar is not None:
                     self._bar.refresh()
-                else:
+                    continue
+                key = st.progress_key()
+                quiet_periods += 1
+                if key != last_key:
                     print(st.describe(), file=self.out, flush=True)
+                    last_key, quiet_periods = key, 0
+                elif quiet_periods * period >= max(60.0, HEARTBEAT_PERIODS * period):
+                    line = f"[{st.name}] {_fmt_seconds(st.elapsed())} running"
+                    print(line, file=self.out, flush=True)
+                    quiet_periods = 0
+
+
+# A plain view with no news prints a bare "running" line after this many periods (or
+# a minute, whichever is longer).
+HEARTBEAT_PERIODS = 6
 
 
 class NullConsole(Console):

@@ -23,6 +23,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from clam_dist import methods
+from clam_dist.config import Each, Interval, knob
+
+# A sanity cap on k: far beyond any clustering we run, small enough that a typo (1e9) is
+# refused before a k x d prototype matrix is allocated.
+MAX_CLUSTERS = 2**24
+# Seeds reach numpy's legacy RandomState and torch: both take [0, 2**32).
+SEED = Interval(int, 0, 2**32 - 1)
+# Rules shared by many knobs.
+COUNT = Interval(int, 1)  # something there must be at least one of
+COUNT_OR_OFF = Interval(int, 0)  # 0 turns it off / means "auto", as each comment says
+POSITIVE = Interval(float, 0, None, "neither")
+NON_NEGATIVE = Interval(float, 0)
+RATIO = Interval(float, 0, 1, "left")  # a share of something: [0, 1)
 
 
 @dataclass
@@ -45,14 +58,16 @@ class ModelSection:
     # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
     # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
     method: str = "clam"  # a registered method (clam_dist.methods.names())
-    n_clusters: int = 16
-    beta: float | None = None  # AM inverse temperature; None: from the data's distance scale
-    alpha: float = 0.1  # AM step size
-    steps: int = 10  # T, the AM steps of the dynamics
+    n_clusters: int = knob(16, Interval(int, 1, MAX_CLUSTERS))
+    # AM inverse temperature; None: from the data's distance scale
+    beta: float | None = knob(None, POSITIVE)
+    alpha: float = knob(0.1, Interval(float, 0, 1, "right"))  # AM step size, in (0, 1]
+    steps: int = knob(10, COUNT_OR_OFF)  # T, the AM steps of the dynamics
     metric: Literal["euclidean", "spherical"] = "euclidean"
-    mask_ratio: float = 0.2  # share of coordinates hidden for pattern completion (0: none)
+    # share of coordinates hidden for pattern completion (0: none)
+    mask_ratio: float = knob(0.2, RATIO)
     fill: Literal["mean", "min", "max", "zero"] = "mean"  # value of hidden coordinates
-    shared_every: int = 3  # every n-th epoch one mask per batch (0: never)
+    shared_every: int = knob(3, COUNT_OR_OFF)  # every n-th epoch one mask per batch (0: never)
     # "kmeans": k-means++ seeding refined by Lloyd on the sample (as the estimator's
     # default); "kmeans++" seeding only; "kmeans||" for large k.
     init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
@@ -68,18 +83,21 @@ class ModelSection:
 class OptimSection:
     """How the model is trained: Adam's rate, epochs, the batch and the rate schedule."""
 
-    lr: float = 0.01
-    epochs: int = 3  # DCAM: joint epochs, after dcam.pretrain_epochs
-    max_steps: int = 0  # 0 = no step budget (epochs decide); else stop after this many steps
-    batch_size: int = 1024  # rows per worker per step; 0 = the whole shard (full batch)
+    lr: float = knob(0.01, POSITIVE)  # no upper bound: a diverging rate is caught in training
+    epochs: int = knob(3, COUNT)  # DCAM: joint epochs, after dcam.pretrain_epochs
+    # 0 = no step budget (epochs decide); else stop after this many steps
+    max_steps: int = knob(0, COUNT_OR_OFF)
+    # rows per worker per step; 0 = the whole shard (full batch)
+    batch_size: int = knob(1024, COUNT_OR_OFF)
     # "plateau": x plateau_factor when the epoch loss has not improved for plateau_patience
     # epochs (the ClAM authors'); "cosine": per-step cosine decay to lr * min_lr_factor;
     # "constant". warmup_steps ramps linearly from 0 for cosine/constant.
     schedule: Literal["plateau", "cosine", "constant"] = "plateau"
-    warmup_steps: int = 0
-    min_lr_factor: float = 0.0
-    plateau_factor: float = 0.8
-    plateau_patience: int = 5
+    warmup_steps: int = knob(0, COUNT_OR_OFF)
+    min_lr_factor: float = knob(0.0, Interval(float, 0, 1))
+    # torch's ReduceLROnPlateau takes a factor < 1 (1 would be "constant")
+    plateau_factor: float = knob(0.8, Interval(float, 0, 1, "neither"))
+    plateau_patience: int = knob(5, COUNT_OR_OFF)
 
 
 @dataclass
@@ -88,15 +106,18 @@ class DCAMSection:
     mask; optim.epochs counts the JOINT epochs, after ``pretrain_epochs``)."""
 
     encoder: Literal["mlp", "conv"] = "mlp"
-    latent_dim: int = 10
-    hidden: list[int] | None = None  # None: [128, 64] (mlp) or [16, 32] channels (conv)
-    image_shape: list[int] | None = None  # conv: [C, H, W]; None: square 1/3-channel guess
-    pretrain_epochs: int = 5
-    recon_weight: float = 1.0  # weight of the reconstruction term in the joint loss
+    latent_dim: int = knob(10, COUNT)
+    # None: [128, 64] (mlp) or [16, 32] channels (conv)
+    hidden: list[int] | None = knob(None, Each(COUNT))
+    # conv: [C, H, W]; None: square 1/3-channel guess
+    image_shape: list[int] | None = knob(None, Each(COUNT))
+    pretrain_epochs: int = knob(5, COUNT_OR_OFF)
+    # weight of the reconstruction term in the joint loss
+    recon_weight: float = knob(1.0, NON_NEGATIVE)
     # The joint phase may trade reconstruction for clustering only within this tolerance
     # of the pretrained reconstruction loss: "select" keeps the best epoch within it,
     # "stop" also stops at the first epoch beyond it, "none" ignores it.
-    recon_tolerance: float = 0.10
+    recon_tolerance: float = knob(0.10, NON_NEGATIVE)
     recon_bound: Literal["select", "stop", "none"] = "select"
 
 
@@ -104,9 +125,9 @@ class DCAMSection:
 class WorkersSection:
     """The Ray Train workers of a training run."""
 
-    num_workers: int = 2
+    num_workers: int = knob(2, COUNT)
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = knob(1.0, POSITIVE)
 
 
 @dataclass
@@ -116,8 +137,10 @@ class OutputsSection:
     # extras beside cluster and distance: energy (novelty), margin (confidence), probs
     outputs: list[str] = field(default_factory=lambda: ["energy", "margin"])
     passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
-    batch_size: int = 0  # rows per model call; 0 = chosen from d and k (auto_batch_size)
-    concurrency: int = 2  # assignment tasks in flight; each process holds the model once
+    # rows per model call; 0 = chosen from d and k (auto_batch_size)
+    batch_size: int = knob(0, COUNT_OR_OFF)
+    # assignment tasks in flight; each process holds the model once
+    concurrency: int = knob(2, COUNT)
 
 
 def values_of(section_type: type, config: Any) -> dict:

@@ -3,8 +3,12 @@
 Model of the work: 12*n*k*d*T FLOP per epoch (per AM step: 2 GEMMs forward, 4 backward,
 each 2*rows*k*d). The epoch is the masked ``clam_loss`` forward + backward + Adam step over
 n rows in minibatches of ``--batch``. SGEMM is timed on the three GEMM shapes the step
-multiplies at that batch size ((b,d)x(d,k), (b,k)x(k,d), (k,b)x(b,d)); a 2048^3 SGEMM is
-printed for context. Per round SGEMM is the best of five short timings.
+actually multiplies ((r,d)x(d,k), (r,k)x(k,d), (k,r)x(r,d)), where r is the rows of each
+block the step runs: the whole batch when batch x k fits one training block, else the
+row blocks ``clam_loss`` cuts it into (derived from the same TRAIN_BLOCK_ELEMS, so at
+--batch 8192 --k 4096 SGEMM runs sixteen 512-row blocks, as the step does, not one 8192-row
+product); a 2048^3 SGEMM is printed for context. Per round SGEMM is the best of five short
+timings.
 
 The rounds interleave SGEMM, the AM epoch and (unless --no-baseline) the same epoch written
 with plain autograd ops, so machine noise hits all alike; medians over --repeats rounds.
@@ -47,20 +51,45 @@ def _clocks(fn: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def sgemm_round(batch: int, d: int, k: int) -> tuple[float, float]:
-    """Best GFLOP/s (wall, cpu) of the step's three GEMM shapes, ~1.5 GFLOP per timing."""
+def train_block_rows(k: int) -> int:
+    """Rows of one training block at k prototypes: the rule clam_loss applies to
+    TRAIN_BLOCK_ELEMS (models/clam.py), so SGEMM is timed on the shapes the step runs."""
+    return max(1, TRAIN_BLOCK_ELEMS // max(1, k))
+
+
+def step_block_rows(batch: int, k: int) -> list[int]:
+    """Rows of each block one batch is trained in: the whole batch when it fits one
+    block (the direct step), else full blocks and the remainder (the row-blocked loss)."""
+    block = train_block_rows(k)
+    if batch <= block:
+        return [batch]
+    return [min(block, batch - r0) for r0 in range(0, batch, block)]
+
+
+def sgemm_round(blocks: list[int], d: int, k: int) -> tuple[float, float]:
+    """Best GFLOP/s (wall, cpu) of the step's three GEMM shapes on each of its row blocks
+    (one batch's worth), ~1.5 GFLOP per timing."""
     g = torch.Generator().manual_seed(1)
-    x, r_t = torch.randn(batch, d, generator=g), torch.randn(d, k, generator=g)
-    p, r = torch.randn(batch, k, generator=g), torch.randn(k, d, generator=g)
-    p_t = torch.randn(k, batch, generator=g)
-    flops = 3 * 2 * batch * d * k
+    r_t, r = torch.randn(d, k, generator=g), torch.randn(k, d, generator=g)
+    # One set of operands per distinct block height (a remainder block differs).
+    operands = {
+        rows: (
+            torch.randn(rows, d, generator=g),
+            torch.randn(rows, k, generator=g),
+            torch.randn(k, rows, generator=g),
+        )
+        for rows in set(blocks)
+    }
+    flops = sum(3 * 2 * rows * d * k for rows in blocks)
     inner = max(1, int(1.5e9 // flops))
 
     def work() -> None:
         for _ in range(inner):
-            torch.mm(x, r_t)
-            torch.mm(p, r)
-            torch.mm(p_t, x)
+            for rows in blocks:
+                x, p, p_t = operands[rows]
+                torch.mm(x, r_t)
+                torch.mm(p, r)
+                torch.mm(p_t, x)
 
     work()  # warm-up (thread pool, caches)
     # Best of five short timings: the reference is SGEMM at its best, which makes the
@@ -166,16 +195,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.n, args.d, generator=torch.Generator().manual_seed(2))
     flops = 12 * args.n * args.k * args.d * args.steps
-    batch_rows = min(args.batch, args.n)
-    block_rows = min(batch_rows, max(1, TRAIN_BLOCK_ELEMS // args.k))
-    path = "direct" if block_rows == batch_rows else f"direct in row blocks of {block_rows}"
+    blocks = step_block_rows(min(args.batch, args.n), args.k)
+    block_rows = blocks[0]
+    path = "direct" if len(blocks) == 1 else f"direct in row blocks of {block_rows}"
     variants = {"fused": make_epoch(x, args.k, args.steps, args.batch, fused=True)}
     if not args.no_baseline:
         variants["autograd"] = make_epoch(x, args.k, args.steps, args.batch, fused=False)
 
     rounds = []
     for _ in range(args.repeats):
-        row = dict(zip(("sgemm_wall", "sgemm_cpu"), sgemm_round(args.batch, args.d, args.k)))
+        row = dict(zip(("sgemm_wall", "sgemm_cpu"), sgemm_round(blocks, args.d, args.k)))
         for name, epoch in variants.items():
             wall, cpu = _clocks(epoch)
             row[f"{name}_wall"], row[f"{name}_cpu"] = flops / wall / 1e9, flops / cpu / 1e9
@@ -193,7 +222,8 @@ def main() -> None:
     print(
         f"n={args.n} d={args.d} k={args.k} T={args.steps} batch={args.batch} "
         f"threads={torch.get_num_threads()} repeats={args.repeats} AM path={path} "
-        f"({flops / 1e9:.0f} GFLOP per epoch)"
+        f"({flops / 1e9:.0f} GFLOP per epoch); SGEMM on {len(blocks)} block(s) of "
+        f"{block_rows} x {args.d} x {args.k} per batch, as the step multiplies them"
     )
     print(
         f"{'GFLOP/s (median)':<28s} {'wall':>8s} {'cpu':>8s} {'wall/SGEMM':>11s} {'cpu/SGEMM':>10s}"
@@ -219,6 +249,8 @@ def main() -> None:
                 "args": vars(args),
                 "flop_per_epoch": flops,
                 "am_path": path,
+                # the rows of each block SGEMM was timed on (one batch): the step's shapes
+                "sgemm_block_rows": blocks,
                 "threads": torch.get_num_threads(),
                 "rounds": rounds,
                 "median": median,

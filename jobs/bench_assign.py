@@ -4,7 +4,10 @@ S3 -> local S3) vs the in-memory predictor on the same rows, in the same run.
     python jobs/bench_assign.py [--n 1000000 --d 64 --k 64 --concurrency 2 --repeats 3]
 
 Ray gets ``--concurrency`` CPUs. The in-memory predictor runs in this process with
-torch limited to the same number of threads, so the ratio compares like with like. The
+torch limited to the same number of threads, and computes the same outputs the pipeline
+writes by default (cluster, distance and the default optional outputs, energy and
+margin, plus energy for the drift check when the model has its threshold), so the ratio
+compares like with like: the same columns from the same rows. The
 input and model are written once per store; then ``--repeats`` rounds each time the
 in-memory predictor, the local job and the S3 job, one after the other (this machine is
 shared and its speed drifts between seconds): the ratio compares each side's best round
@@ -30,11 +33,17 @@ import torch
 
 from clam_dist import ClAM
 from clam_dist.artifacts import save_artifact
-from clam_dist.assign.pipeline import AssignConfig, auto_batch_size, run_assignment
+from clam_dist.assign.pipeline import (
+    BASE_COLUMNS,
+    AssignConfig,
+    auto_batch_size,
+    run_assignment,
+)
 from clam_dist.data.local_s3 import local_s3
 from clam_dist.data.writer import write_vectors
 from clam_dist.datasets.synthetic import make_gaussian_mixture
 from clam_dist.models.predictor import ClusterPredictor
+from clam_dist.sections import OutputsSection
 
 
 def _write_inputs(url, write_opts, x, model, rows_per_file: int) -> None:
@@ -42,10 +51,9 @@ def _write_inputs(url, write_opts, x, model, rows_per_file: int) -> None:
     save_artifact(model.to_artifact(), url("model"), write_opts)
 
 
-def _pipeline(url, write_opts, args, batch) -> dict:
-    """Assign the rows under ``url`` (replacing an earlier round's output), return the
-    measured row."""
-    cfg = AssignConfig(
+def _config(url, write_opts, args, batch) -> AssignConfig:
+    """The job's config: the pipeline's defaults but for paths, batch and concurrency."""
+    return AssignConfig(
         input=url("in"),
         output=url("out"),
         model=url("model"),
@@ -55,10 +63,35 @@ def _pipeline(url, write_opts, args, batch) -> dict:
         concurrency=args.concurrency,
         overwrite=True,
     )
-    res = run_assignment(cfg)
+
+
+def computed_outputs(artifact_meta: dict) -> list[str]:
+    """The optional outputs the pipeline's workers compute by default (the rule of
+    assign/pipeline.py: the default outputs, plus energy for the drift check when the
+    model carries its energy_p99 threshold); cluster and distance always come too.
+    Each pipeline run's manifest is checked against this (``_check_columns``)."""
+    drift = ["energy"] if artifact_meta.get("energy_p99") is not None else []
+    return list(dict.fromkeys([*OutputsSection().outputs, *drift]))
+
+
+def _check_columns(manifest: dict, outputs: list[str]) -> None:
+    """Stop if the pipeline wrote other columns than the in-memory reference computes:
+    the ratio would then compare unlike work. (The id is copied from the input.)"""
+    expected = [*BASE_COLUMNS, *outputs]
+    if manifest.get("columns") != expected:
+        raise SystemExit(
+            f"the pipeline wrote {manifest.get('columns')}, the in-memory reference computes "
+            f"{expected}: fix computed_outputs before comparing them"
+        )
+
+
+def _pipeline(url, write_opts, args, batch, outputs: list[str]) -> dict:
+    """Assign the rows under ``url`` (replacing an earlier round's output), return the
+    measured row."""
+    res = run_assignment(_config(url, write_opts, args, batch))
+    _check_columns(res.manifest, outputs)
     return {
-        # what the workers computed: the pipeline adds energy for the drift check
-        "outputs": list(dict.fromkeys([*cfg.outputs, "energy"])),
+        "outputs": outputs,  # what the workers computed (beside cluster and distance)
         "rows_per_s": res.rows_per_second,
         "seconds": res.seconds,
         "timings_s": res.timings_s,
@@ -122,12 +155,15 @@ def main() -> None:
     x, _, _ = make_gaussian_mixture(args.n, args.d, args.k, seed=0)
     model = ClAM(n_clusters=args.k, epochs=2, batch_size=1024, random_state=0).fit(x[:50_000])
     torch.set_num_threads(args.concurrency)  # the pipeline's CPU count, for a fair ratio
-    predictor = ClusterPredictor.from_artifact(model.to_artifact())
+    artifact = model.to_artifact()
+    predictor = ClusterPredictor.from_artifact(artifact)
+    # The same columns on both sides: what the pipeline's workers compute by default.
+    outputs = computed_outputs(artifact.meta)
 
     def time_predictor(rows_per_call: int) -> float:
         t0 = time.perf_counter()
         for r0 in range(0, args.n, rows_per_call):
-            predictor.predict(x[r0 : r0 + rows_per_call])
+            predictor.predict(x[r0 : r0 + rows_per_call], outputs)
         return time.perf_counter() - t0
 
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
@@ -142,14 +178,13 @@ def main() -> None:
         # One untimed assignment of a small slice first: Ray's worker processes start and
         # import torch and the model once per cluster, not once per job (reported apart).
         _write_inputs(lambda name: local(f"warm/{name}"), None, x[:20_000], model, 10_000)
-        warm = _pipeline(lambda name: local(f"warm/{name}"), None, args, batch)
+        warm = _pipeline(lambda name: local(f"warm/{name}"), None, args, batch, outputs)
         _write_inputs(local, None, x, model, args.rows_per_file)
         _write_inputs(s3.url, s3.storage_options, x, model, args.rows_per_file)
         for _ in range(args.repeats):
             mem_rounds.append(time_predictor(batch))
-            rounds[local_name].append(_pipeline(local, None, args, batch))
-            rounds[s3_name].append(_pipeline(s3.url, s3.storage_options, args, batch))
-        outputs = rounds[local_name][0]["outputs"]
+            rounds[local_name].append(_pipeline(local, None, args, batch, outputs))
+            rounds[s3_name].append(_pipeline(s3.url, s3.storage_options, args, batch, outputs))
         split = task_split(local("in"), local("model"), outputs, batch)
 
     mem_s = min(mem_rounds)
@@ -171,6 +206,7 @@ def main() -> None:
         f"n={args.n} d={args.d} k={args.k} T={model.steps} CPUs={args.concurrency} "
         f"torch threads (in-memory)={torch.get_num_threads()} batch={batch}"
     )
+    print(f"outputs on both sides: cluster, distance, {', '.join(outputs)}")
     print(
         f"best of {args.repeats} rounds each; 'median' = median over rounds of (that "
         "round's in-memory seconds / its pipeline seconds)"
@@ -213,6 +249,8 @@ def main() -> None:
         "in_memory_seconds": mem_s,
         "in_memory_seconds_by_round": mem_rounds,
         "in_memory_torch_threads": torch.get_num_threads(),
+        # the optional outputs both sides computed (cluster and distance always)
+        "outputs": outputs,
         "in_memory_rows_per_s_by_batch_size": sweep,
         "warm_up_seconds_20000_rows": warm["seconds"],
         "task_split_seconds_one_thread": split,

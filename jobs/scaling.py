@@ -12,6 +12,12 @@ energy / nearest-prototype bookkeeping for the metrics) runs while it is in flig
         [--method clam|kmeans|attention|dcam]   (dcam: the last epoch is a joint-loss epoch)
         [--set section.key=value ...]           (any other training setting)
         [--ceiling]   (also the bare step in 1 and in N processes at once: what the cores allow)
+
+Settings that differ from the trainer's defaults (for the method) are stated in the
+printed header and in the JSON ("non_default_settings"): by default one metrics window
+per epoch (run.report_every) and the cross-worker prototype check off between epoch ends
+(run.verify_every=0), one checkpoint at the end, plus any --set. Paths and the per-row
+worker count and batch (in the table) are left out of that list.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import ray
 
 from clam_dist.commands.make_dataset import write_mixture
-from clam_dist.config import load_config
+from clam_dist.config import load_config, to_dict
 from clam_dist.train.bare_step import bare_step_of_run
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.trainer import run_training
@@ -68,6 +74,39 @@ def hardware_ceiling(cfg: TrainConfig, n_rows: int, workers: int, batch: int) ->
     return {"one_process": one, "processes": together, "speedup": sum(together) / one}
 
 
+# Varied per row (the table shows them) or paths of this run: not "settings" to state.
+_PER_ROW_OR_PATH = ("data.url", "run.storage_path", "run.name", "run.num_workers")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def non_default_settings(cfg: TrainConfig, method: str) -> dict:
+    """Every setting of ``cfg`` that differs from the trainer's default for ``method``
+    (the default config built from the same data and method), paths and per-row values
+    left out: what a reader must know to compare these figures with a default run."""
+    defaults = load_config(
+        TrainConfig, None, [f"data.url={cfg.data.url}", f"model.method={method}"]
+    )
+    base, ours = _flatten(to_dict(defaults)), _flatten(to_dict(cfg))
+    return {
+        key: value
+        for key, value in ours.items()
+        if base.get(key) != value and key not in _PER_ROW_OR_PATH and key != "optim.batch_size"
+    }
+
+
+def _settings_text(settings: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in settings.items()) or "none"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,7 +137,9 @@ def main() -> None:
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
-    rows, bare, ceiling = [], None, None
+    rows, bare, ceiling, settings = [], None, None, None
+    # Only DCAM reads it: set for another method it would be stated for nothing.
+    dcam_only = [f"dcam.pretrain_epochs={args.pretrain_epochs}"] if args.method == "dcam" else []
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         write_mixture(data, args.n, args.d, args.k, 8.0, 0, max(1, args.n // 16))
@@ -115,15 +156,16 @@ def main() -> None:
                     f"run.num_workers={w}",
                     f"run.storage_path={tmp}/runs",
                     f"run.name=w{w}",
-                    f"dcam.pretrain_epochs={args.pretrain_epochs}",
                     f"run.checkpoint_every={args.epochs}",
                     "run.report_every=1000000",  # one metrics window per epoch
                     "run.verify_every=0",  # (checked at each epoch end only)
+                    *dcam_only,
                     *args.set,
                 ],
             )
             if bare is None:  # at the 1-worker batch: the work of one worker alone
                 bare = bare_step_of_run(cfg, args.n)
+                settings = non_default_settings(cfg, args.method)
             if args.ceiling and w == workers[-1] and w > 1:
                 ceiling = hardware_ceiling(cfg, args.n, w, args.batch // w)
             m = run_training(cfg).metrics  # the last epoch's window
@@ -148,6 +190,7 @@ def main() -> None:
         f"n={args.n} d={args.d} k={args.k} method={args.method} global batch={args.batch} "
         f"(last epoch); bare step ({workers[0]} worker's batch, 1 thread): {bare:,.0f} rows/s"
     )
+    print(f"settings not at the trainer's defaults: {_settings_text(settings)}")
     print(
         f"{'workers':>7s} {'rows/s':>10s} {'vs bare':>8s} {'speed-up':>9s} "
         f"{'rows/s/worker':>16s} {'compute ms/step':>16s} {'allreduce ms/step':>18s} "
@@ -172,7 +215,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"args": vars(args), "bare_step_rows_per_s": bare, "rows": rows, "ceiling": ceiling},
+            {
+                "args": vars(args),
+                # every setting not at the trainer's default (paths and per-row values aside)
+                "non_default_settings": settings,
+                "bare_step_rows_per_s": bare,
+                "rows": rows,
+                "ceiling": ceiling,
+            },
             indent=2,
         )
     )

@@ -52,3 +52,25 @@ def ray_local():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A real Ray cluster (one head node on loopback, 2 CPUs) that CLI subprocesses join
+    through RAY_ADDRESS, so each command does not pay for starting Ray. Torn down by the
+    fixture (never `ray stop`, which would kill every Ray process on the machine)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 2,
+            "object_store_memory": 256 * 1024 * 1024,
+            "include_dashboard": False,
+        },
+    )
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()

@@ -72,6 +72,30 @@ def test_refuses_missing_foreign_corrupt_and_inconsistent(tmp_path, fitted):
         load_artifact(str(d))
 
 
+def test_refuses_a_zero_filled_file_and_a_lying_model_json_on_local_s3(s3_server, fitted):
+    """The checks before any tensor is read use ranged reads, on S3 as on a local disk."""
+    import s3fs
+
+    from clam_dist.artifacts import check_artifact
+
+    _, model = fitted
+    opts = s3_server.storage_options
+    fs = s3fs.S3FileSystem(**opts)
+    url = s3_server.url("models/zeros")
+    save_artifact(model.to_artifact(), url, opts)
+    good = fs.cat(f"{url}/model.safetensors")
+    fs.pipe(f"{url}/model.safetensors", b"\0" * 2**20)
+    for check in (load_artifact, check_artifact):
+        with pytest.raises(ArtifactError, match="corrupt safetensors file: its header length"):
+            check(url, opts)
+    fs.pipe(f"{url}/model.safetensors", good)
+    meta = json.loads(fs.cat(f"{url}/model.json"))
+    fs.pipe(f"{url}/model.json", json.dumps(dict(meta, k=10**12)).encode())
+    for check in (load_artifact, check_artifact):
+        with pytest.raises(ArtifactError, match="k = 1000000000000, but the prototypes' rows"):
+            check(url, opts)
+
+
 def test_pickle_file_is_not_loaded(tmp_path):
     import pickle
 

@@ -1,25 +1,23 @@
-"""What a person sees from `clam-dist pipeline`: a progress view per stage and a summary
-table on stdout, in a terminal (pseudo-terminal) and in a pipe; the JSON event records in
-<run_dir>/logs/events.jsonl, never on stdout, and on stderr only with --log-format json."""
+"""What a person sees from `clam-dist pipeline`, run as a real subprocess through
+tests/cli_harness.py: a progress view per stage and a summary table on stdout, in a pipe
+(stdout and stderr two pipes) and in a terminal (stdout and stderr one pseudo-terminal);
+nothing of Ray's on either stream; the JSON event records in <run_dir>/logs/events.jsonl,
+never on stdout, and on stderr only with --log-format json. The routing of those records
+is also unit-tested in-process (``job_sinks``). Both real runs start their own local Ray,
+as a new user's `clam-dist pipeline` does."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import pty
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
+from cli_harness import run_cli
 
 from clam_dist.logs import job_sinks, log_event, set_event_file
 from clam_dist.progress import Console
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "--set", "data.n=3000", "--set", "data.d=4", "--set", "data.k=3",
     "--set", "data.rows_per_file=1000", "--set", "model.n_clusters=3",
@@ -29,22 +27,8 @@ SMALL = [
 EVENTS = ["job_start", "pipeline_start", "pipeline_done", "job_done"]
 
 
-def _env() -> dict:
-    # This checkout's clam_dist, not an installed one, also in Ray's worker processes.
-    return dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-
-
-def _argv(run_dir: Path, *more: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "clam_dist.cli",
-        "pipeline",
-        "--run-dir",
-        str(run_dir),
-        *SMALL,
-        *more,
-    ]
+def _pipeline(run_dir, *more: str) -> list:
+    return ["pipeline", "--run-dir", run_dir, *SMALL, *more]
 
 
 # -- no Ray: the view and the routing on their own ------------------------------------
@@ -95,60 +79,33 @@ def test_cli_routing_holds_records_until_the_event_file_and_keeps_stderr_clean(t
 def piped(tmp_path_factory):
     """Ray Train trainer, stdout and stderr pipes, a progress line every 2 s."""
     run_dir = tmp_path_factory.mktemp("console") / "run"
-    proc = subprocess.run(
-        _argv(run_dir, "--progress-every", "2"),
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=500,
-    )  # fmt: skip
-    return proc, run_dir
+    return run_cli(*_pipeline(run_dir, "--progress-every", "2"), timeout=500), run_dir
 
 
 @pytest.fixture(scope="module")
 def terminal(tmp_path_factory):
-    """stdout a pseudo-terminal (stderr a pipe); in-memory trainer to keep it short."""
+    """stdout and stderr one pseudo-terminal; in-memory trainer to keep it short."""
     run_dir = tmp_path_factory.mktemp("console_tty") / "run"
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        _argv(run_dir, "--set", "train.trainer=sample"),
-        cwd=REPO, env=_env(), stdout=slave, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(slave)  # the child holds it; reads end with EIO once it exits
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # read while it runs: a full pty would block the child
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        err = proc.communicate(timeout=500)[1].decode()
-    finally:
-        reader.join(timeout=10)
-        os.close(master)
-    return proc.returncode, b"".join(chunks).decode(errors="replace"), err, run_dir
+    r = run_cli(*_pipeline(run_dir, "--set", "train.trainer=sample"), tty=True, timeout=500)
+    return r, run_dir
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_piped_run_prints_plain_progress_and_a_summary_table_only(piped):
-    proc, run_dir = piped
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    r, run_dir = piped
+    assert r.code == 0, r.describe()
+    r.no_ray_lines()
+    out = r.out
     lines = out.splitlines()
     # no JSON record and no Ray INFO line reaches stdout (or stderr without --log-format)
     assert not [line for line in lines if line.lstrip().startswith("{")]
     assert not [line for line in lines if " INFO " in line or "Started a local Ray" in line]
-    assert not [line for line in proc.stderr.splitlines() if line.startswith('{"ts"')]
+    assert not [line for line in r.err.splitlines() if line.startswith('{"ts"')]
     # Ray's core-worker ERROR about actor constructor arguments is gone for a real reason
     # (assignment tasks load the model from its URL), on either stream
-    assert "constructor arguments" not in out + proc.stderr
-    assert not [line for line in (out + proc.stderr).splitlines() if " E " in line[:40]]
+    assert "constructor arguments" not in out + r.err
+    assert not [line for line in (out + r.err).splitlines() if " E " in line[:40]]
     for stage in ("data", "train", "assign", "evaluate"):
         assert f"[{stage}] started" in out and f"[{stage}] done in " in out, out
     assert out.count("Ray logs: ") == 1
@@ -164,9 +121,9 @@ def test_piped_run_prints_plain_progress_and_a_summary_table_only(piped):
     records = [
         json.loads(line) for line in (run_dir / "logs" / "events.jsonl").read_text().splitlines()
     ]
-    events = [r["event"] for r in records]
+    events = [rec["event"] for rec in records]
     assert events[0] == "job_start" and events[-1] == "job_done" and set(EVENTS) <= set(events)
-    assert [r["stage"] for r in records if r["event"] == "stage_done"] == [
+    assert [rec["stage"] for rec in records if rec["event"] == "stage_done"] == [
         "data", "train", "assign", "evaluate",
     ]  # fmt: skip
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -181,8 +138,10 @@ def test_piped_run_prints_plain_progress_and_a_summary_table_only(piped):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_terminal_run_draws_bars_and_the_summary(terminal):
-    code, out, err, run_dir = terminal
-    assert code == 0, out[-3000:] + err[-3000:]
+    r, run_dir = terminal
+    assert r.code == 0, r.describe()
+    r.no_ray_lines()
+    out, err = r.out, r.err  # one pty: out holds stderr too, err is empty
     assert "\r" in out  # bars redrawn in place
     for stage in ("data", "train", "assign", "evaluate"):
         assert stage in out

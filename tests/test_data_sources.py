@@ -118,7 +118,9 @@ def test_ambiguous_list_columns_and_null_ids(tmp_path):
     assert VectorSource(str(tmp_path / "two"), vector_column="b").dim() == 2
     null_ids = pa.table({"id": [1, None], "v": [1.0, 2.0]})
     write_table(null_ids, str(tmp_path / "nid" / "t.parquet"))
-    with pytest.raises(DataError, match=r"t.parquet: id column 'id' has 1 nulls"):
+    with pytest.raises(
+        DataError, match=r"t.parquet: id column 'id' has 1 null value\(s\) \(first rows: \[1\]\)"
+    ):
         list(iter_batches(VectorSource(str(tmp_path / "nid"), id_column="id")))
 
 
@@ -225,3 +227,85 @@ def test_width_of_a_variable_length_list_is_read_once(tmp_path, monkeypatch):
     opened.clear()
     assert source.dim() == 3 and source.dim() == 3
     assert opened == []
+
+
+def _without_aws_credentials(monkeypatch) -> None:
+    """No credentials anywhere botocore's chain looks (nor the instance metadata service,
+    which it would wait on)."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_an_s3_url_without_any_credentials_is_refused_naming_it(s3_server, monkeypatch):
+    """Refused when the filesystem is opened, before any request; options that carry
+    their own credentials (or need none) are left to s3fs."""
+    from clam_dist.data.source import open_filesystem
+
+    _without_aws_credentials(monkeypatch)
+    url = s3_server.url("nocreds/data")
+    endpoint = {"endpoint_url": s3_server.endpoint_url}
+    with pytest.raises(DataError, match=r"s3://clam-test/nocreds/data: no AWS credentials") as e:
+        open_filesystem(url, endpoint)
+    assert "AWS_ACCESS_KEY_ID" in str(e.value) and "storage_options" in str(e.value)
+    with pytest.raises(DataError, match="no AWS credentials"):
+        VectorSource(url, storage_options=endpoint).files()
+    assert open_filesystem(url, s3_server.storage_options)[1] == "clam-test/nocreds/data"
+    assert open_filesystem(url, {**endpoint, "anon": True})[1] == "clam-test/nocreds/data"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    assert open_filesystem(url, endpoint)[1] == "clam-test/nocreds/data"
+
+
+def _ragged(tmp_path, short_row: int = 2_500, n: int = 4_000):
+    """A variable-length list column, row groups of 1000 rows, one short row."""
+    rows = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32).tolist()
+    rows[short_row] = rows[short_row][:3]
+    folder = tmp_path / "ragged"
+    folder.mkdir()
+    table = pa.table({"x": pa.array(rows, type=pa.list_(pa.float32()))})
+    pq.write_table(table, folder / "part-0.parquet", row_group_size=1_000)
+    return VectorSource(str(folder)), str(folder / "part-0.parquet")
+
+
+@pytest.mark.parametrize("short_row", [2_500, 2_000], ids=["inside", "first-of-batch"])
+def test_a_ragged_row_is_counted_in_the_file_by_every_reader(tmp_path, short_row):
+    """The row is the file's (not the batch's), also when it is a batch's first row (the
+    width most rows have is the norm, not the first row's)."""
+    from clam_dist.data.stats import validate
+
+    source, file = _ragged(tmp_path, short_row)
+    want = f"{file}: column 'x' mixes vector widths: row {short_row} has 3 values"
+    with pytest.raises(DataError, match=want):
+        read_all(source)
+    assert validate(source, scheduler="sync").problems[0].startswith(want)
+
+
+def test_null_ids_are_one_message_from_the_reader_and_the_duplicate_check(tmp_path):
+    from clam_dist.data.duplicates import find_duplicates
+    from clam_dist.data.stats import validate
+
+    ids = [f"r{i}" for i in range(3_000)]
+    ids[1_500] = ids[2_999] = None
+    x = np.zeros((3_000, 2), np.float32)
+    (tmp_path / "ids").mkdir()
+    table = pa.table({"id": ids, "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 2)})
+    pq.write_table(table, tmp_path / "ids" / "p.parquet", row_group_size=1_000)
+    source = VectorSource(str(tmp_path / "ids"), id_column="id")
+    messages = set()
+    for read in (
+        read_all,
+        lambda s: find_duplicates(s, "id"),
+        lambda s: validate(s).raise_if_bad(),
+    ):
+        with pytest.raises(DataError) as e:
+            read(source)
+        messages.add(str(e.value))
+    assert len(messages) == 1, messages
+    assert (
+        "p.parquet: id column 'id' has 2 null value(s) (first rows: [1500, 2999])" in messages.pop()
+    )

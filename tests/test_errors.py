@@ -51,3 +51,56 @@ def test_the_root_cause_of_a_chain_is_ours_and_decides_the_exit_code():
         assert summary_line(outer) == "DataError: f.parquet: 3 rows with NaN"
     assert exit_code(JobError("failed")) == 1 and exit_code(InputError("bad")) == 2
     assert exit_code(RuntimeError("x")) == 1
+
+
+def _raised_from(inner: BaseException) -> RuntimeError:
+    """``inner`` wrapped the way a library re-raises it (``raise ... from``)."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise RuntimeError("while opening s3://b/x") from exc
+    except RuntimeError as outer:
+        return outer
+
+
+def test_storage_that_cannot_be_used_at_all_is_exit_2_with_what_to_do():
+    """The rule of clam_dist/errors.py: no credentials, or an endpoint that cannot be
+    connected to, is a setup error (2), also when it arrives wrapped; a connection lost
+    in the middle of a request may be transient (1)."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    from clam_dist.errors import describe
+
+    refused = EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/x")
+    for exc in (NoCredentialsError(), refused, ConnectionRefusedError(111, "refused")):
+        assert exit_code(exc) == 2, exc
+        assert exit_code(_raised_from(exc)) == 2, exc
+    line = describe("make-dataset", _raised_from(NoCredentialsError()))
+    assert line.startswith("make-dataset failed: NoCredentialsError"), line
+    assert "AWS_ACCESS_KEY_ID" in line and "storage_options key and secret" in line
+    line = describe("assign", refused)
+    assert "127.0.0.1:9" in line and "check the endpoint URL" in line, line
+    lost = (
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b/x"),
+        ConnectionClosedError(endpoint_url="http://127.0.0.1:9/b/x"),
+    )
+    for exc in lost:
+        assert exit_code(exc) == 1, exc
+    # a job that had started stays a job failure (1), whatever stopped it
+    assert exit_code(_job_error_from(refused)) == 1
+
+
+def _job_error_from(inner: BaseException) -> JobError:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise JobError("assign failed after 3 batches") from exc
+    except JobError as outer:
+        return outer

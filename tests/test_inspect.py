@@ -175,21 +175,30 @@ def test_model_from_the_pipeline_records_energy_p99_and_rows(pipeline_run, capsy
 
 
 def test_an_older_artifact_missing_fields_says_not_recorded(tmp_path, capsys):
-    """An artifact from an earlier version (fewer JSON fields, no meta) is shown, not a crash."""
+    """An artifact without the fields a load does not need (no meta, no library version,
+    no d_model) is shown, not a crash; one without a field a load needs (steps, alpha,
+    tensor_shapes) is refused as load_artifact refuses it (issue 24, B8)."""
     url = tmp_path / "old"
     save_artifact(
         ClAM(n_clusters=2, epochs=1, random_state=0).fit(_blobs(k=2)).to_artifact(), str(url)
     )
-    meta = json.loads((url / META_FILE).read_text())
-    for key in ("meta", "library_version", "steps", "alpha", "tensor_shapes"):
-        meta.pop(key)
+    full = json.loads((url / META_FILE).read_text())
+    meta = {k: v for k, v in full.items() if k not in ("meta", "library_version", "d_model")}
     (url / META_FILE).write_text(json.dumps(meta))
     code, out, err = _inspect(capsys, str(url))
     assert code == 0, err
     fields = _fields(out)
     assert fields["method"] == "clam" and fields["k (clusters)"] == "2"
-    for label in ("T (AM steps)", "alpha", "library version", "tensors", "epochs", "rows seen"):
+    for label in ("d (model space)", "library version", "epochs", "rows seen", "final loss"):
         assert fields[label] == "not recorded", label
+    for key in ("steps", "alpha", "tensor_shapes"):
+        (url / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != key}))
+        with pytest.raises(ValueError) as refused:
+            load_artifact(str(url))
+        code, out, err = _inspect(capsys, str(url))
+        assert code == 2 and out == "", (key, out)
+        lines = _human_lines(err)
+        assert len(lines) == 1 and "refused" in lines[0] and str(refused.value) in lines[0]
 
 
 def test_attention_kmeans_and_dcam_artifacts_show_their_own_fields(tmp_path, capsys):

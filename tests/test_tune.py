@@ -164,10 +164,23 @@ def test_tiny_search_writes_a_config_the_training_job_accepts(ray_local, tmp_pat
     assert fin["search_best"]["point"] == best["point"]
     gain = fin["search_best"]["silhouette"] - fin["default"]["silhouette"]
     assert fin["search_best"]["gain_vs_default"] == pytest.approx(gain)
-    assert summary["chosen"] == ("search" if gain >= 0 else "default")
-    chosen = fin["search_best"] if summary["chosen"] == "search" else fin["default"]
-    assert chosen["silhouette"] >= fin["default"]["silhouette"]
+    # the choice is made on the selection seeds, the confirmation seeds take no part in it
+    choice = fin["choice"]
+    assert choice["seeds"] == [1, 2, 3] and summary["chosen_on"] == "select_seeds"
+    assert choice["search_best"]["point"] == best["point"]
+    assert choice["search_best"]["silhouette"] == best["silhouette"]
+    select_gain = best["silhouette"] - fin["default_select"]["silhouette"]
+    assert summary["chosen"] == choice["chosen"] == ("search" if select_gain >= 0 else "default")
+    chosen = choice["search_best"] if summary["chosen"] == "search" else fin["default_select"]
+    assert chosen["silhouette"] >= fin["default_select"]["silhouette"]
     assert chosen["n_nonempty"] == 8
+    # the confirmation reports the chosen configuration against the default, as it came out
+    confirmed = fin["search_best"] if summary["chosen"] == "search" else fin["default"]
+    conf = fin["confirmation"]
+    assert conf["seeds"] == [4, 5, 6, 7, 8] and conf["chosen"] == confirmed["silhouette"]
+    assert conf["default"] == fin["default"]["silhouette"]
+    assert summary["confirmed"] == conf["holds"] == (conf["chosen"] >= conf["default"])
+    assert confirmed["n_nonempty"] == 8
     train = load_config(TrainConfig, tmp_path / "out" / "best.toml")
     assert train.model.n_clusters == 8 and train.optim.epochs == 3
     assert train.model.beta == pytest.approx(chosen["beta"])

@@ -164,7 +164,8 @@ def _tiny_search(tmp_path, method: str, *overrides: str) -> dict:
 
 
 def _check_protocol(summary: dict, tmp_path) -> dict:
-    """The ClAM path's selection protocol, whatever the method; returns the chosen record."""
+    """The ClAM path's selection protocol, whatever the method; returns the chosen
+    record on the selection seeds (what was chosen on, and what is written)."""
     assert len(summary["trials"]) == 3 and sum(r["is_default"] for r in summary["trials"]) == 1
     fin = summary["final"]
     assert fin["select_seeds"] == [1, 2] and fin["confirm_seeds"] == [3, 4]
@@ -172,9 +173,19 @@ def _check_protocol(summary: dict, tmp_path) -> dict:
         assert [r["seed"] for r in rec["per_seed"]] == [3, 4]
     gain = fin["search_best"]["silhouette"] - fin["default"]["silhouette"]
     assert fin["search_best"]["gain_vs_default"] == pytest.approx(gain)
-    assert summary["chosen"] == ("search" if gain >= 0 else "default")
-    chosen = fin["search_best"] if summary["chosen"] == "search" else fin["default"]
-    assert chosen["silhouette"] >= fin["default"]["silhouette"]
+    # chosen on the selection seeds; the confirmation seeds only report the choice
+    choice = fin["choice"]
+    assert choice["seeds"] == [1, 2] and summary["chosen_on"] == "select_seeds"
+    assert [r["seed"] for r in choice["search_best"]["per_seed"]] == [1, 2]
+    select_gain = choice["search_best"]["silhouette"] - fin["default_select"]["silhouette"]
+    assert summary["chosen"] == choice["chosen"] == ("search" if select_gain >= 0 else "default")
+    chosen = choice["search_best"] if summary["chosen"] == "search" else fin["default_select"]
+    assert chosen["silhouette"] >= fin["default_select"]["silhouette"]
+    confirmed = fin["search_best"] if summary["chosen"] == "search" else fin["default"]
+    conf = fin["confirmation"]
+    assert conf["seeds"] == [3, 4] and conf["chosen"] == confirmed["silhouette"]
+    assert conf["default"] == fin["default"]["silhouette"]
+    assert summary["confirmed"] == conf["holds"] == (conf["chosen"] >= conf["default"])
     on_disk = json.loads((tmp_path / "out" / "tune_summary.json").read_text())
     assert on_disk["method"] == summary["method"]
     return chosen

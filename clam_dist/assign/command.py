@@ -146,6 +146,7 @@ def _split(text: str) -> list[str]:
 
 def config_from_args(args: argparse.Namespace):
     """AssignConfig from --config, --set and flags; raises ConfigError naming the field."""
+    from clam_dist.assign.commit import require_segment
     from clam_dist.assign.pipeline import AssignConfig
 
     overrides = list(args.overrides)
@@ -169,19 +170,54 @@ def config_from_args(args: argparse.Namespace):
         overrides.append(f"nan_policy={args.nan_policy}")
     if args.allow_duplicate_ids:
         overrides.append("allow_duplicate_ids=true")
-    return load_config(AssignConfig, args.config, overrides)
+    config = load_config(AssignConfig, args.config, overrides)
+    if config.partition is not None:
+        # Schedulers fill this from outside: it must not climb out of the prefix.
+        require_segment(config.partition, "--partition")
+    return config
+
+
+def _refuse_glob(config) -> None:
+    """A glob is not expanded (fsspec would look for a file literally named '*.parquet'):
+    say so, rather than 'no such file'."""
+    from clam_dist.data.errors import DataError
+    from clam_dist.data.source import open_filesystem
+
+    if not any(ch in config.input_url for ch in "*?["):
+        return
+    fs, path = open_filesystem(config.input_url, config.storage_options)
+    if not fs.exists(path):
+        raise DataError(
+            f"--input {config.input_url}: glob patterns are not expanded; give the folder "
+            "(prefix) that holds the Parquet files, or one file"
+        )
+
+
+def check_before_ray(config) -> None:
+    """Refuse what cheap checks can refuse before Ray starts (starting or joining Ray takes
+    seconds to a minute): the input (exists, not a glob, its width against the model), the
+    model, input/output overlap, and the output prefix (bucket, files of another origin,
+    a committed result without --overwrite). run_assignment checks them again; the
+    duplicate-id scan, a full pass over the ids, stays there."""
+    from clam_dist.assign.commit import OutputPrefix
+    from clam_dist.assign.pipeline import _check_disjoint, _check_inputs, _load_model
+
+    _refuse_glob(config)
+    artifact = _load_model(config)
+    _check_inputs(config, config.source(), artifact)
+    _check_disjoint(config)
+    OutputPrefix(config.output_url, config.storage_options).check(config.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     """Errors propagate to the CLI, which prints one line and picks the exit code."""
     config = config_from_args(args)  # validated before any work starts
     summary_target = writable_target(args.summary, config.storage_options)
-    import ray
-
+    check_before_ray(config)
     from clam_dist.assign.pipeline import run_assignment
+    from clam_dist.ray_session import start_ray
 
-    if not ray.is_initialized():
-        ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
+    start_ray(args.address)  # quiet; under `ray job submit` this joins the job's cluster
     res = run_assignment(config)
     summary = res.to_dict()
     summary.pop("manifest")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clam_dist.config import ConfigError
+from clam_dist.data.buckets import require_bucket
 from clam_dist.data.source import open_filesystem
 
 SUCCESS = "_SUCCESS"
@@ -44,6 +46,23 @@ STAGING = "_staging"
 ATTEMPT_RECORD = "_attempt.json"
 # A name a manifest or a record may list: one path segment, not hidden, not a parent.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
+
+
+# Characters that a name filled into a path must not hold: separators and control chars.
+_NOT_IN_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def require_segment(value: str, what: str) -> str:
+    """``value`` if it is one path segment (a name filled into a path, such as a
+    scheduler's ``--partition date=2026-05-01``), else ConfigError naming ``what``: no
+    separators, no ``.``/``..``, not empty, no control characters. Anything else could
+    put the output beside or above the prefix the user meant."""
+    if value in ("", ".", "..") or _NOT_IN_SEGMENT.search(value):
+        raise ConfigError(
+            f"{what}: {value!r} is not one path segment (no '/', '\\', '.', '..', "
+            "control characters or empty value), e.g. date=2026-05-01"
+        )
+    return value
 
 
 class OutputExistsError(FileExistsError):
@@ -177,22 +196,35 @@ class OutputPrefix:
 
     # -- protocol ----------------------------------------------------------------------
 
-    def prepare(self, overwrite: bool) -> str:
-        """Refuse foreign files and (unless ``overwrite``) a committed result, settle any
-        interrupted attempt, record this attempt (which proves the prefix writable), and
-        return its staging URL. A committed result is NOT touched here: an overwrite
-        replaces it only in :meth:`commit`, after the new result was verified."""
-        existed = self.fs.exists(self.path)
+    def check(self, overwrite: bool) -> None:
+        """Refuse, changing nothing, what :meth:`prepare` would refuse: a bucket that does
+        not exist (never created), files of another origin, and (unless ``overwrite``) a
+        committed result. Cheap, so commands call it before any work starts."""
+        self._checked_inventory(overwrite)
+
+    def _checked_inventory(self, overwrite: bool) -> _Inventory:
+        require_bucket(self.url, self.storage_options)
         inv = self._inventory()
         if inv.foreign:
             self._refuse_foreign(inv.foreign)
-        for attempt, record in inv.attempts.items():
-            self._settle(attempt, record)
-        if self.is_committed() and not overwrite:
+        # Settling an interrupted attempt never changes whether a result is committed
+        # (see _settle), so this answer holds for prepare too.
+        if inv.committed and not overwrite:
             raise OutputExistsError(
                 f"{self.url} already holds a committed result ({SUCCESS} present); "
                 "pass --overwrite (overwrite=true) to replace it"
             )
+        return inv
+
+    def prepare(self, overwrite: bool) -> str:
+        """Refuse what :meth:`check` refuses, settle any interrupted attempt, record this
+        attempt (which proves the prefix writable), and return its staging URL. A
+        committed result is NOT touched here: an overwrite replaces it only in
+        :meth:`commit`, after the new result was verified."""
+        inv = self._checked_inventory(overwrite)
+        existed = self.fs.exists(self.path)
+        for attempt, record in inv.attempts.items():
+            self._settle(attempt, record)
         attempt = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         record = {
             "writer": self.writer,

@@ -25,14 +25,14 @@ from clam_dist.artifacts import ArtifactError, ModelArtifact, load_artifact
 from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignments
 from clam_dist.assign.stats import stage_seconds
 from clam_dist.assign.worker import fingerprint
-from clam_dist.config import ConfigError
+from clam_dist.config import ConfigError, check_constraints, knob
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, is_local, open_filesystem
 from clam_dist.data.urls import absolute
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event, ray_data_errors_reported_by_us
 from clam_dist.secrets import public_storage_options
-from clam_dist.sections import OutputsSection, SourceColumns
+from clam_dist.sections import COUNT_OR_OFF, NON_NEGATIVE, OutputsSection, SourceColumns
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 BASE_COLUMNS = ("id", "cluster", "distance")
@@ -81,15 +81,16 @@ class AssignConfig(SourceColumns, OutputsSection):
     # CPUs each assignment task reserves (the name predates tasks). 1.0: Ray gives the
     # task's process one torch thread, and read work fused into the same task (or free
     # slots) keeps the CPUs busy; see _compute_plan.
-    num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0  # > 0: each task runs the model on a GPU
+    num_cpus_per_actor: float = knob(1.0, NON_NEGATIVE)
+    # > 0: each task runs the model on a GPU
+    num_gpus_per_actor: float = knob(0.0, NON_NEGATIVE)
     overwrite: bool = False  # replace a committed result at `output`
     # Duplicate ids make the output ambiguous to join on: refused unless allowed here.
     allow_duplicate_ids: bool = False
     # Crash injection (tests, recovery drills): every actor raises after this many batches;
     # or the driver stops after the staged write, before the commit. Also settable through
     # the environment (CLAM_DIST_ASSIGN_FAIL_AFTER_BATCHES, ..._CRASH_BEFORE_COMMIT=1).
-    fail_after_batches: int = 0
+    fail_after_batches: int = knob(0, COUNT_OR_OFF)
     crash_before_commit: bool = False
 
     def __post_init__(self) -> None:
@@ -106,16 +107,7 @@ class AssignConfig(SourceColumns, OutputsSection):
                 f"passthrough: {clash} would collide with output columns "
                 f"{list(BASE_COLUMNS + OPTIONAL_OUTPUTS)}"
             )
-        checks = [
-            ("batch_size", self.batch_size >= 0, "an integer >= 0 (0 = auto)"),
-            ("concurrency", self.concurrency >= 1, "an integer >= 1"),
-            ("num_cpus_per_actor", self.num_cpus_per_actor >= 0, "a number >= 0"),
-            ("num_gpus_per_actor", self.num_gpus_per_actor >= 0, "a number >= 0"),
-            ("fail_after_batches", self.fail_after_batches >= 0, "an integer >= 0"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        check_constraints(self)  # built in code too (the pipeline's stage), not only read
         if self.vector_column is not None and self.feature_columns is not None:
             raise ConfigError("vector_column and feature_columns: give one, not both")
         has_slot = "{partition}" in self.input or "{partition}" in self.output

@@ -1,17 +1,23 @@
 """`clam-dist inspect PATH`: say what a clam-dist path holds, read-only.
 
-Three things are recognised, on any fsspec URL:
+Five things are recognised, on any fsspec URL:
 
 - a model artifact (``model.json`` + ``model.safetensors``, clam_dist.artifacts);
 - a pipeline run directory (``stages/<stage>.json`` markers, ``summary.json``,
   clam_dist.pipeline.stages);
-- an assignment output prefix (``part-NNNNN.parquet``, ``_manifest.json``, ``_SUCCESS``,
-  clam_dist.assign.commit).
+- a training run folder, ``<run.storage_path>/<run.name>`` as `clam-dist train` writes
+  it (``run-config.json``, ``checkpoint_*/``, ``model/``, clam_dist.train.run_record);
+- a data set written by `clam-dist make-dataset` and an assignment output prefix (both
+  ``part-NNNNN.parquet``, ``_manifest.json``, ``_SUCCESS``, clam_dist.assign.commit; the
+  manifest's ``writer`` tells them apart).
 
-Only metadata is read (JSON files, listings, sizes): never tensors or Parquet data, and
-nothing is written or deleted, so inspecting a path a job is writing is harmless. Fields
-an artifact does not record (older versions wrote fewer) show as "not recorded" rather than
-failing. Anything else is refused with one line on stderr and exit code 2.
+Only metadata is read (JSON files, listings, sizes, a safetensors header, a Parquet
+footer's schema, a model's prototypes), each read bounded; nothing is written or deleted,
+so inspecting a path a job is writing is harmless. A model is checked exactly as
+``load_artifact`` checks it (``check_artifact``): what a load would refuse is refused here,
+with the reason. Fields an artifact does not need (older versions wrote fewer) show as
+"not recorded" rather than failing. Anything else is refused with one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from clam_dist.artifacts import FORMAT, META_FILE, TENSORS_FILE
+from clam_dist.artifacts import (
+    META_FILE,
+    TENSORS_FILE,
+    ArtifactError,
+    CheckedArtifact,
+    check_artifact_at,
+)
 from clam_dist.assign.commit import MANIFEST, STAGING, SUCCESS
 from clam_dist.logs import redact
 
@@ -34,9 +46,12 @@ PART_RE = re.compile(r"part-(?:[\w-]+-)?\d{5}\.parquet")
 NOT_RECORDED = "not recorded"
 SUMMARY = "summary.json"
 STAGES_DIR = "stages"
+MODEL_DIR = "model"  # a training run's model artifact, beside its checkpoints
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint folders in a run folder
 EXPECTED = (
     "expected a model artifact (model.json + model.safetensors), a pipeline run directory "
-    "(stages/, summary.json) or an assignment output (_SUCCESS, _manifest.json, part-*.parquet)"
+    "(stages/, summary.json), a training run folder (run-config.json, checkpoint_*/) or a "
+    "data set or assignment output (_SUCCESS, _manifest.json, part-*.parquet)"
 )
 EXIT_UNRECOGNISED = 2
 
@@ -65,7 +80,9 @@ class Report:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "path", help="model directory, pipeline run directory or assignment output (any URL)"
+        "path",
+        help="model directory, pipeline run directory, training run folder, data set or "
+        "assignment output (any URL)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print machine-readable JSON instead of the table"
@@ -136,12 +153,30 @@ class _Reader:
     def _call(self, what: str, fn):
         try:
             return fn()
-        except FileNotFoundError as exc:
-            raise InspectError(f"{what}: does not exist; {EXPECTED}") from exc
         except Exception as exc:  # noqa: BLE001 - any backend error (permission, connection,
             # botocore's parameter validation) means "cannot read here": one line, no traceback
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InspectError(f"{what}: cannot read ({type(exc).__name__}: {first})") from exc
+            raise _unreadable(what, exc) from exc
+
+    def artifact(self, sub: str = "") -> CheckedArtifact:
+        """The model artifact in the folder (or its sub-folder), checked as
+        ``load_artifact`` checks it; ArtifactError says why a load would refuse it."""
+        path = f"{self.path}/{sub}" if sub else self.path
+        try:
+            return check_artifact_at(self.fs, path, self._url(sub))
+        except ArtifactError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in _call
+            raise _unreadable(self._url(sub), exc) from exc
+
+    def schema_names(self, name: str) -> list[str]:
+        """Column names of a Parquet file, from its footer (no data is read)."""
+        import pyarrow.parquet as pq
+
+        def read() -> list[str]:
+            with self.fs.open(f"{self.path}/{name}", "rb") as f:
+                return list(pq.read_schema(f).names)
+
+        return self._call(self._url(name), read)
 
     def listing(self, sub: str = "") -> dict[str, dict]:
         """{name: info} of the entries directly under the folder (or its sub-folder)."""
@@ -166,6 +201,13 @@ class _Reader:
         return f"{self.url}/{name}" if name else self.url
 
 
+def _unreadable(what: str, exc: Exception) -> InspectError:
+    if isinstance(exc, FileNotFoundError):
+        return InspectError(f"{what}: does not exist; {EXPECTED}")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InspectError(f"{what}: cannot read ({type(exc).__name__}: {first})")
+
+
 def inspect_path(url: str, storage_options: dict | None = None) -> Report:
     """Recognise what ``url`` holds and describe it; raises InspectError otherwise."""
     reader = _Reader(url, storage_options or {})
@@ -179,18 +221,15 @@ def inspect_path(url: str, storage_options: dict | None = None) -> Report:
         report = _model(reader, names)
     elif SUMMARY in names or STAGES_DIR in names:
         report = _run_dir(reader, names)
-    elif (
-        SUCCESS in names
-        or MANIFEST in names
-        or STAGING in names
-        or any(PART_RE.fullmatch(n) for n in names)
-    ):
-        report = _assignments(reader, names)
+    elif _is_prefix(names):
+        report = _prefix(reader, names)
     elif TENSORS_FILE in names:
         raise InspectError(
             f"{url}: {TENSORS_FILE} without {META_FILE}: an incomplete model save "
             "(the JSON is written last)"
         )
+    elif _is_training_run(names):  # last: its check imports the trainer's modules (torch)
+        report = _training_run(reader, names)
     else:
         more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
         shown = (", ".join(sorted(names)[:5]) + more) or "nothing"
@@ -203,24 +242,20 @@ def inspect_path(url: str, storage_options: dict | None = None) -> Report:
 
 
 def _model(reader: _Reader, names: dict[str, dict]) -> Report:
-    meta = reader.json(META_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InspectError(
-            f"{reader.url}/{META_FILE}: not a clam-dist model (no format marker {FORMAT!r})"
-        )
+    try:
+        checked = reader.artifact()
+    except ArtifactError as exc:
+        # What assign, evaluate or train would refuse is refused here, with their reason.
+        raise InspectError(f"refused: {exc}") from exc
+    meta = checked.meta
     extra = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
     config = extra.get("config") if isinstance(extra.get("config"), dict) else {}
     params = extra.get("params") if isinstance(extra.get("params"), dict) else {}
-    complete = TENSORS_FILE in names
     r = Report("model artifact")
     r.add("path", reader.url)
     r.add("kind", "model artifact")
-    r.add(
-        "status",
-        "complete" if complete else f"incomplete ({TENSORS_FILE} missing)",
-        "complete",
-        complete,
-    )
+    r.add("status", "complete", "status")
+    r.data["complete"] = True
     r.add("method", meta.get("method"), "method")
     r.add("k (clusters)", meta.get("k"), "k")
     r.add("d (model space)", meta.get("d_model"), "d")
@@ -258,7 +293,7 @@ def _model(reader: _Reader, names: dict[str, dict]) -> Report:
     if shapes is not None:
         shown_shapes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in sorted(shapes.items()))
     r.add("tensors", shown_shapes, "tensor_shapes", shapes)
-    sizes = {n: names[n].get("size") for n in (META_FILE, TENSORS_FILE) if n in names}
+    sizes = checked.file_bytes
     shown_sizes = ", ".join(f"{n} {_bytes(s)}" for n, s in sizes.items())
     r.add("file sizes", shown_sizes, "file_bytes", sizes)
     return r
@@ -348,20 +383,41 @@ def _outputs(record: dict) -> dict[str, Any]:
     return out
 
 
-# -- assignment outputs -----------------------------------------------------------------
+# -- data sets and assignment outputs (one commit protocol) --------------------------------
 
 
-def _assignments(reader: _Reader, names: dict[str, dict]) -> Report:
+def _is_prefix(names: dict[str, dict]) -> bool:
+    from clam_dist.commands.make_dataset import CENTERS
+
+    markers = (SUCCESS, MANIFEST, STAGING, CENTERS)
+    return any(m in names for m in markers) or any(PART_RE.fullmatch(n) for n in names)
+
+
+def _prefix(reader: _Reader, names: dict[str, dict]) -> Report:
+    """A data set or an assignment output: the manifest's writer says which (a manifest
+    from before the writer field was an assignment's)."""
+    from clam_dist.commands.make_dataset import CENTERS, WRITER
+
+    manifest = None
+    if MANIFEST in names:
+        manifest = reader.json(MANIFEST)
+        if not isinstance(manifest, dict):
+            raise InspectError(f"{reader.url}/{MANIFEST}: expected a JSON object")
+    writer = (manifest or {}).get("writer")
+    if writer == WRITER or (manifest is None and CENTERS in names):
+        return _dataset(reader, names, manifest)
+    return _assignments(reader, names, manifest)
+
+
+def _status(r: Report, reader: _Reader, names: dict[str, dict], manifest: dict | None) -> bool:
+    """The commit status row; for an uncommitted prefix, what an interrupted attempt left
+    (the next run of the command clears it). Returns whether it is committed."""
     committed = SUCCESS in names
-    parts = sorted(n for n in names if PART_RE.fullmatch(n))
-    r = Report("assignment output")
-    r.add("path", reader.url)
-    r.add("kind", "assignment output")
     r.add(
         "status", "committed" if committed else f"incomplete (no {SUCCESS})", "committed", committed
     )
     if not committed:
-        # Whatever an interrupted attempt left; the next run of assign clears it.
+        parts = sorted(n for n in names if PART_RE.fullmatch(n))
         r.add("part files present", len(parts), "part_files_present")
         r.add("manifest", "present" if MANIFEST in names else "absent")
         r.add(
@@ -371,15 +427,18 @@ def _assignments(reader: _Reader, names: dict[str, dict]) -> Report:
             STAGING in names,
         )
         r.data["manifest"] = None
-        return r
-    if MANIFEST not in names:
+        return False
+    if manifest is None:
         raise InspectError(
             f"{reader.url}: {SUCCESS} present but {MANIFEST} missing: a broken commit"
         )
-    manifest = reader.json(MANIFEST)
-    if not isinstance(manifest, dict):
-        raise InspectError(f"{reader.url}/{MANIFEST}: expected a JSON object")
-    r.add("written by", manifest.get("writer", "clam-dist assign"), "writer")
+    return True
+
+
+def _files(r: Report, names: dict[str, dict], manifest: dict, default_writer: str) -> list[str]:
+    """Rows, files, size, missing files and commit time of a committed prefix; returns
+    the part files."""
+    r.add("written by", manifest.get("writer", default_writer), "writer")
     files = manifest.get("files") if isinstance(manifest.get("files"), list) else []
     missing = [f for f in files if f not in names]
     r.add("rows", manifest.get("rows"), "rows")
@@ -388,6 +447,39 @@ def _assignments(reader: _Reader, names: dict[str, dict]) -> Report:
     if missing:
         r.add("missing files", ", ".join(missing), "missing_files", missing)
     r.add("committed at", manifest.get("committed_at"), "committed_at")
+    return [f for f in files if f in names]
+
+
+def _dataset(reader: _Reader, names: dict[str, dict], manifest: dict | None) -> Report:
+    from clam_dist.commands.make_dataset import CENTERS, WRITER
+
+    r = Report("data set")
+    r.add("path", reader.url)
+    r.add("kind", "data set")
+    if not _status(r, reader, names, manifest):
+        return r
+    files = _files(r, names, manifest, WRITER)
+    r.add("source", manifest.get("source"), "source")
+    r.add("d (dimension)", manifest.get("d"), "d")
+    if manifest.get("source") == "mixture":
+        r.add("k (components)", manifest.get("k"), "k")
+        r.add("separation", manifest.get("separation"), "separation")
+        r.add("seed", manifest.get("seed"), "seed")
+        r.add("true centres", CENTERS if CENTERS in names else "absent", "centers_file")
+    # The manifest does not list the columns; the first file's footer does.
+    columns = reader.schema_names(files[0]) if files else None
+    r.add("columns", ", ".join(columns) if columns else None, "columns", columns)
+    r.data["manifest"] = manifest
+    return r
+
+
+def _assignments(reader: _Reader, names: dict[str, dict], manifest: dict | None) -> Report:
+    r = Report("assignment output")
+    r.add("path", reader.url)
+    r.add("kind", "assignment output")
+    if not _status(r, reader, names, manifest):
+        return r
+    _files(r, names, manifest, "clam-dist assign")
     r.add("model", manifest.get("model"), "model")
     r.add("model method", manifest.get("model_method"), "model_method")
     r.add("k", manifest.get("k"), "k")
@@ -404,6 +496,134 @@ def _assignments(reader: _Reader, names: dict[str, dict]) -> Report:
     )
     r.data["manifest"] = manifest
     return r
+
+
+# -- training run folders -----------------------------------------------------------------
+
+
+def _checkpoints(names: dict[str, dict]) -> list[str]:
+    """Ray Train's checkpoint folders, oldest first (checkpoint_<date>_<time> sorts by
+    time, as clam_dist.train.run_record reads them)."""
+    return sorted(
+        n
+        for n, e in names.items()
+        if n.startswith(CHECKPOINT_PREFIX) and e.get("type") == "directory"
+    )
+
+
+def _is_training_run(names: dict[str, dict]) -> bool:
+    from clam_dist.train.run_record import RECORD
+
+    return RECORD in names or bool(_checkpoints(names))
+
+
+def _training_run(reader: _Reader, names: dict[str, dict]) -> Report:
+    from clam_dist.train.run_record import RECORD
+
+    checkpoints = _checkpoints(names)
+    latest, state_config = _latest_state(reader, checkpoints[-1]) if checkpoints else (None, {})
+    config = _run_config(reader, names, RECORD, state_config)
+    model = _RunModel.of(reader, names)
+    r = Report("training run")
+    r.add("path", reader.url)
+    r.add("kind", "training run")
+    r.add("name", posixpath.basename(reader.path), "name")
+    r.add("status", model.run_status(), "status")
+    r.add("method", config.get("model.method"), "method")
+    r.add("k (clusters)", config.get("model.n_clusters"), "k")
+    r.add("training data", config.get("data.url"), "training_data")
+    r.add("epochs", config.get("optim.epochs"), "epochs")
+    r.add("workers", config.get("run.num_workers"), "num_workers")
+    r.add("checkpoints", len(checkpoints), "checkpoints", checkpoints)
+    r.add("latest checkpoint", _shown_checkpoint(latest), "latest_checkpoint", latest)
+    r.add("model", model.shown(), "model", model.url)
+    r.data["model_status"] = model.status
+    if model.status == "refused":
+        r.data["model_error"] = model.detail
+    r.data["config"] = config
+    return r
+
+
+def _latest_state(reader: _Reader, name: str) -> tuple[dict, dict]:
+    """(progress, config) of the newest checkpoint; one still being written has no state
+    file yet (both then say nothing)."""
+    from clam_dist.train.checkpoint import STATE
+
+    state = reader.json(f"{name}/{STATE}") if STATE in reader.listing(name) else {}
+    state = state if isinstance(state, dict) else {}
+    position = state.get("data_position") if isinstance(state.get("data_position"), dict) else {}
+    progress = {
+        "name": name,
+        "epoch": position.get("epoch"),
+        "step": position.get("step"),
+        "global_step": state.get("global_step"),
+    }
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    return progress, config
+
+
+def _shown_checkpoint(latest: dict | None) -> str | None:
+    if latest is None:
+        return None
+    if latest["epoch"] is None:
+        return f"{latest['name']} (progress not recorded yet)"
+    return (
+        f"{latest['name']} (epoch {latest['epoch']}, step {latest['step']}, "
+        f"global step {latest['global_step']})"
+    )
+
+
+def _run_config(
+    reader: _Reader, names: dict[str, dict], record_file: str, state_config: dict
+) -> dict[str, Any]:
+    """``section.field -> value`` of the run: its run-config.json's identity, or for a
+    folder of an older clam-dist without one, the newest checkpoint's config."""
+    if record_file in names:
+        record = reader.json(record_file)
+        identity = record.get("identity") if isinstance(record, dict) else None
+        if isinstance(identity, dict):
+            return identity
+    return {
+        f"{section}.{key}": value
+        for section, fields in state_config.items()
+        if isinstance(fields, dict)
+        for key, value in fields.items()
+    }
+
+
+@dataclass
+class _RunModel:
+    """A training run's model artifact, checked as load_artifact checks it."""
+
+    url: str | None
+    status: str  # "complete", "refused" or "absent"
+    detail: str = ""  # k and d when complete, why when refused
+
+    @classmethod
+    def of(cls, reader: _Reader, names: dict[str, dict]) -> _RunModel:
+        if MODEL_DIR not in names:
+            return cls(None, "absent")
+        url = reader._url(MODEL_DIR)
+        try:
+            checked = reader.artifact(MODEL_DIR)
+        except ArtifactError as exc:
+            return cls(url, "refused", str(exc))
+        k, d = checked.tensors["prototypes"].shape
+        return cls(url, "complete", f"k={k}, d={d}")
+
+    def run_status(self) -> str:
+        return {
+            "complete": "finished (model written)",
+            "refused": "model refused (see model)",
+            "absent": "no model yet (training, interrupted or failed)",
+        }[self.status]
+
+    def shown(self) -> str:
+        if self.status == "absent":
+            return "not written yet"
+        if self.status == "refused":
+            return f"refused: {self.detail}"
+        return f"{self.url} (complete: {self.detail})"
 
 
 # -- rendering ------------------------------------------------------------------------

@@ -156,6 +156,9 @@ def write_paper_dataset(
 def run(args: argparse.Namespace) -> int:
     opts = storage_options_from_args(args)
     url = absolute(args.url)
+    # A missing bucket, files of another origin or a data set already there are refused
+    # before any data is generated or loaded (write_dataset checks again, then writes).
+    OutputPrefix(url, opts, writer=WRITER).check(args.overwrite)
     if args.source == "mixture":
         files = write_mixture(
             url,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from clam_dist.datasets.clam_paper import CLAM_PAPER_DATASETS, load_clam_paper, standardize
+from clam_dist.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CLAM_PAPER_DATASETS))
     if unknown:
-        raise SystemExit(
-            f"unknown data set(s) {unknown}; choose from {', '.join(CLAM_PAPER_DATASETS)}"
+        raise InputError(
+            f"--datasets: unknown data set(s) {unknown}; choose from "
+            f"{', '.join(CLAM_PAPER_DATASETS)}"
         )
     rows = []
     for name in names:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from clam_dist.data.row_keys import row_keys
 from clam_dist.data.source import VectorSource
+from clam_dist.data.stream import null_ids_error
 
 PASS_ROWS = 4_000_000  # ids held at once (~100-200 MB with the counting hash table)
 
@@ -33,10 +34,20 @@ class Duplicates:
 
 
 def _id_chunks(source: VectorSource, column: str, files: list[str]) -> Iterator[pa.ChunkedArray]:
+    """The id column of ``files``, one row group at a time. A null id is refused with the
+    same message the readers give (stream.null_ids_error): counted as one more duplicated
+    value here, it read "None x2" (or passed, for a single null) instead."""
     for f in files:
         with source.parquet_file(f) as pf:
+            nulls = False
             for i in range(pf.metadata.num_row_groups):
-                yield pf.read_row_group(i, columns=[column]).column(0)
+                ids = pf.read_row_group(i, columns=[column]).column(0)
+                if ids.null_count:
+                    nulls = True
+                    break
+                yield ids
+        if nulls:
+            raise null_ids_error(source, f, column)
 
 
 def find_duplicates(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import os
 import posixpath
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import fsspec
+import fsspec.config
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -59,14 +61,79 @@ def normalize_storage_options(protocol: str, storage_options: dict | None) -> di
 
 
 def open_filesystem(url: str, storage_options: dict | None = None):
-    """(fsspec filesystem, path inside it) for a URL or plain local path."""
+    """(fsspec filesystem, path inside it) for a URL or plain local path. An ``s3://`` URL
+    for which no credentials can be found anywhere is refused here, naming the URL."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
+    options = normalize_storage_options(protocol, storage_options)
+    if protocol in ("s3", "s3a"):
+        check_s3_credentials(url, options)
     try:
-        return fsspec.core.url_to_fs(url, **normalize_storage_options(protocol, storage_options))
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:  # e.g. gs:// without gcsfs
         raise DataError(f"{url}: the {protocol}:// filesystem is not installed ({exc})") from exc
     except ValueError as exc:  # unknown protocol
         raise DataError(f"{url}: cannot open this URL ({exc})") from exc
+
+
+# s3fs options that bring their own credentials (or need none): botocore's default chain
+# is not consulted for them.
+_OWN_CREDENTIALS = ("key", "secret", "token", "username", "password", "anon", "session")
+# Positive answers of the credential chain, per profile and AWS_* environment (a negative
+# one is not kept: credentials may appear later in a long-lived process).
+_credentials_seen: set[tuple[str | None, int]] = set()
+
+
+def check_s3_credentials(url: str, options: dict) -> None:
+    """Refuse ``url`` when its storage options carry no credentials and botocore's
+    standard chain (environment, shared files, profile, container or instance role)
+    finds none either: a one-line DataError naming the URL and the ways to give them,
+    before any request. Without this, the first request fails deep inside s3fs with a
+    botocore ``NoCredentialsError`` that says neither which URL nor what to do."""
+    # fsspec's own configuration (~/.config/fsspec, FSSPEC_S3_* variables) supplies
+    # defaults for every s3 filesystem, credentials included.
+    protocol = url.split("://", 1)[0]
+    options = {
+        **fsspec.config.conf.get("s3", {}),
+        **fsspec.config.conf.get(protocol, {}),
+        **options,
+    }
+    client = options.get("client_kwargs") or {}
+    config = options.get("config_kwargs") or {}
+    if (
+        any(options.get(k) for k in _OWN_CREDENTIALS)
+        or "aws_access_key_id" in client
+        or "signature_version" in config  # UNSIGNED: anonymous requests
+    ):
+        return
+    if _chain_has_credentials(options.get("profile")):
+        return
+    raise DataError(
+        f"{url}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(or AWS_PROFILE, ~/.aws/credentials) in the environment, or give storage_options "
+        "key and secret (anon: true for a public bucket)"
+    )
+
+
+def _chain_has_credentials(profile: str | None) -> bool:
+    """Whether botocore's default credential chain resolves to any credentials. Unsure
+    (botocore missing, a broken profile or config): True, so that s3fs reports the
+    problem in its own words rather than this check guessing."""
+    # A hash of the AWS_* variables: the cache must not hold the secrets themselves.
+    key = (profile, hash(tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_"))))
+    if key in _credentials_seen:
+        return True
+    try:
+        import botocore.exceptions
+        import botocore.session
+    except ImportError:
+        return True
+    try:
+        found = botocore.session.Session(profile=profile).get_credentials() is not None
+    except botocore.exceptions.BotoCoreError:
+        return True
+    if found:
+        _credentials_seen.add(key)
+    return found
 
 
 # OSError errnos of a network hiccup (the peer, route or socket), not of a bad request.

@@ -252,7 +252,7 @@ def _scan_unit(pf, source: VectorSource, unit: Unit):
     wanted = ([vec] if vec else list(cols)) + ([source.id_column] if source.id_column else [])
     for row0, rb in record_batches_in(pf, BATCH_ROWS, wanted, unit.start, unit.stop):
         table = pa.Table.from_batches([rb])
-        x = table_to_matrix(table, source, file)
+        x = table_to_matrix(table, source, file, row0)
         widths.add(x.shape[1])
         nonfinite = ~np.isfinite(x)
         bad_rows += int(nonfinite.any(1).sum())

@@ -74,40 +74,61 @@ def _announce_cast(dtype: np.dtype, what: str) -> None:
     )
 
 
-def _list_chunk_matrix(chunk: pa.Array, file: str, vec: str) -> np.ndarray:
+def _first_rows(mask: pa.ChunkedArray | pa.Array, row0: int, most: int = 5) -> list[int]:
+    """Row numbers within the file (``row0`` is the batch's first) where ``mask`` is true."""
+    hits = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    return (hits[:most] + row0).tolist()
+
+
+def _check_list_widths(col: pa.ChunkedArray, file: str, vec: str, row0: int) -> int:
+    """The one width of a variable-length list column's vectors in this batch. Rows of
+    another width are named by their row number in the FILE (a batch is a slice of a
+    row group: its own row numbers mean nothing to a person), measured against the width
+    most of the batch's rows have, so that a short first row is not taken for the norm."""
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if not len(lengths):
+        return 0
+    widths, counts = np.unique(lengths, return_counts=True)
+    if len(widths) == 1:
+        return int(widths[0])
+    usual = int(widths[np.argmax(counts)])
+    odd = np.flatnonzero(lengths != usual)
+    first = int(odd[0])
+    raise DataError(
+        f"{file}: column {vec!r} mixes vector widths: row {first + row0} has "
+        f"{int(lengths[first])} values where rows {row0}-{row0 + len(lengths) - 1} mostly "
+        f"have {usual} ({odd.size} row(s) differ, first rows: {(odd[:5] + row0).tolist()})"
+    )
+
+
+def _list_chunk_matrix(chunk: pa.Array, width: int) -> np.ndarray:
     """(rows, width) numpy view of one chunk of a list column (no copy for float32)."""
-    n = len(chunk)
-    if pa.types.is_fixed_size_list(chunk.type):
-        width = chunk.type.list_size
-    else:
-        lengths = pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
-        width = int(lengths[0]) if n else 0
-        if n and (lengths != width).any():
-            bad = int(np.flatnonzero(lengths != width)[0])
-            raise DataError(
-                f"{file}: column {vec!r} mixes vector widths ({width} in row 0, {int(lengths[bad])} in row {bad})"
-            )
     # flatten() honours the chunk's slice offset and is a view of the child buffer;
     # to_numpy copies only when it must (nulls inside vectors, which become NaN).
     values = chunk.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(n, width)
+    return values.reshape(len(chunk), width)
 
 
-def table_to_matrix(table: pa.Table, source: VectorSource, file: str) -> np.ndarray:
-    """The vectors of a table as float32 (n, d), C-contiguous; errors name the file and
-    column. A float32 list column in one chunk is returned as a read-only view."""
+def table_to_matrix(table: pa.Table, source: VectorSource, file: str, row0: int = 0) -> np.ndarray:
+    """The vectors of a table as float32 (n, d), C-contiguous; errors name the file, the
+    column and rows counted within the file (``row0``: the table's first row in it). A
+    float32 list column in one chunk is returned as a read-only view."""
     vec, cols = source.resolve_columns(table.schema, file)
     n = table.num_rows
     if vec is not None:
         col = table.column(vec)
         if col.null_count:
-            raise DataError(f"{file}: column {vec!r} has {col.null_count} null vectors")
-        mats = [_list_chunk_matrix(c, file, vec) for c in col.chunks if len(c)]
+            raise DataError(
+                f"{file}: column {vec!r} has {col.null_count} null vector(s) in rows "
+                f"{row0}-{row0 + n - 1} (first rows: {_first_rows(col.is_null(), row0)})"
+            )
+        t = col.type
+        width = t.list_size if pa.types.is_fixed_size_list(t) else None
+        if width is None:
+            width = _check_list_widths(col, file, vec, row0)
+        mats = [_list_chunk_matrix(c, width) for c in col.chunks if len(c)]
         if not mats:
-            t = col.type
-            return np.zeros((0, t.list_size if pa.types.is_fixed_size_list(t) else 0), np.float32)
-        if len({m.shape[1] for m in mats}) > 1:
-            raise DataError(f"{file}: column {vec!r} mixes vector widths across batches")
+            return np.zeros((0, width), np.float32)
         x = mats[0] if len(mats) == 1 else np.concatenate(mats)  # several chunks: one copy
         if x.dtype != np.float32:
             _announce_cast(x.dtype, f"{file}: column {vec!r}")
@@ -119,7 +140,10 @@ def table_to_matrix(table: pa.Table, source: VectorSource, file: str) -> np.ndar
     for j, c in enumerate(cols):
         arr = table.column(c)
         if arr.null_count:
-            raise DataError(f"{file}: feature column {c!r} has {arr.null_count} nulls")
+            raise DataError(
+                f"{file}: feature column {c!r} has {arr.null_count} null(s) in rows "
+                f"{row0}-{row0 + n - 1} (first rows: {_first_rows(arr.is_null(), row0)})"
+            )
         values = arr.to_numpy()
         if values.dtype != np.float32:
             _announce_cast(values.dtype, f"{file}: feature column {c!r}")
@@ -151,6 +175,25 @@ def generated_ids(key: str, row0: int, n: int) -> np.ndarray:
     return codes.view(f"<U{prefix.size + width}").reshape(n)
 
 
+def null_ids_error(source: VectorSource, file: str, column: str) -> DataError:
+    """THE message for null ids, whichever check meets them first (the duplicate-id check
+    before any work, or a reader of one batch): the file, the id column, how many of the
+    FILE's rows are null and the first of them. The file's id column is read again for it
+    (one column, only on this error path) so that every path counts the same rows."""
+    count, first, row = 0, [], 0
+    with source.parquet_file(file) as pf:
+        for i in range(pf.metadata.num_row_groups):
+            ids = pf.read_row_group(i, columns=[column]).column(0)
+            if ids.null_count:
+                count += ids.null_count
+                first += _first_rows(ids.is_null(), row, 5 - len(first))
+            row += len(ids)
+    return DataError(
+        f"{file}: id column {column!r} has {count} null value(s) (first rows: {first}); "
+        "every row needs an id (fill them in, or leave id_column unset for generated ids)"
+    )
+
+
 def generated_or_column_ids(
     table: pa.Table, source: VectorSource, file: str, row0: int, as_keys: bool = False
 ) -> np.ndarray:
@@ -163,7 +206,7 @@ def generated_or_column_ids(
             )
         ids = table.column(source.id_column)
         if ids.null_count:
-            raise DataError(f"{file}: id column {source.id_column!r} has {ids.null_count} nulls")
+            raise null_ids_error(source, file, source.id_column)
         # Integer ids stay a numpy integer array (a view for one chunk), never objects.
         return row_keys(ids.to_numpy()) if as_keys else ids.to_numpy()
     # Generated ids: "<path relative to the dataset root>:<row in file>", counted before
@@ -328,7 +371,7 @@ def _batches_of(
     try:
         for row0, record_batch in record_batches_in(pf, batch_rows, wanted, start, stop):
             table = pa.Table.from_batches([record_batch])
-            x = table_to_matrix(table, source, file)
+            x = table_to_matrix(table, source, file, row0)
             ids = generated_or_column_ids(table, source, file, row0, ids_as_keys)
             labels = (
                 table.column(source.label_column).to_numpy(zero_copy_only=False)

@@ -5,6 +5,9 @@ directories (a relative ``--data ./good`` would name a folder that is not there)
 from __future__ import annotations
 
 import os
+import re
+
+from clam_dist.config import ConfigError
 
 
 def absolute(url: str | None) -> str | None:
@@ -13,3 +16,26 @@ def absolute(url: str | None) -> str | None:
     if not url or "://" in url or os.path.isabs(url):
         return url
     return os.path.abspath(url)
+
+
+# "scheme://" at the start of a value: s3://, gs://, memory://, hdfs://, ... (a Windows
+# drive letter "C:\" has no "//" and a one-letter scheme is not taken for one).
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+def refuse_url(value: str, option: str) -> str:
+    """``value`` as a local path, for an option that takes only a local folder or file.
+
+    A URL given to such an option would otherwise be taken for a relative path: ``s3://b/run``
+    became a local folder ``s3:/b/run`` in the working directory and the job "succeeded"
+    with nothing in the bucket. Any ``scheme://`` is refused (ConfigError, exit 2, before
+    any work), except ``file://``, whose path is returned."""
+    found = _SCHEME.match(value)
+    if not found:
+        return value
+    if found["scheme"].lower() == "file":
+        return value[len(found.group(0)) :] or "/"
+    raise ConfigError(
+        f"{option} {value}: URLs ({found['scheme']}://) are not supported here, "
+        f"{option} must be a local path for now"
+    )

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clam_dist.data.buckets import fs_has_buckets, require_bucket
 from clam_dist.data.source import open_filesystem
 
 
@@ -38,10 +39,14 @@ def vectors_table(
 def write_table(table: pa.Table, url: str, storage_options: dict | None = None) -> str:
     """Write one Parquet file. Readers never see a half-written file: object stores publish
     an object only when its upload completes, and on local disks we write a hidden
-    temporary file (skipped by readers) and rename it into place."""
+    temporary file (skipped by readers) and rename it into place. A missing bucket is
+    refused (BucketNotFoundError), never created."""
+    require_bucket(url, storage_options)
     fs, path = open_filesystem(url, storage_options)
     parent = path.rsplit("/", 1)[0]
-    if parent:
+    # Object stores have no folders to make, and s3fs's makedirs would create a missing
+    # bucket; folders matter only to file systems that have them (local disks, SFTP, ...).
+    if parent and not fs_has_buckets(fs):
         fs.makedirs(parent, exist_ok=True)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     target = f"{parent}/.{path.rsplit('/', 1)[-1]}.tmp" if local and parent else path

@@ -122,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
     # Errors propagate: the CLI prints one line on stderr and picks the exit code.
     config = config_from_args(args)
     summary_target = writable_target(args.summary, config.storage_options)
+    from clam_dist.evaluate.report import check_report_dir
     from clam_dist.evaluate.run import run_evaluation
 
+    # A folder of the user's files is refused before the evaluation's work (exit 2).
+    check_report_dir(config.report_dir, config.storage_options)
     res = run_evaluation(config)
     print(json.dumps(res.metrics, indent=2, default=str))
     print(f"report: {res.index_html}")

@@ -182,6 +182,26 @@ def _has_history(history) -> bool:
     return bool(history)
 
 
+# The name a report's manifest carries: only folders it names are ever rewritten.
+REPORT_WRITER = "clam-dist evaluate"
+
+
+def report_prefix(out_dir: str | Path, storage_options: dict | None = None):
+    """The report folder as an output prefix (clam_dist.assign.commit): every file written
+    there is recorded first, and only recorded files are ever replaced."""
+    from clam_dist.assign.commit import OutputPrefix
+
+    url = str(out_dir)
+    return OutputPrefix(url.removeprefix("file://"), storage_options, writer=REPORT_WRITER)
+
+
+def check_report_dir(out_dir: str | Path, storage_options: dict | None = None) -> None:
+    """Refuse, before any work, a report folder that holds files we did not write (a
+    missing bucket too). A report folder of our own is rewritten: a report is always
+    regenerated from the assignments, so a re-run replaces it."""
+    report_prefix(out_dir, storage_options).check(overwrite=True)
+
+
 def write_report(
     out_dir: str | Path,
     metrics: dict,
@@ -191,24 +211,28 @@ def write_report(
 ) -> list[str]:
     """Write the report into ``out_dir`` (a local folder or any fsspec URL); returns the
     file names. ``plots`` keys: sizes, sample_z, sample_clusters, and optionally
-    sample_energy, energy_p99, loss_history (a list, or a dict of named lists)."""
+    sample_energy, energy_p99, loss_history (a list, or a dict of named lists).
+
+    The folder follows the rule of every output: files are staged, recorded, then moved
+    into place with ``_manifest.json`` and ``_SUCCESS``; a folder holding files of any
+    other origin is refused (ForeignOutputError) and left untouched, and the files of an
+    earlier report of ours that this one does not write again are removed."""
     import matplotlib
 
     matplotlib.use("Agg")
 
-    url = str(out_dir)
-    remote = "://" in url and not url.startswith("file://")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) if remote else Path(url.removeprefix("file://"))
-        out.mkdir(parents=True, exist_ok=True)
-        written = _write_files(out, metrics, plots, title)
-        if remote:
-            from clam_dist.data.source import open_filesystem
-
-            fs, path = open_filesystem(url, storage_options)
-            fs.makedirs(path, exist_ok=True)
+    prefix = report_prefix(out_dir, storage_options)
+    staging = prefix.prepare(overwrite=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = _write_files(Path(tmp), metrics, plots, title)
+            spath = prefix.staging_path(staging)
             for name in written:
-                fs.put_file(str(out / name), f"{path.rstrip('/')}/{name}")
+                prefix.fs.put_file(str(Path(tmp) / name), f"{spath}/{name}")
+        prefix.commit(staging, 0, {"title": title}, extra_files=written)
+    except BaseException:
+        prefix.abort(staging)
+        raise
     return written
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from clam_dist.config import ConfigError
+from clam_dist.config import ConfigError, Interval, check_constraints, knob
 from clam_dist.data.source import VectorSource
 from clam_dist.data.urls import absolute
 from clam_dist.evaluate.metrics_at_scale import EvalConfig, evaluate_run
 from clam_dist.evaluate.report import write_report
 from clam_dist.logs import log_event
-from clam_dist.sections import SourceColumns
+from clam_dist.sections import SEED, SourceColumns
 
 
 @dataclass
@@ -27,8 +27,9 @@ class EvaluateConfig(SourceColumns):
     assignments: str = ""  # committed output of `clam-dist assign`
     model: str = ""  # model artifact directory
     report_dir: str = ""  # local folder or fsspec URL for metrics.json, PNGs, index.html
-    sample_size: int = 10_000  # rows sampled for the Silhouette (stated in the output)
-    seed: int = 0
+    # rows sampled for the Silhouette (stated in the output; it needs two)
+    sample_size: int = knob(10_000, Interval(int, 2))
+    seed: int = knob(0, SEED)
     title: str = "clam-dist run"
     kmeans_baseline: bool = True  # k-means fitted on the sample, reported beside the model
     # Other committed outputs of the same model (e.g. later partitions): drift share of each
@@ -39,8 +40,7 @@ class EvaluateConfig(SourceColumns):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: required (a path or fsspec URL)")
             setattr(self, name, absolute(getattr(self, name)))
-        if self.sample_size < 2:
-            raise ConfigError(f"sample_size: expected an integer >= 2, got {self.sample_size}")
+        check_constraints(self)  # built in code too (the pipeline's stage), not only read
         if self.vector_column is not None and self.feature_columns is not None:
             raise ConfigError("vector_column and feature_columns: give one, not both")
         if isinstance(self.partitions, str):

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from clam_dist.config import Interval, knob
 from clam_dist.sections import (
+    COUNT,
+    MAX_CLUSTERS,
+    POSITIVE,
+    SEED,
     DCAMSection,
     ModelSection,
     OptimSection,
@@ -30,11 +35,12 @@ class PipelineData(TrainData):
     to generate when ``url`` is empty."""
 
     generate: str = "mixture"  # "mixture" or a bundled paper data set name, when url is ""
-    n: int = 200_000  # rows of the generated mixture
-    d: int = 32  # its dimension
-    k: int = 16  # its number of Gaussian components
-    separation: float = 8.0  # typical distance between component centres, in noise std units
-    rows_per_file: int = 25_000  # rows per generated Parquet file
+    n: int = knob(200_000, COUNT)  # rows of the generated mixture
+    d: int = knob(32, COUNT)  # its dimension
+    k: int = knob(16, Interval(int, 1, MAX_CLUSTERS))  # its number of Gaussian components
+    # typical distance between component centres, in noise std units
+    separation: float = knob(8.0, POSITIVE)
+    rows_per_file: int = knob(25_000, COUNT)  # rows per generated Parquet file
 
 
 @dataclass
@@ -42,7 +48,7 @@ class PipelineTrain(WorkersSection):
     # "ray": the distributed Ray Train trainer over every row (clam_dist.train);
     # "sample": the in-memory estimator on data.init_sample rows (quick look, no Ray Train).
     trainer: Literal["ray", "sample"] = "ray"
-    n_init: int = 1  # the sample trainer's restarts (best by its own criterion)
+    n_init: int = knob(1, COUNT)  # the sample trainer's restarts (best by its own criterion)
 
 
 @dataclass
@@ -60,9 +66,10 @@ class PipelineConfig:
     }
 
     run_dir: str = "runs/demo"
-    seed: int = 0
-    num_cpus: int | None = None  # embedded Ray only; None = all cores
-    eval_sample: int = 10_000  # rows sampled for the Silhouette of the report
+    seed: int = knob(0, SEED)
+    num_cpus: int | None = knob(None, COUNT)  # embedded Ray only; None = all cores
+    # rows sampled for the Silhouette of the report (it needs two)
+    eval_sample: int = knob(10_000, Interval(int, 2))
     data: PipelineData = field(default_factory=PipelineData)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)

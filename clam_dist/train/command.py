@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from clam_dist.config import load_config
 from clam_dist.errors import InputError
@@ -50,15 +51,13 @@ def run(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     config = load_config(TrainConfig, args.config, overrides)  # before any work starts
-    import ray
-
+    from clam_dist.ray_session import start_ray
     from clam_dist.train.trainer import run_training
 
     summary_target = writable_target(args.summary, None)
-    if not ray.is_initialized():
-        ray.init(address=args.address)  # under `ray job submit` this joins the job's cluster
+    start_ray(args.address)  # quiet; under `ray job submit` this joins the job's cluster
     try:
-        result = run_training(config)
+        result = _train_with_progress(config, run_training)
     except ValueError as exc:  # the fail-fast checks, before any work
         if type(exc) is ValueError:  # ours (ConfigError, DataError, ...) keep their type
             raise InputError(str(exc)) from exc
@@ -73,3 +72,24 @@ def run(args: argparse.Namespace) -> int:
     if summary_target is not None:
         write_after_commit(summary_target, text, what=f"the model {result.artifact_url} is saved")
     return 0
+
+
+def _train_with_progress(config: TrainConfig, run_training):
+    """Train, with a progress bar on stderr when stderr is a terminal (a person watching).
+    Piped, stderr keeps to the one line of a failure and stdout to the JSON summary; Ray's
+    own per-report lines come back with -v."""
+    import time
+
+    from clam_dist.progress import Console, NullConsole, TrainReports
+
+    console = Console(out=sys.stderr) if sys.stderr.isatty() else NullConsole()
+    t0 = time.perf_counter()
+    with TrainReports(console) as reports:
+        console.stage_start("train", None, unit="steps")
+        try:
+            result = run_training(config, progress_queue=reports.queue)
+        except BaseException:
+            console.stage_end("train", time.perf_counter() - t0, status="failed")
+            raise
+        console.stage_end("train", time.perf_counter() - t0)
+    return result

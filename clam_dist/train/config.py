@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clam_dist.config import Interval, PathSegment, knob
 from clam_dist.data.urls import absolute
 from clam_dist.sections import (
+    COUNT,
+    COUNT_OR_OFF,
+    SEED,
     DCAMSection,
     ModelSection,
     OptimSection,
@@ -18,42 +22,47 @@ from clam_dist.sections import (
 class TrainData(SourceColumns):
     url: str = ""  # the Parquet prefix (local path or fsspec URL) to train on
     standardize: bool = True  # train in per-feature standardised space
-    init_sample: int = 50_000  # rows sampled (Dask) for initialisation and beta
+    init_sample: int = knob(50_000, COUNT)  # rows sampled (Dask) for initialisation and beta
     # Files are dealt to this many "lanes" (0 = one per worker); each worker reads the lanes
     # rank, rank + W, ... and every step takes the same number of rows from every lane. The
     # global batch of a step is then a function of (lanes, epoch, seed) alone, so 1 worker
     # and 2 workers with the same lanes train on exactly the same rows (must be a multiple
     # of the worker count).
-    lanes: int = 0
+    lanes: int = knob(0, COUNT_OR_OFF)
     # Row groups each lane decodes at once (threads; Parquet decoding releases the GIL).
     # The order of rows, so every batch, is the same for any value; memory holds up to
     # read_threads + 1 decoded row groups per lane. 1 = decode in the prefetch thread only.
-    read_threads: int = 2
+    read_threads: int = knob(2, COUNT)
 
     def __post_init__(self) -> None:
         self.url = absolute(self.url)
-        if self.read_threads < 1:
-            raise ValueError(f"data.read_threads must be >= 1, got {self.read_threads}")
 
 
 @dataclass
 class TrainRun(WorkersSection):
-    name: str = "clam-train"
+    # The run's folder under storage_path (checkpoints, model, run-config.json): one folder
+    # name, never a path, so nothing is written outside storage_path.
+    name: str = knob("clam-train", PathSegment())
     storage_path: str = "runs/train"
-    checkpoint_every: int = 1  # epochs (0 = only at the end)
-    checkpoint_every_steps: int = 0  # also every this many global steps (0 = off)
-    report_every: int = 50  # steps per metrics window (also reported at every epoch end)
-    max_failures: int = 1
+    checkpoint_every: int = knob(1, COUNT_OR_OFF)  # epochs (0 = only at the end)
+    # also every this many global steps (0 = off)
+    checkpoint_every_steps: int = knob(0, COUNT_OR_OFF)
+    # steps per metrics window (also reported at every epoch end)
+    report_every: int = knob(50, COUNT)
+    # worker failures Ray Train recovers from (0 = none; -1 = no limit, as Ray takes it)
+    max_failures: int = knob(1, Interval(int, -1))
     resume_from: str | None = None  # a checkpoint directory from another run
-    seed: int = 0
-    verify_every: int = 1  # steps between cross-worker prototype fingerprint checks (0 = off)
+    seed: int = knob(0, SEED)
+    # steps between cross-worker prototype fingerprint checks (0 = off)
+    verify_every: int = knob(1, COUNT_OR_OFF)
     barrier_timing: bool = False  # time the wait for stragglers apart from the all-reduce
     # TensorBoard event files of the training metrics (`tensorboard --logdir <it>`), written
     # by the driver-side callback: "auto" = <storage_path>/<name>/tensorboard when the
     # storage is a local path (off for s3:// and the like), "" = off, else a local folder.
     tensorboard_dir: str = "auto"
-    fail_at_epoch: int | None = None  # failure injection (tests): one worker dies once there
-    fail_at_step: int | None = None  # ... or before this global step (0-based)
+    # failure injection (tests): one worker dies once there
+    fail_at_epoch: int | None = knob(None, COUNT_OR_OFF)
+    fail_at_step: int | None = knob(None, COUNT_OR_OFF)  # ... or before this global step
 
     def __post_init__(self) -> None:
         self.storage_path = absolute(self.storage_path)

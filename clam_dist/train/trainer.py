@@ -20,6 +20,7 @@ from clam_dist.memory import release_unused_memory
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train import run_record
 from clam_dist.train.config import TrainConfig
+from clam_dist.train.interruptible import fit_interruptibly
 from clam_dist.train.loop import FAILURE_MARKER, train_loop  # noqa: F401 - re-exported
 from clam_dist.train.objectives import total_epochs
 from clam_dist.train.sources import init_sample, initialise, make_source, standardize
@@ -227,7 +228,7 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
             callbacks=[progress_callback(tensorboard_dir(cfg, run_url), progress_queue)],
         ),
     )
-    result = trainer.fit()
+    result = fit_interruptibly(trainer)  # Ctrl-C/SIGTERM: abort, one line, 130/143
     if result.error:
         raise result.error
     history = ckpt.read_state(result.checkpoint)["history"] if result.checkpoint else []

@@ -63,12 +63,10 @@ def load_tune_config(args: argparse.Namespace) -> TuneJobConfig:
 def run(args: argparse.Namespace) -> int:
     # Errors propagate: the CLI prints one line on stderr (exit 2 for ConfigError).
     config = load_tune_config(args)  # every check that needs no data, before Ray starts
-    import ray
-
+    from clam_dist.ray_session import start_ray
     from clam_dist.tune.search import run_tune
 
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    start_ray(args.address)  # quiet; under `ray job submit` this joins the job's cluster
     summary = run_tune(config)  # its ConfigErrors come before the search (need the data)
     metric = summary["criterion"]["metric"]
     method_knobs = knobs(summary["method"])

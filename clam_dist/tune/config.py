@@ -6,8 +6,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from clam_dist import methods
+from clam_dist.config import Interval, PathSegment, knob
 from clam_dist.data.urls import absolute
-from clam_dist.sections import DCAMSection, SourceColumns
+from clam_dist.sections import (
+    COUNT,
+    COUNT_OR_OFF,
+    MAX_CLUSTERS,
+    POSITIVE,
+    SEED,
+    DCAMSection,
+    SourceColumns,
+)
 
 
 @dataclass
@@ -15,7 +24,8 @@ class TuneData(SourceColumns):
     # Exactly one of: a bundled ClAM-paper data set name, or a Parquet URL (any fsspec URL).
     dataset: str | None = None
     url: str | None = None
-    sample: int = 5000  # rows every trial trains on (a uniform sample of the data)
+    # rows every trial trains on (a uniform sample of the data)
+    sample: int = knob(5000, Interval(int, 2))
     standardize: bool = True
 
     def __post_init__(self) -> None:
@@ -27,13 +37,15 @@ class TuneModel:
     # The method whose knobs are searched and whose training config is written: "clam",
     # "attention" (attention clustering) or "dcam" (knobs: see TuneSearch).
     method: str = "clam"  # a registered method that registers Tune hooks
-    n_clusters: int = 0  # 0: the number of classes of a bundled data set
+    # 0: the number of classes of a bundled data set
+    n_clusters: int = knob(0, Interval(int, 0, MAX_CLUSTERS))
     # The AM metric (ClAM; DCAM in its latent space). Attention clustering takes only
     # "euclidean": its score function is search.similarity.
     metric: Literal["euclidean", "spherical"] = "euclidean"
     fill: Literal["mean", "min", "max", "zero"] = "mean"  # ClAM; DCAM: of latent coordinates
-    batch_size: int = 32  # rows per optimiser step in every trial (written to optim.batch_size)
-    steps: int = 10  # T when search.steps_from_alpha is false
+    # rows per optimiser step in every trial (written to optim.batch_size)
+    batch_size: int = knob(32, COUNT)
+    steps: int = knob(10, COUNT)  # T when search.steps_from_alpha is false
 
     def __post_init__(self) -> None:
         methods.check_name(self.method, "model.method", tunable_only=True)
@@ -68,12 +80,15 @@ class TuneSearch:
 
 @dataclass
 class TuneBudget:
-    num_samples: int = 16  # random configurations (plus the default one, see run.include_default)
-    max_epochs: int = 15
-    grace_period: int = 3  # ASHA: epochs every trial gets before it may be stopped
-    reduction_factor: float = 3.0
-    cpus_per_trial: float = 1.0
-    max_concurrent: int = 0  # 0: as many as the cluster's CPUs allow
+    # random configurations (plus the default one, see run.include_default)
+    num_samples: int = knob(16, COUNT)
+    max_epochs: int = knob(15, COUNT)
+    # ASHA: epochs every trial gets before it may be stopped (at most max_epochs)
+    grace_period: int = knob(3, COUNT)
+    # ASHA keeps 1 / reduction_factor of the trials at each rung: more than 1
+    reduction_factor: float = knob(3.0, Interval(float, 1, None, "neither"))
+    cpus_per_trial: float = knob(1.0, POSITIVE)
+    max_concurrent: int = knob(0, COUNT_OR_OFF)  # 0: as many as the cluster's CPUs allow
 
 
 @dataclass
@@ -88,24 +103,26 @@ class TuneScore:
     # loss with fixed masks; attention the reconstruction risk; DCAM the joint AM loss with
     # fixed latent masks.
     criterion: Literal["silhouette", "heldout_loss"] = "silhouette"
-    silhouette_sample: int = 2000
-    holdout: float = 0.2  # fraction of the sample held out (heldout_loss only)
+    silhouette_sample: int = knob(2000, Interval(int, 10))
+    # fraction of the sample held out (heldout_loss only); the rest must still train
+    holdout: float = knob(0.2, Interval(float, 0, 0.9, "neither"))
     # Selection after the search (full budget, fresh seeds, never the search's):
     # the `finalists` best searched trials and the default are re-trained on `final_seeds`
     # seeds, the best finalist by mean goes on; it and the default are re-trained on
     # `confirm_seeds` further seeds, and the finalist replaces the default only when its
     # mean there is at least the default's. The confirmed figures carry no selection bias.
-    finalists: int = 3
-    final_seeds: int = 3
-    confirm_seeds: int = 5
+    finalists: int = knob(3, COUNT)
+    final_seeds: int = knob(3, COUNT)
+    confirm_seeds: int = knob(5, COUNT)
 
 
 @dataclass
 class TuneRun:
-    name: str = "clam-tune"
+    # The search's folder under storage_path (and its MLflow experiment): one folder name.
+    name: str = knob("clam-tune", PathSegment())
     storage_path: str = "runs/tune"  # Tune results (CSV, JSON, TensorBoard events per trial)
     output: str = "runs/tune/best.toml"  # the best configuration, a TrainConfig TOML
-    seed: int = 0
+    seed: int = knob(0, SEED)
     include_default: bool = True  # the default configuration is always one of the trials
     mlflow_tracking_uri: str | None = None  # also log trials to MLflow (needs mlflow)
 

@@ -1,6 +1,7 @@
-"""Ray Tune wiring: load a sample, run the trials under ASHA, re-check the winner against
-the default configuration, write the best configuration as a training config. The method
-(model.method: clam, attention, dcam) only enters through ``methods.py``.
+"""Ray Tune wiring: load a sample, run the trials under ASHA, choose between the best
+searched configuration and the default on the selection seeds, confirm that choice on
+unseen seeds that take no part in it, write the chosen configuration as a training
+config. The method (model.method: clam, attention, dcam) only enters through ``methods.py``.
 
 Outputs (all written only when the search finished):
   run.output                     TrainConfig TOML: `clam-dist train --config <it> ...`
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +207,8 @@ def pick_finalists(
 def final_seeds(config: TuneJobConfig) -> tuple[list[int], list[int]]:
     """(selection seeds, confirmation seeds): fresh seeds, never the search's, and disjoint,
     so the confirmed figure carries no selection bias (the search picked its finalists on
-    one seed's luck, the selection picks the best finalist on its seeds' luck)."""
+    one seed's luck, the selection picks the best finalist and chooses between it and the
+    default on its seeds' luck; the confirmation seeds only measure that choice)."""
     first = config.run.seed + 1
     n_sel, n_conf = config.score.final_seeds, config.score.confirm_seeds
     return (
@@ -319,6 +322,112 @@ def final_compare(
     return [_aggregate(ray.get(f), metric) for f in futures]
 
 
+# final_compare with the job's data bound: (points, seeds) -> one aggregate per point.
+Compare = Callable[[list[dict], list[int]], list[dict]]
+
+
+@dataclass
+class Selection:
+    """The choice between the best searched configuration and the default, made on the
+    selection seeds, and its confirmation on seeds that took no part in it."""
+
+    finalist_finals: list[dict]  # per finalist, selection seeds (with paired gains)
+    default_select: dict  # the default, selection seeds
+    best: dict | None  # the best finalist's trial record (None: no finalist)
+    best_select: dict  # its selection-seed figures (the default's when None)
+    search_wins: bool  # decided on the selection seeds only
+    best_confirm: dict  # the best finalist, confirmation seeds (the default's when None)
+    default_confirm: dict  # the default, confirmation seeds
+    default_point: dict
+    confirm_seeds: list[int]
+
+    @property
+    def chosen_point(self) -> dict:
+        return self.best["point"] if self.search_wins and self.best else self.default_point
+
+    @property
+    def chosen_select(self) -> dict:
+        return self.best_select if self.search_wins else self.default_select
+
+    @property
+    def chosen_confirm(self) -> dict:
+        return self.best_confirm if self.search_wins else self.default_confirm
+
+    def confirmation(self, metric: str, mode: str) -> dict:
+        """The chosen configuration against the default on the unseen seeds. ``holds``
+        may be False: the choice is not remade there, the figure is reported as it is."""
+        sign = 1.0 if mode == "max" else -1.0
+        chosen, default = self.chosen_confirm[metric], self.default_confirm[metric]
+        return {
+            "seeds": self.confirm_seeds,
+            "chosen": chosen,
+            "default": default,
+            "gain_vs_default": sign * (chosen - default),
+            "holds": _better(chosen, default, mode),
+        }
+
+
+def select_and_confirm(
+    finalists: list[dict],
+    default_pt: dict,
+    compare: Compare,
+    select_seeds: list[int],
+    confirm_seeds: list[int],
+    metric: str,
+    mode: str,
+) -> Selection:
+    """1. Selection seeds: the finalists and the default re-trained; the best finalist by
+    mean replaces the default when at least as good there. 2. Confirmation seeds (disjoint,
+    never the search's): the best finalist and the default re-trained once the choice is
+    fixed, so those seeds only measure it (choosing on them would make "chosen >= default"
+    hold there by construction)."""
+    if set(select_seeds) & set(confirm_seeds):
+        raise ValueError(f"selection seeds {select_seeds} overlap confirmation {confirm_seeds}")
+    checked = compare([r["point"] for r in finalists] + [default_pt], select_seeds)
+    default_select, finalist_finals = checked[-1], checked[:-1]
+    for rec, fin in zip(finalists, finalist_finals, strict=True):
+        fin.update(_paired(fin, default_select, metric, mode))
+        log_event(
+            "finalist",
+            trial=rec["trial"],
+            score=fin[metric],
+            gain_vs_default=fin["gain_vs_default"],
+            seeds_better_than_default=fin["seeds_better_than_default"],
+            seeds=select_seeds,
+        )
+    sign = 1.0 if mode == "max" else -1.0
+    best_i = max(
+        range(len(finalists)), key=lambda i: sign * finalist_finals[i][metric], default=None
+    )
+    best = finalists[best_i] if best_i is not None else None
+    best_select = finalist_finals[best_i] if best_i is not None else default_select
+    # The choice, on the selection seeds; nothing below may change it.
+    search_wins = best is not None and _better(best_select[metric], default_select[metric], mode)
+    if best is not None:
+        best_confirm, default_confirm = compare([best["point"], default_pt], confirm_seeds)
+        best_confirm.update(_paired(best_confirm, default_confirm, metric, mode))
+    else:  # every searched trial failed or scored nothing
+        (default_confirm,) = compare([default_pt], confirm_seeds)
+        best_confirm = default_confirm
+    sel = Selection(
+        finalist_finals, default_select, best, best_select, search_wins,
+        best_confirm, default_confirm, default_pt, confirm_seeds,
+    )  # fmt: skip
+    log_event(
+        "confirmed",
+        trial=best["trial"] if best else None,
+        chosen="search" if search_wins else "default",
+        chosen_on=select_seeds,
+        score=best_confirm[metric],
+        default=default_confirm[metric],
+        gain_vs_default=best_confirm.get("gain_vs_default"),
+        gain_stderr=best_confirm.get("gain_stderr"),
+        seeds=confirm_seeds,
+        holds=sel.confirmation(metric, mode)["holds"],
+    )
+    return sel
+
+
 def train_config_text(
     config: TuneJobConfig, k: int, point: dict, final: dict, header: list[str]
 ) -> str:
@@ -390,59 +499,27 @@ def run_tune(config: TuneJobConfig) -> dict:
     finalists = pick_finalists(
         records, metric, mode, config.budget.max_epochs, config.score.finalists
     )
-    # 1. Selection: the finalists and the default re-trained on the selection seeds; the
-    #    best finalist by mean goes on.
-    checked = final_compare(
-        config, data, loaded.x, k, [r["point"] for r in finalists] + [default_pt], select_seeds
-    )
-    default_select, finalist_finals = checked[-1], checked[:-1]
-    for rec, fin in zip(finalists, finalist_finals, strict=True):
-        fin.update(_paired(fin, default_select, metric, mode))
-        log_event(
-            "finalist",
-            trial=rec["trial"],
-            score=fin[metric],
-            gain_vs_default=fin["gain_vs_default"],
-            seeds_better_than_default=fin["seeds_better_than_default"],
-            seeds=select_seeds,
-        )
-    sign = 1.0 if mode == "max" else -1.0
-    best_i = max(
-        range(len(finalists)), key=lambda i: sign * finalist_finals[i][metric], default=None
-    )
-    best = finalists[best_i] if best_i is not None else None
-    # 2. Confirmation on seeds the selection never saw: the searched configuration replaces
-    #    the default only when at least as good there (mean over the same seeds).
-    if best is not None:
-        best_final, default_final = final_compare(
-            config, data, loaded.x, k, [best["point"], default_pt], confirm_seeds
-        )
-        best_final.update(_paired(best_final, default_final, metric, mode))
-        search_wins = _better(best_final[metric], default_final[metric], mode)
-    else:  # every searched trial failed or scored nothing
-        (default_final,) = final_compare(config, data, loaded.x, k, [default_pt], confirm_seeds)
-        best_final, search_wins = default_final, False
-    timings["final_check"] = time.perf_counter() - t0
-    chosen_point, chosen = (
-        (best["point"], best_final) if search_wins else (default_pt, default_final)
-    )
-    log_event(
-        "confirmed",
-        trial=best["trial"] if best else None,
-        score=best_final[metric],
-        default=default_final[metric],
-        gain_vs_default=best_final.get("gain_vs_default"),
-        gain_stderr=best_final.get("gain_stderr"),
-        seeds=confirm_seeds,
-        chosen="search" if search_wins else "default",
-    )
 
+    def compare(points: list[dict], seeds: list[int]) -> list[dict]:
+        return final_compare(config, data, loaded.x, k, points, seeds)
+
+    sel = select_and_confirm(
+        finalists, default_pt, compare, select_seeds, confirm_seeds, metric, mode
+    )
+    timings["final_check"] = time.perf_counter() - t0
     out = Path(config.run.output)
+    search_wins, best, chosen_point = sel.search_wins, sel.best, sel.chosen_point
+    # What is written depends on the selection seeds only (beta is their mean), so the
+    # confirmation seeds measure the written configuration without having shaped it.
+    chosen = sel.chosen_select
+    best_final, default_final = sel.best_confirm, sel.default_confirm
     header = [
         f"written by `clam-dist tune` ({config.run.name}, {config.model.method}) on "
         f"{loaded.source}, k={k}",
-        f"criterion {metric} ({mode}), mean over confirmation seeds {confirm_seeds}: "
-        f"chosen {chosen[metric]:.4f}, default {default_final[metric]:.4f}",
+        f"criterion {metric} ({mode}); chosen on selection seeds {select_seeds}: "
+        f"chosen {chosen[metric]:.4f}, default {sel.default_select[metric]:.4f}",
+        f"confirmed on unseen seeds {confirm_seeds} (no part in the choice): chosen "
+        f"{sel.chosen_confirm[metric]:.4f}, default {default_final[metric]:.4f}",
         f"chosen = {'searched configuration' if search_wins else 'default configuration'}; "
         f"beta = {chosen_point['beta_scale']:.3g} x data-derived "
         f"{chosen['beta_default'] if chosen['beta_default'] is not None else float('nan'):.4g}"
@@ -465,21 +542,35 @@ def run_tune(config: TuneJobConfig) -> dict:
         "final": {
             "select_seeds": select_seeds,
             "confirm_seeds": confirm_seeds,
-            # on the selection seeds
+            # on the selection seeds: the finalists, the default, and the choice
             "finalists": [
                 {"trial": r["trial"], "point": r["point"], **f}
-                for r, f in zip(finalists, finalist_finals, strict=True)
+                for r, f in zip(finalists, sel.finalist_finals, strict=True)
             ],
-            "default_select": {"point": default_pt, **default_select},
-            # on the confirmation seeds: what decided, and the figures to report
+            "default_select": {"point": default_pt, **sel.default_select},
+            "choice": {
+                "seeds": select_seeds,
+                "search_best": {
+                    "trial": best["trial"] if best else None,
+                    "point": best["point"] if best else default_pt,
+                    **sel.best_select,
+                },
+                "chosen": "search" if search_wins else "default",
+            },
+            # on the confirmation seeds, which took no part in the choice: the figures to
+            # report (no selection bias)
             "search_best": {
                 "trial": best["trial"] if best else None,
                 "point": best["point"] if best else default_pt,
                 **best_final,
             },
             "default": {"point": default_pt, **default_final},
+            "confirmation": sel.confirmation(metric, mode),
         },
         "chosen": "search" if search_wins else "default",
+        "chosen_on": "select_seeds",
+        # the choice held on the unseen seeds: chosen at least as good as the default there
+        "confirmed": sel.confirmation(metric, mode)["holds"],
         "output": str(out),
         "tensorboard_logdir": os.path.join(_abs_storage(config.run.storage_path), config.run.name),
         "timings_s": {key: round(v, 3) for key, v in timings.items()},

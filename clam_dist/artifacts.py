@@ -134,8 +134,12 @@ def save_artifact(artifact: ModelArtifact, url: str, storage_options: dict | Non
         meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode()
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"artifact meta is not JSON-serialisable: {exc}") from exc
+    from clam_dist.data.buckets import fs_has_buckets, require_bucket
+
+    require_bucket(url, storage_options)  # s3fs's makedirs would create a missing bucket
     try:
-        fs.makedirs(path, exist_ok=True)
+        if not fs_has_buckets(fs):  # object stores have no folders to make
+            fs.makedirs(path, exist_ok=True)
         # A re-save must never leave an old JSON vouching for new tensors: drop it first.
         if fs.exists(f"{path}/{META_FILE}"):
             fs.rm(f"{path}/{META_FILE}")

@@ -11,7 +11,7 @@ import pytest
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, redact
 from clam_dist.data.stats import feature_stats, sample_rows, validate
-from clam_dist.data.stream import iter_batches, shard_files
+from clam_dist.data.stream import iter_batches
 from clam_dist.data.writer import write_table, write_vectors
 from clam_dist.datasets.synthetic import make_gaussian_mixture
 
@@ -57,13 +57,6 @@ def test_shards_are_disjoint_and_cover_every_row(s3_dataset, num_shards):
         seen.append(ids)
     all_ids = np.concatenate(seen)
     assert all_ids.size == 2_000 and np.unique(all_ids).size == 2_000
-
-
-def test_file_order_is_seeded_per_epoch():
-    files = [f"f{i}" for i in range(20)]
-    assert shard_files(files, 0, 1, epoch=0, seed=1) == shard_files(files, 0, 1, epoch=0, seed=1)
-    assert shard_files(files, 0, 1, epoch=0, seed=1) != shard_files(files, 0, 1, epoch=1, seed=1)
-    assert shard_files(files, 0, 1, shuffle=False) == files
 
 
 def test_statistics_match_numpy_and_sample_is_uniform_and_deterministic(s3_dataset, mixture):

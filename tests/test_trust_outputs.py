@@ -199,6 +199,20 @@ def test_assign_never_creates_a_bucket(world, s3_server):
     assert "nobucket2" not in _buckets(s3_server)
 
 
+def test_a_model_is_never_saved_into_a_new_bucket(world, s3_server):
+    """`train` and the pipeline save their model with save_artifact: the same rule."""
+    from clam_dist.artifacts import load_artifact
+    from clam_dist.data.buckets import BucketNotFoundError
+
+    artifact = load_artifact(str(world / "model"))
+    with pytest.raises(BucketNotFoundError, match="nobucket3"):
+        save_artifact(artifact, "s3://nobucket3/model", s3_server.storage_options)
+    assert "nobucket3" not in _buckets(s3_server)
+    url = f"s3://{s3_server.bucket}/models/m1"  # an existing bucket: saved and loadable
+    save_artifact(artifact, url, s3_server.storage_options)
+    assert load_artifact(url, s3_server.storage_options).k == artifact.k
+
+
 def test_make_dataset_into_an_existing_bucket_still_works(s3_server):
     url = s3_server.url("trust-outputs/mix")
     r = run_cli(

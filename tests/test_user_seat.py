@@ -1,6 +1,6 @@
 """Every subcommand as a person meets it from a shell (a real subprocess, stdout and
 stderr read at the descriptor level): a failure is ONE line on stderr, nothing on stdout,
-exit code 2 for bad input found before any work; a usage error too; `--version`."""
+exit code 2 for bad input found before any work; a usage error too."""
 
 from __future__ import annotations
 
@@ -65,14 +65,6 @@ def test_every_subcommand_fails_in_one_line_before_any_work(case, tmp_path, mode
     r.one_line(*[fill(n) for n in needles])
     r.no_ray_lines()
     assert sorted(p.name for p in tmp_path.iterdir()) == [], r.describe()  # nothing written
-
-
-def test_version_prints_one_line_on_stdout():
-    from importlib.metadata import version
-
-    r = run_cli("--version")
-    assert r.code == 0 and r.err == ""
-    assert r.out.strip() == f"clam-dist {version('clam-dist')}"
 
 
 def test_help_is_on_stdout_and_succeeds():

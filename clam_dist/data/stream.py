@@ -40,25 +40,6 @@ class VectorBatch:
         return int(self.x.shape[0])
 
 
-def shard_files(
-    files: list[str],
-    shard_index: int = 0,
-    num_shards: int = 1,
-    epoch: int = 0,
-    seed: int = 0,
-    shuffle: bool = True,
-) -> list[str]:
-    """Files for worker ``shard_index`` of ``num_shards``: a per-epoch seeded permutation,
-    dealt round-robin, so shards are disjoint and together cover every file."""
-    if not (0 <= shard_index < num_shards):
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    order = list(files)
-    if shuffle:
-        rng = np.random.default_rng([seed, epoch])
-        order = [order[i] for i in rng.permutation(len(order))]
-    return order[shard_index::num_shards]
-
-
 def _announce_cast(dtype: np.dtype, what: str) -> None:
     """Log ONCE per process and source dtype that vectors are cast (a copy per batch)."""
     key = str(dtype)
@@ -228,13 +209,6 @@ def _check_finite(x: np.ndarray, file: str, row0: int, policy: str) -> np.ndarra
             "clean the data or pass nan_policy='drop'"
         )
     return finite
-
-
-def read_table_batches(
-    source: VectorSource, file: str, batch_rows: int, columns_extra: list[str] | None = None
-) -> Iterator[VectorBatch]:
-    """Batches of one whole file, read row group by row group (bounded memory)."""
-    yield from read_rows(source, file, 0, None, batch_rows, columns_extra)
 
 
 def read_rows(

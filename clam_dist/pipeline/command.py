@@ -14,7 +14,7 @@ from clam_dist.config import load_config
 from clam_dist.data.urls import refuse_url
 from clam_dist.pipeline.config import PipelineConfig
 from clam_dist.pipeline.overview import print_table
-from clam_dist.pipeline.stages import STAGES, run_pipeline
+from clam_dist.pipeline.stages import STAGES, check_input_before_work, run_pipeline
 from clam_dist.progress import Console
 
 
@@ -61,6 +61,7 @@ def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = load_pipeline_config(args)  # validated before any work starts (else exit 2)
+    check_input_before_work(config)  # a missing data.url: exit 2, no run dir made
     console = Console(every_s=args.progress_every)
     summary = run_pipeline(
         config, from_stage="data" if args.fresh else args.from_stage, console=console

@@ -467,8 +467,9 @@ def _init_ray(config: PipelineConfig, console: Console) -> None:
 
 def check_input_before_work(config: PipelineConfig) -> None:
     """A given ``data.url`` must list Parquet files before the run dir is made or any
-    stage starts: a missing or empty input is the user's to fix (exit 2), not a failed
-    data stage with a summary written."""
+    stage starts: the CLI calls this first, so a missing or empty input is the user's to
+    fix (exit 2), not a failed data stage with a summary written. (A library caller of
+    run_pipeline gets the failed run and its summary, as before.)"""
     if not config.data.url:
         return
     from clam_dist.data.source import VectorSource
@@ -485,7 +486,6 @@ def run_pipeline(
     """Run (or resume) the pipeline; returns the summary (also written to summary.json).
     ``console``: the per-stage progress view (none by default). One pipeline at a time
     per run directory (pipeline.lock): another one's is refused before any work."""
-    check_input_before_work(config)
     run = Run(config, console)
     with run_dir_lock(run.dir) as taken_over:
         return _run_locked(run, from_stage, only, taken_over)

@@ -314,6 +314,17 @@ def progress_callback(logdir: str | None = None, queue=None):
             for name, value in m.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.writer.add_scalar(f"train/{name}", value, m["step"])
-            self.writer.flush()  # every report: the run may end (or die) at any time
+            if m["step"] >= m.get("total_steps", float("inf")):
+                # The last report: close, which drains tensorboardX's queue (its flush()
+                # does not), so no event is written after fit() returns.
+                self.writer.close()
+                self.writer = None
+            else:
+                self.writer.flush()  # every report: the run may end (or die) at any time
+
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            if self.writer is not None:  # drain what was reported before the failure
+                self.writer.close()
+                self.writer = None
 
     return Progress()

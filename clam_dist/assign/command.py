@@ -200,12 +200,12 @@ def check_before_ray(config) -> None:
     a committed result without --overwrite). run_assignment checks them again; the
     duplicate-id scan, a full pass over the ids, stays there."""
     from clam_dist.assign.commit import OutputPrefix
-    from clam_dist.assign.pipeline import _check_disjoint, _check_inputs, _load_model
+    from clam_dist.assign.pipeline import check_disjoint, check_inputs, load_model
 
     _refuse_glob(config)
-    artifact = _load_model(config)
-    _check_inputs(config, config.source(), artifact)
-    _check_disjoint(config)
+    artifact = load_model(config)
+    check_inputs(config, config.source(), artifact)
+    check_disjoint(config)
     OutputPrefix(config.output_url, config.storage_options).check(config.overwrite)
 
 

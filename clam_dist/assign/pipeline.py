@@ -264,7 +264,7 @@ def _check_unique_ids(config: AssignConfig, source: VectorSource) -> None:
     )
 
 
-def _check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArtifact) -> None:
+def check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArtifact) -> None:
     """Schema vs model and pass-through columns, on the driver before any Ray work."""
     d = source.dim()
     if d != artifact.n_features:
@@ -285,7 +285,7 @@ def _check_inputs(config: AssignConfig, source: VectorSource, artifact: ModelArt
             )
 
 
-def _check_disjoint(config: AssignConfig) -> None:
+def check_disjoint(config: AssignConfig) -> None:
     """Output inside the input (or vice versa) would make the next read see the outputs."""
     fs_in, p_in = open_filesystem(config.input_url, config.storage_options)
     fs_out, p_out = open_filesystem(config.output_url, config.storage_options)
@@ -299,7 +299,7 @@ def _check_disjoint(config: AssignConfig) -> None:
         )
 
 
-def _load_model(config: AssignConfig) -> ModelArtifact:
+def load_model(config: AssignConfig) -> ModelArtifact:
     try:
         return load_artifact(config.model, config.storage_options)
     except ArtifactError:
@@ -536,10 +536,10 @@ def run_assignment(config: AssignConfig) -> AssignResult:
         partition=config.partition,
         storage_options=config.storage_options,
     )
-    artifact = _load_model(config)
+    artifact = load_model(config)
     source = config.source()
-    _check_inputs(config, source, artifact)
-    _check_disjoint(config)
+    check_inputs(config, source, artifact)
+    check_disjoint(config)
     _check_unique_ids(config, source)
     expected = source.num_rows()
     prefix = OutputPrefix(config.output_url, config.storage_options)

@@ -71,7 +71,7 @@ class KMeans(_PrototypeClusterer):
     Before the sample's Lloyd, rounds of centroid swaps (``models/kmeans_swaps.py``, on
     at most 64 rows per centroid of the sample) move the centroids Lloyd leaves in a local
     minimum (two in one group, one between two): at k = 4,096 on a 1M-row mixture they take the inertia
-    below scikit-learn's MiniBatchKMeans (README, "Speed against faiss").
+    below scikit-learn's MiniBatchKMeans (docs/benchmarks.md, "Speed against faiss").
 
     Parameters
     ----------

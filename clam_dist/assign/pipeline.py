@@ -463,7 +463,7 @@ def _assign_tasks(source, config: AssignConfig) -> int:
 # peak, the largest of those swings, grew with the number of blocks the process had
 # seen (+9..+18% from 2.5M to 10M rows, d = 128, k = 1,024). 16 MiB blocks (16,384-row
 # reads) cut the peak to ~0.7-0.8 GB and ran 2-7% faster (jobs/bench_scale.py and
-# assignment-only runs of the same files, README).
+# assignment-only runs of the same files, docs/benchmarks.md).
 ASSIGN_BLOCK_BYTES = 16 << 20
 
 

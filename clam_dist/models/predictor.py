@@ -33,7 +33,7 @@ ROW_CHUNK = 65_536  # rows per chunk at most
 # (65,536 x 128 rows, 2 threads, energy output; rows/s with 2^24 (64 MiB) -> 2^20
 # chunks): nearest rule k = 256 540k -> 801k, k = 1,024 155k -> 322k, k = 4,096 67k ->
 # 75k; 5 AM steps 74k -> 150k, 22k -> 39k, 6.2k -> 9.7k. The smaller transients also
-# keep an assignment worker's peak memory flat (README, 10M rows).
+# keep an assignment worker's peak memory flat (docs/benchmarks.md, 10M rows).
 BLOCK_ELEMS = 1 << 20
 
 

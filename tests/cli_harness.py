@@ -12,6 +12,7 @@ Two modes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -213,3 +214,36 @@ def start_cli(
         start_new_session=True,
     )
     return RunningCli(argv, proc)
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path (empty if it does not exist)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def ok(r: CliResult) -> CliResult:
+    """A success: exit 0 and nothing of Ray's on either stream."""
+    assert r.code == 0, r.describe()
+    r.no_ray_lines()
+    return r
+
+
+def fails(r: CliResult, code: int, *needles: str) -> str:
+    """A failure: ``code``, one line on stderr holding every needle, nothing on stdout,
+    no traceback and nothing of Ray's; returns the line."""
+    assert r.code == code, r.describe()
+    line = r.one_line(*needles)
+    r.no_ray_lines()
+    return line
+
+
+def no_ray_env(**extra: str) -> dict[str, str]:
+    """RAY_ADDRESS at a loopback port where nothing listens: a command that reaches for
+    Ray fails to connect, so a refusal of ours proves the check came first."""
+    from clam_dist.data.local_s3 import free_port
+
+    return cli_env(ray_address=f"127.0.0.1:{free_port()}", **extra)

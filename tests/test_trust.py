@@ -17,7 +17,6 @@ where a test's point is what a new user sees: a local Ray started by the command
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import time
@@ -28,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import CliResult, run_cli, start_cli
+from cli_harness import checksums, fails, ok, run_cli, start_cli
 
 from clam_dist import ClAM, __version__
 from clam_dist.artifacts import load_artifact, save_artifact
@@ -39,31 +38,6 @@ from clam_dist.datasets.synthetic import make_gaussian_mixture
 pytestmark = pytest.mark.ray
 
 N, D, K = 1_500, 6, 3
-
-
-def checksums(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative path (empty if it does not exist)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def ok(r: CliResult) -> CliResult:
-    """A success: exit 0 and nothing of Ray's on either stream."""
-    assert r.code == 0, r.describe()
-    r.no_ray_lines()
-    return r
-
-
-def fails(r: CliResult, code: int, *needles: str) -> str:
-    """A failure: ``code``, one line on stderr holding every needle, nothing on stdout,
-    no traceback and nothing of Ray's; returns the line."""
-    assert r.code == code, r.describe()
-    line = r.one_line(*needles)
-    r.no_ray_lines()
-    return line
 
 
 @dataclass

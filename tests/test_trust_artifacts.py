@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_harness import REPO, CliResult, cli_env, run_cli
+from cli_harness import REPO, CliResult, cli_env, fails, run_cli
 
 from clam_dist import ClAM
 from clam_dist.artifacts import ArtifactError, load_artifact, save_artifact
@@ -58,13 +58,6 @@ def run_measured(*args, ray_address: str | None = None) -> tuple[CliResult, int]
         )
         peak = int(Path(peak_file).read_text())
     return CliResult(argv, proc.returncode, proc.stdout, proc.stderr), peak
-
-
-def fails(r: CliResult, code: int, *needles: str) -> str:
-    assert r.code == code, r.describe()
-    line = r.one_line(*needles)
-    r.no_ray_lines()
-    return line
 
 
 @pytest.fixture(scope="module")

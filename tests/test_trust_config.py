@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from cli_harness import cli_env, run_cli
+from cli_harness import no_ray_env, run_cli
 
 from clam_dist.assign.pipeline import AssignConfig
 from clam_dist.config import (
@@ -36,7 +36,6 @@ from clam_dist.config import (
     load_config,
     read_mapping,
 )
-from clam_dist.data.local_s3 import free_port
 from clam_dist.data.writer import write_vectors
 from clam_dist.datasets.synthetic import make_gaussian_mixture
 from clam_dist.evaluate.run import EvaluateConfig
@@ -48,10 +47,6 @@ from clam_dist.tune.config import TuneJobConfig, TuneSearch
 # refusal is the config's check; the work it used to start first (200k generated rows and a
 # Ray cluster for the pipeline) took ~35 s.
 NO_WORK_S = 10.0
-
-
-def no_ray_env() -> dict[str, str]:
-    return cli_env(ray_address=f"127.0.0.1:{free_port()}")
 
 
 def refused(*args, work: Path, needles: tuple[str, ...]) -> str:

@@ -13,18 +13,16 @@ B11): every command runs as a real subprocess (tests/cli_harness.py).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import CliResult, cli_env, run_cli
+from cli_harness import checksums, fails, no_ray_env, run_cli
 
 from clam_dist.artifacts import ModelArtifact, save_artifact
 from clam_dist.assign.commit import OutputPrefix
 from clam_dist.config import ConfigError
-from clam_dist.data.local_s3 import free_port
 from clam_dist.data.source import VectorSource
 from clam_dist.data.stream import iter_batches
 from clam_dist.data.writer import write_vectors
@@ -32,27 +30,6 @@ from clam_dist.datasets.synthetic import make_gaussian_mixture
 from clam_dist.models.predictor import ClusterPredictor
 
 N, D, K = 600, 4, 3
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def fails(r: CliResult, code: int, *needles: str) -> str:
-    assert r.code == code, r.describe()
-    line = r.one_line(*needles)
-    r.no_ray_lines()
-    return line
-
-
-def no_ray_env(**extra: str) -> dict[str, str]:
-    """RAY_ADDRESS at a loopback port where nothing listens: a command that reaches for
-    Ray fails to connect, so a refusal of ours proves the check came first."""
-    return cli_env(ray_address=f"127.0.0.1:{free_port()}", **extra)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ every case runs `clam-dist pipeline` as a real subprocess (tests/cli_harness.py)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_harness import CliResult, run_cli, start_cli
+from cli_harness import checksums, fails, ok, run_cli, start_cli
 
 from clam_dist.data.urls import refuse_url
 from clam_dist.data.writer import vectors_table, write_vectors
@@ -45,26 +44,6 @@ GENERATED = [
     "--set", "optim.epochs=1", "--set", "train.trainer=sample",
     "--set", "eval_sample=500", "--set", "assign.concurrency=1",
 ]  # fmt: skip
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def ok(r: CliResult) -> CliResult:
-    assert r.code == 0, r.describe()
-    r.no_ray_lines()
-    return r
-
-
-def fails(r: CliResult, code: int, *needles: str) -> str:
-    assert r.code == code, r.describe()
-    r.no_ray_lines()
-    return r.one_line(*needles)
 
 
 def wait_for_lock(running, run_dir: Path) -> dict:

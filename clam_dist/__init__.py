@@ -13,16 +13,8 @@ __all__ = ["ClAM", "KMeans", "DCAM", "AttentionClustering", "__version__"]
 
 def __getattr__(name: str):
     # Lazy so that `import clam_dist` stays cheap for Ray workers and the CLI.
-    if name in ("ClAM", "KMeans"):
-        from clam_dist import estimator
+    if name in __all__:  # each estimator is its method's (clam_dist/methods/<name>/)
+        from clam_dist import methods
 
-        return getattr(estimator, name)
-    if name == "DCAM":
-        from clam_dist.dcam_estimator import DCAM
-
-        return DCAM
-    if name == "AttentionClustering":
-        from clam_dist.attention_estimator import AttentionClustering
-
-        return AttentionClustering
+        return methods.estimator_class(name)
     raise AttributeError(f"module 'clam_dist' has no attribute {name!r}")

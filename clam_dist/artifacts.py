@@ -60,11 +60,11 @@ class ModelArtifact:
     @property
     def assignment_rule(self) -> str:
         """How this model labels rows ("am", "dot" or "nearest"): its method's say."""
-        return methods.get(self.method).assignment_rule(self)
+        return methods.get(self.method).rule_for(self.meta)
 
     def encoder(self):
         """The torch module from input to model space, or None (the input space)."""
-        return methods.get(self.method).encoder(self)
+        return methods.get(self.method).load_hooks().encoder(self)
 
     def __post_init__(self) -> None:
         if self.method not in methods.names():

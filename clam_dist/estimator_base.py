@@ -15,6 +15,8 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from clam_dist.models.am import normalize_rows
+
 
 def check_n_clusters(n_clusters, n_samples: int) -> None:
     """n_clusters is an integer in [1, n_samples] (scikit-learn's wording)."""
@@ -109,3 +111,17 @@ class PrototypeEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             meta=dict(meta or {}, params=self._params_for_meta(), **extra_meta),
             **fields,
         )
+
+
+class PrototypeClusterer(PrototypeEstimator):
+    """Euclidean distances to the prototypes as the transform (KMeans and ClAM)."""
+
+    def transform(self, X) -> np.ndarray:
+        """Euclidean distances to every cluster centre, shape (n_samples, n_clusters)."""
+        check_is_fitted(self, "cluster_centers_")
+        X = self._check_x(X, reset=False)
+        x = self._tensor(X)
+        c = self._tensor(self.cluster_centers_)
+        if self.metric == "spherical":
+            x, c = normalize_rows(x), normalize_rows(c)
+        return torch.cdist(x.double(), c.double()).numpy()

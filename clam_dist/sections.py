@@ -10,7 +10,9 @@ sections, and a stage hands a section on whole instead of copying its fields.
     ModelSection     method, k, AM dynamics (beta, alpha, T,        train, pipeline
                      metric, mask), initialisation
     OptimSection     lr, epochs, batch size, schedule               train, pipeline
-    DCAMSection      the autoencoder and its two phases             train, pipeline, tune
+    [<method>]       a method's own knobs (DCAM's autoencoder and   train, pipeline, tune
+                     phases): the method's section, added to every
+                     job config by ``with_method_sections``
     WorkersSection   how many workers, GPUs, CPUs per worker        train, pipeline
     OutputsSection   what an assignment writes and how it batches   assign, pipeline
 
@@ -19,11 +21,12 @@ See docs/design.md ("Configuration") for the glossary of the names.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from clam_dist import methods
-from clam_dist.config import Each, Interval, knob
+from clam_dist.config import Interval, knob
 
 # A sanity cap on k: far beyond any clustering we run, small enough that a typo (1e9) is
 # refused before a k x d prototype matrix is allocated.
@@ -57,7 +60,7 @@ class ModelSection:
 
     # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
     # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
-    method: str = "clam"  # a registered method (clam_dist.methods.names())
+    method: str = methods.DEFAULT  # a registered method (clam_dist.methods.names())
     n_clusters: int = knob(16, Interval(int, 1, MAX_CLUSTERS))
     # AM inverse temperature; None: from the data's distance scale
     beta: float | None = knob(None, POSITIVE)
@@ -83,7 +86,9 @@ class ModelSection:
 class OptimSection:
     """How the model is trained: Adam's rate, epochs, the batch and the rate schedule."""
 
-    lr: float = knob(0.01, POSITIVE)  # no upper bound: a diverging rate is caught in training
+    # None: the method's own default (clam_dist/methods/<name>: DEFAULTS.lr), filled in
+    # when the job config is built. No upper bound: a diverging rate is caught in training.
+    lr: float | None = knob(None, POSITIVE)
     epochs: int = knob(3, COUNT)  # DCAM: joint epochs, after dcam.pretrain_epochs
     # 0 = no step budget (epochs decide); else stop after this many steps
     max_steps: int = knob(0, COUNT_OR_OFF)
@@ -98,27 +103,6 @@ class OptimSection:
     # torch's ReduceLROnPlateau takes a factor < 1 (1 would be "constant")
     plateau_factor: float = knob(0.8, Interval(float, 0, 1, "neither"))
     plateau_patience: int = knob(5, COUNT_OR_OFF)
-
-
-@dataclass
-class DCAMSection:
-    """DCAM only: the autoencoder and its two phases (model.* holds k, beta, alpha, T,
-    mask; optim.epochs counts the JOINT epochs, after ``pretrain_epochs``)."""
-
-    encoder: Literal["mlp", "conv"] = "mlp"
-    latent_dim: int = knob(10, COUNT)
-    # None: [128, 64] (mlp) or [16, 32] channels (conv)
-    hidden: list[int] | None = knob(None, Each(COUNT))
-    # conv: [C, H, W]; None: square 1/3-channel guess
-    image_shape: list[int] | None = knob(None, Each(COUNT))
-    pretrain_epochs: int = knob(5, COUNT_OR_OFF)
-    # weight of the reconstruction term in the joint loss
-    recon_weight: float = knob(1.0, NON_NEGATIVE)
-    # The joint phase may trade reconstruction for clustering only within this tolerance
-    # of the pretrained reconstruction loss: "select" keeps the best epoch within it,
-    # "stop" also stops at the first epoch beyond it, "none" ignores it.
-    recon_tolerance: float = knob(0.10, NON_NEGATIVE)
-    recon_bound: Literal["select", "stop", "none"] = "select"
 
 
 @dataclass
@@ -147,3 +131,25 @@ def values_of(section_type: type, config: Any) -> dict:
     """The fields of ``section_type`` read from ``config`` (any object that has them):
     how a stage hands on a section that is part of a larger config."""
     return {f.name: getattr(config, f.name) for f in fields(section_type)}
+
+
+def with_method_sections(job_config: type) -> type:
+    """``job_config`` with one more field per registered method that has its own config
+    section, named after the method (``[dcam]``): the job configs hold every method's
+    knobs without naming a method (the registry knows them)."""
+    extra = [
+        (name, section, field(default_factory=section))
+        for name, section in methods.sections().items()
+    ]
+    built = dataclasses.make_dataclass(job_config.__name__, extra, bases=(job_config,))
+    # The same name, module and doc as the class it extends: pickles by reference (Ray
+    # ships TrainConfig to its workers) and reads the same in errors and help.
+    built.__module__, built.__qualname__ = job_config.__module__, job_config.__qualname__
+    built.__doc__ = job_config.__doc__
+    return built
+
+
+def fill_method_defaults(model: ModelSection, optim: OptimSection) -> None:
+    """Knobs left unset (None) take the method's own default (its DEFAULTS)."""
+    if optim.lr is None:
+        optim.lr = methods.get(model.method).defaults.lr

@@ -9,12 +9,10 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from clam_dist import AttentionClustering
+from clam_dist.methods.attention.model import AttentionLayer, attention_loss, fit_attention
 from clam_dist.models.attention import (
-    AttentionLayer,
     attention_assign,
-    attention_loss,
     attention_output,
-    fit_attention,
     identity_attention,
     quantize_context,
 )

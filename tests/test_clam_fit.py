@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from clam_dist.methods.clam.fit import ClAMConfig, fit_clam
 from clam_dist.models.am import am_evolve, assign
 from clam_dist.models.clam import AMParams, MaskSpec, beta_from_data, clam_loss, draw_mask
-from clam_dist.models.clam_fit import ClAMConfig, fit_clam, init_prototypes
+from clam_dist.models.seeding import init_prototypes
 
 
 def blobs(n=240, d=5, k=4, seed=0, scale=6.0):

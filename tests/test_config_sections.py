@@ -12,6 +12,7 @@ from clam_dist import sections
 from clam_dist.assign.pipeline import AssignConfig
 from clam_dist.config import ConfigError, load_config
 from clam_dist.evaluate.run import EvaluateConfig
+from clam_dist.methods.dcam.config import DCAMSection
 from clam_dist.pipeline.config import PipelineConfig
 from clam_dist.train.config import TrainConfig
 from clam_dist.tune.config import TuneJobConfig, TuneModel, TuneSearch
@@ -20,7 +21,7 @@ SHARED = (
     sections.SourceColumns,
     sections.ModelSection,
     sections.OptimSection,
-    sections.DCAMSection,
+    DCAMSection,
     sections.WorkersSection,
     sections.OutputsSection,
 )
@@ -93,6 +94,6 @@ def test_the_cli_names_the_new_place(tmp_path, capsys):
 
 def test_tune_refuses_a_fixed_recon_weight_in_its_dcam_section():
     with pytest.raises(ConfigError, match="search.recon_weight"):
-        from clam_dist.tune.space import check_dcam
+        from clam_dist.methods.dcam.hooks import check_dcam
 
-        check_dcam(sections.DCAMSection(recon_weight=2.0))
+        check_dcam(DCAMSection(recon_weight=2.0))

@@ -9,8 +9,7 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from clam_dist import DCAM
-from clam_dist.models.am import am_evolve
-from clam_dist.models.dcam import (
+from clam_dist.methods.dcam.model import (
     Autoencoder,
     DCAMConfig,
     DCAMModel,
@@ -19,6 +18,7 @@ from clam_dist.models.dcam import (
     encoder_from_artifact,
     fit_dcam,
 )
+from clam_dist.models.am import am_evolve
 
 FAST = {"pretrain_epochs": 25, "epochs": 4, "batch_size": 32, "hidden": (32, 16), "latent_dim": 4}
 

@@ -15,8 +15,8 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
 from clam_dist import ClAM, KMeans
-from clam_dist.attention_estimator import AttentionClustering
-from clam_dist.dcam_estimator import DCAM
+from clam_dist.methods.attention.estimator import AttentionClustering
+from clam_dist.methods.dcam.estimator import DCAM
 from clam_dist.models.predictor import ClusterPredictor
 
 ESTIMATORS = {

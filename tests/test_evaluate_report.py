@@ -294,7 +294,7 @@ def test_cluster_table_streamed_in_small_batches_equals_one_sort(rng):
 
 
 def test_kmeans_baseline_is_fitted_and_scored_on_the_same_sample(run):
-    from clam_dist.estimator import KMeans
+    from clam_dist import KMeans
     from clam_dist.metrics import silhouette
 
     m = run_evaluation(_config(run, report_dir=str(run["root"] / "rep4"))).metrics

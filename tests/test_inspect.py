@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clam_dist import ClAM
 from clam_dist.artifacts import META_FILE, load_artifact, save_artifact
 from clam_dist.assign.commit import MANIFEST, SUCCESS, OutputPrefix
 from clam_dist.cli import main
 from clam_dist.commands.inspect import inspect_path, render
-from clam_dist.estimator import ClAM
 from clam_dist.models.predictor import ClusterPredictor
 
 REPO = Path(__file__).resolve().parents[1]

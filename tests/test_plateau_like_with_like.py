@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from clam_dist.config import load_config
+from clam_dist.methods.clam.objective import ClAMObjective
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.gradient_update import GradientUpdate
-from clam_dist.train.objectives import ClAMObjective
 from clam_dist.train.step import shared_mask_epoch
 
 

@@ -11,11 +11,12 @@ import pytest
 
 from clam_dist.config import ConfigError, load_config
 from clam_dist.datasets.clam_paper import load_clam_paper, standardize
-from clam_dist.models.clam_fit import ClAMConfig, fit_clam
+from clam_dist.methods.clam.fit import ClAMConfig, fit_clam
+from clam_dist.methods.clam.trial import ClAMTrial, TrialParams
 from clam_dist.tune.command import add_arguments, load_tune_config
 from clam_dist.tune.config import TuneJobConfig, TuneSearch
 from clam_dist.tune.space import SearchSpaceError, check_search_space
-from clam_dist.tune.trial import ClAMTrial, TrialData, TrialParams, split_sample
+from clam_dist.tune.trial import TrialData, split_sample
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -13,16 +13,17 @@ import torch
 
 from clam_dist.config import ConfigError, load_config, to_dict
 from clam_dist.datasets.clam_paper import load_clam_paper, standardize
-from clam_dist.models.attention import fit_attention
+from clam_dist.methods.attention import DEFAULTS as ATTENTION_DEFAULTS
+from clam_dist.methods.attention.model import fit_attention
+from clam_dist.methods.attention.trial import AttentionParams, AttentionTrial
+from clam_dist.methods.dcam.model import DCAMConfig, EncoderSpec, fit_dcam
+from clam_dist.methods.dcam.trial import DCAMParams, DCAMTrial
 from clam_dist.models.clam import beta_from_data
-from clam_dist.models.clam_fit import init_prototypes
-from clam_dist.models.dcam import DCAMConfig, EncoderSpec, fit_dcam
+from clam_dist.models.seeding import init_prototypes
 from clam_dist.tune.command import add_arguments, load_tune_config
 from clam_dist.tune.config import TuneJobConfig, TuneSearch
 from clam_dist.tune.space import SearchSpaceError, check_search_space
 from clam_dist.tune.trial import TrialData
-from clam_dist.tune.trial_attention import AttentionParams, AttentionTrial
-from clam_dist.tune.trial_dcam import DCAMParams, DCAMTrial
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -103,7 +104,7 @@ def test_attention_trial_is_fit_attention_from_the_training_jobs_init():
     beta = beta_from_data(xt, mu0)
     ref = fit_attention(xt, mu0, 2.0 * beta, "dot", 0.01, 3, 32, gen)
     trial = AttentionTrial(
-        data, AttentionParams(n_clusters=7, beta_scale=2.0, similarity="dot", seed=3)
+        data, AttentionParams(n_clusters=7, beta_scale=2.0, similarity="dot", lr=0.01, seed=3)
     )
     losses = [trial.step()["train_loss"] for _ in range(3)]
     assert trial.beta == pytest.approx(2.0 * beta, rel=1e-6)
@@ -118,7 +119,7 @@ def test_dcam_trial_is_fit_dcam_pretraining_then_joint_epochs():
                      batch_size=32, lr=0.01, seed=3)  # fmt: skip
     ref = fit_dcam(torch.from_numpy(x), cfg)
     # hidden=None: the training job's default MLP, which is the EncoderSpec default too
-    trial = DCAMTrial(data, DCAMParams(n_clusters=7, pretrain_epochs=2, seed=3))
+    trial = DCAMTrial(data, DCAMParams(n_clusters=7, pretrain_epochs=2, lr=0.01, seed=3))
     np.testing.assert_allclose(trial.pretrain_history, ref.pretrain_history, rtol=1e-5)
     metrics = [trial.step() for _ in range(3)]
     assert trial.beta == pytest.approx(ref.beta, rel=1e-5)
@@ -198,7 +199,8 @@ def test_tiny_attention_search_writes_a_config_the_training_job_accepts(ray_loca
     summary = _tiny_search(tmp_path, "attention")
     points = [r["point"] for r in summary["trials"]]
     assert all(set(p) == {"beta_scale", "lr", "similarity"} for p in points)
-    assert {"beta_scale": 1.0, "lr": 0.01, "similarity": "distance"} in points  # the default
+    default = {"beta_scale": 1.0, "lr": ATTENTION_DEFAULTS.lr, "similarity": "distance"}
+    assert default in points  # the training job's default point (methods/attention: 0.05)
     chosen = _check_protocol(summary, tmp_path)
     train = load_config(TrainConfig, tmp_path / "out" / "best.toml")
     check_method_config(train, 16)  # the trainer's own checks before any work

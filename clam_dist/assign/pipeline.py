@@ -16,15 +16,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from clam_dist.artifacts import ArtifactError, ModelArtifact, load_artifact
+from clam_dist.assign.assigner import ClusterAssigner, InjectedCrash
 from clam_dist.assign.commit import OutputPrefix, iter_assignments, read_assignments
 from clam_dist.assign.stats import stage_seconds
-from clam_dist.assign.worker import fingerprint
+from clam_dist.assign.worker import assign_batch, fingerprint
 from clam_dist.config import ConfigError, check_constraints, knob
 from clam_dist.data.errors import DataError
 from clam_dist.data.source import VectorSource, is_local, open_filesystem
@@ -56,10 +55,6 @@ class AssignmentError(JobError):
     """The Ray Data assignment failed (a worker error, bad data found while reading); the
     message is the root cause's one line, ``details`` the remote traceback. Nothing was
     committed."""
-
-
-class InjectedCrash(RuntimeError):
-    """Raised by the crash-injection hooks; never raised in normal operation."""
 
 
 @dataclass
@@ -168,81 +163,6 @@ def auto_batch_size(d: int, k: int) -> int:
     a probs output (rows x k floats) must stay at tens of MB per actor."""
     rows = (1 << 24) // max(1, d, k)
     return int(min(65_536, max(4_096, 1 << (rows.bit_length() - 1))))
-
-
-class ClusterAssigner:
-    """Labels batches with a model loaded from its URL; built once per worker process
-    (assign/worker.py caches it) and called per batch."""
-
-    def __init__(
-        self,
-        model_url: str,
-        storage_options: dict | None,
-        outputs: list[str],
-        passthrough: list[str],
-        fail_after_batches: int = 0,
-        device: str = "cpu",
-        nan_policy: str = "error",
-        input_url: str = "",
-    ):
-        from clam_dist.models.predictor import ClusterPredictor
-
-        artifact = load_artifact(model_url, storage_options)
-        self.artifact = artifact  # its fingerprint is checked against the driver's
-        self.predictor = ClusterPredictor.from_artifact(artifact, device=device)
-        self.outputs = list(outputs)
-        self.passthrough = list(passthrough)
-        self.batches = 0
-        self.fail_after = fail_after_batches
-        self.nan_policy = nan_policy
-        self.input_url = input_url
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        self.batches += 1
-        if self.fail_after and self.batches > self.fail_after:
-            raise InjectedCrash(f"injected failure after {self.fail_after} batches")
-        pred = self.predictor.predict(batch["x"], self.outputs)
-        keep = self._finite_rows(batch, pred)
-        if keep is not None:
-            batch = {c: v[keep] for c, v in batch.items()}
-            pred = {c: v[keep] for c, v in pred.items()}
-        cols: dict[str, pa.Array] = {
-            "id": pa.array(batch["id"]),
-            "cluster": pa.array(pred["cluster"]),
-            "distance": pa.array(pred["distance"]),
-        }
-        for name in ("energy", "margin"):
-            if name in pred:
-                cols[name] = pa.array(pred[name])
-        if "probs" in pred:
-            probs = np.ascontiguousarray(pred["probs"], dtype=np.float32)
-            cols["probs"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(probs.reshape(-1)), probs.shape[1]
-            )
-        for c in self.passthrough:
-            cols[c] = pa.array(batch[c])
-        return pa.table(cols)
-
-    def _finite_rows(self, batch: dict, pred: dict) -> np.ndarray | None:
-        """Rows whose outputs are all finite (None = every row). Finite inputs can still
-        overflow float32 arithmetic (a coordinate of 1e20 squares past 3.4e38): such rows
-        are treated like NaN rows, never committed with distance = inf."""
-        finite = np.ones(len(batch["x"]), dtype=bool)
-        for values in pred.values():
-            v = np.asarray(values)
-            if v.dtype.kind == "f":
-                finite &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
-        if finite.all():
-            return None
-        if self.nan_policy == "drop":
-            return finite
-        bad = np.flatnonzero(~finite)
-        first = [str(i) for i in np.asarray(batch["id"])[bad[:5]].tolist()]
-        raise DataError(
-            f"{self.input_url}: {bad.size} row(s) give non-finite distances (values too "
-            f"large for float32 arithmetic; first ids: {first}); clean the data or pass "
-            "--set nan_policy=drop"
-        )
 
 
 def _check_unique_ids(config: AssignConfig, source: VectorSource) -> None:
@@ -392,7 +312,6 @@ def _write_staged(
 
 
 def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
-    from clam_dist.assign.worker import assign_batch
     from clam_dist.data.ray_dataset import to_ray_dataset
     from clam_dist.logs import quiet_ray
 

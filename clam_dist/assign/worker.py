@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from clam_dist.artifacts import ModelArtifact
+from clam_dist.assign.assigner import ClusterAssigner
 
 # Fault injection (tests, drills): a file path; the first task that creates it kills its
 # own worker process, as an OOM kill would, so Ray retries the task in a fresh process.
@@ -71,8 +72,6 @@ def assign_batch(batch: dict[str, np.ndarray], chunk_rows: int = 0, **settings) 
 
 def _assigner(settings: dict):
     """The process's assigner for these settings (built, and its model loaded, once)."""
-    from clam_dist.assign.pipeline import ClusterAssigner
-
     _maybe_die()
 
     key = tuple(

@@ -30,6 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from clam_dist import methods
 from clam_dist.artifacts import (
     META_FILE,
     TENSORS_FILE,
@@ -266,12 +267,8 @@ def _model(reader: _Reader, names: dict[str, dict]) -> Report:
     shown_steps = "0 (nearest prototype, no dynamics)" if steps == 0 else steps
     r.add("T (AM steps)", shown_steps, "am_steps", steps)
     r.add("metric", meta.get("metric"), "metric")
-    if meta.get("method") == "attention":
-        r.add("attention score", extra.get("score"), "attention_score")
-    if meta.get("method") == "dcam":
-        enc = extra.get("encoder") if isinstance(extra.get("encoder"), dict) else None
-        shown = None if enc is None else f"{enc.get('kind')} latent_dim={enc.get('latent_dim')}"
-        r.add("encoder", shown, "encoder", enc)
+    for row in methods.get(meta["method"]).inspect_rows(extra):  # the method's own fields
+        r.add(row.label, row.shown, row.key, row.value)
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     r.add("training data", data.get("url"), "training_data")
     r.add("trained with", extra.get("trained_with"), "trained_with")

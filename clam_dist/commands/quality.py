@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clam_dist import methods
 from clam_dist.datasets.clam_paper import CLAM_PAPER_DATASETS, load_clam_paper, standardize
 from clam_dist.errors import InputError
 
@@ -51,7 +52,8 @@ def evaluate_dataset(
 ) -> dict:
     import torch
 
-    from clam_dist.estimator import ClAM, KMeans
+    ClAM = methods.get(methods.DEFAULT).estimator.load()  # noqa: N806 - classes
+    KMeans = methods.get(methods.BASELINE).estimator.load()  # noqa: N806
     from clam_dist.metrics import clustering_report, silhouette
 
     if kmeans_seeds < 1 or clam_seeds < 1:
@@ -91,7 +93,7 @@ def evaluate_dataset(
     row["clam_losssel_silhouette"] = sils[by_loss]
     row["clam_beta"] = clam.beta_
 
-    for prefix, est in (("kmeans", km), ("clam", clam)):
+    for prefix, est in ((methods.BASELINE, km), (methods.DEFAULT, clam)):
         rep = clustering_report(x, est.labels_, est.cluster_centers_, y_true=y)
         for key in ("silhouette", "n_nonempty", "nmi", "ari", "acc"):
             row[f"{prefix}_{key}"] = rep[key]

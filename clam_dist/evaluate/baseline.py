@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 
+from clam_dist import methods
 from clam_dist.metrics import ari, nmi, silhouette
 
 
@@ -30,7 +31,7 @@ def kmeans_baseline(
             "kmeans_baseline_note": f"skipped: the sample has {n} rows, k-means needs more "
             f"than k={k}"
         }
-    from clam_dist.estimator import KMeans
+    KMeans = methods.get(methods.BASELINE).estimator.load()  # noqa: N806 - a class
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -2,11 +2,11 @@
 
 Pure torch, no Ray, no I/O. Two pieces:
 
-(a) ``AttentionLayer``: k heads whose parameters mu_h are the cluster vectors. For a token
-    x the layer attends over the heads and returns sum_h softmax_h(s(x, mu_h)) mu_h, with
-    scores s = beta x.mu_h ("dot") or -beta/2 ||x - mu_h||^2 ("distance"). Training
-    minimises the reconstruction risk E||x - layer(x)||^2 (``attention_loss``); the
-    cluster of x is the head with the highest attention weight (``attention_assign``).
+(a) The scores of k heads whose parameters mu_h are the cluster vectors. For a token
+    x attention over the heads returns sum_h softmax_h(s(x, mu_h)) mu_h, with scores
+    s = beta x.mu_h ("dot") or -beta/2 ||x - mu_h||^2 ("distance"); the cluster of x is
+    the head with the highest attention weight (``attention_assign``). The method that
+    trains the heads lives in ``clam_dist/methods/attention/``.
 
 (b) In-context quantization (``identity_attention``, ``quantize_context``): key, query and
     value are the identity, nothing is trained, and the points of one context are updated
@@ -29,7 +29,6 @@ from typing import Literal
 import torch
 
 from clam_dist.models.am import DEFAULT_BLOCK_ELEMS, attention_readout, nearest_prototypes
-from clam_dist.models.epochs import EpochStepper
 
 Score = Literal["dot", "distance"]
 SCORES: tuple[str, ...] = ("dot", "distance")
@@ -113,112 +112,6 @@ def attention_assign(
     for r0 in range(0, n, rows):
         out[r0 : r0 + rows] = torch.argmax(x[r0 : r0 + rows] @ mu.t(), dim=1)
     return out
-
-
-class AttentionLayer(torch.nn.Module):
-    """The simplified attention layer: k heads, head h carries the trainable vector mu_h.
-
-    A plain nn.Module (prototypes are an ``nn.Parameter``): the distributed trainer calls
-    ``attention_loss(layer, x)`` per worker and all-reduces grad mu itself.
-    """
-
-    def __init__(self, mu: torch.Tensor, beta: float, score: Score = "distance"):
-        super().__init__()
-        check_score(score)
-        check_beta(beta)
-        if mu.ndim != 2:
-            raise ValueError(f"mu must be 2-D (k heads, d), got shape {tuple(mu.shape)}")
-        self.mu = torch.nn.Parameter(mu.detach().clone().float())
-        self.beta = float(beta)
-        self.score: Score = score
-
-    @property
-    def k(self) -> int:
-        return int(self.mu.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return attention_output(x, self.mu, self.beta, self.score)
-
-
-def attention_loss(layer: torch.nn.Module, x_batch: torch.Tensor) -> torch.Tensor:
-    """Reconstruction risk of a batch: mean_i ||x_i - layer(x_i)||^2.
-
-    ``layer`` is an ``AttentionLayer`` (or any module with its forward).
-    """
-    return ((x_batch - layer(x_batch)) ** 2).sum(dim=1).mean()
-
-
-# ---------------------------------------------------------------------------------------
-# In-memory training loop (the distributed trainer calls ``attention_loss`` per worker).
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class AttentionFitResult:
-    mu: torch.Tensor  # (k, d): heads of the lowest-loss epoch
-    beta: float
-    loss_history: list[float]
-    best_epoch: int
-    snapshots: list[torch.Tensor]  # mu after initialisation and after every epoch
-
-
-def attention_epochs(
-    layer: AttentionLayer,
-    x: torch.Tensor,
-    *,
-    lr: float,
-    batch_size: int,
-    generator: torch.Generator | None,
-    plateau: tuple[float, int] | None = (0.8, 5),
-) -> EpochStepper:
-    """The reconstruction-risk epochs of a k-head layer (fit_attention and the Tune
-    trial): Adam on shuffled minibatches, reduce-on-plateau, lowest-loss heads kept."""
-    return EpochStepper(
-        list(layer.parameters()),
-        lambda rows, epoch: attention_loss(layer, rows),
-        x,
-        batch_size=batch_size,
-        lr=lr,
-        generator=generator,
-        snapshot=lambda: layer.mu.detach().clone(),
-        plateau=plateau,
-        name="attention",
-    )
-
-
-def fit_attention(
-    x: torch.Tensor,
-    mu0: torch.Tensor,
-    beta: float,
-    score: Score = "distance",
-    lr: float = 0.05,
-    epochs: int = 30,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    keep_snapshots: bool = False,
-    plateau: tuple[float, int] | None = (0.8, 5),
-) -> AttentionFitResult:
-    """Minimise E||x - layer(x)||^2 over shuffled minibatches with Adam and
-    reduce-on-plateau (``plateau`` = (factor, patience), None for a constant rate).
-
-    Returns the heads of the epoch with the lowest mean loss (an unsupervised choice).
-    """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    layer = AttentionLayer(mu0, beta, score)
-    stepper = attention_epochs(
-        layer, x, lr=lr, batch_size=batch_size, generator=generator, plateau=plateau
-    )
-    snapshots = [layer.mu.detach().clone()] if keep_snapshots else []
-    for _ in range(epochs):
-        stepper.step()
-        if keep_snapshots:
-            snapshots.append(layer.mu.detach().clone())
-    return AttentionFitResult(
-        stepper.best, float(beta), stepper.history, stepper.best_epoch, snapshots
-    )
 
 
 # ---------------------------------------------------------------------------------------

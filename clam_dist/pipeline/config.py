@@ -1,7 +1,7 @@
 """Typed configuration of the end-to-end pipeline (TOML/YAML + section.field overrides).
 
-Built from the shared sections (clam_dist/sections.py): [model], [optim] and [dcam] are
-the training job's own classes, [data] extends the training job's, [train] holds the
+Built from the shared sections (clam_dist/sections.py): [model], [optim] and each
+method's own section ([dcam]) are the training job's own classes, [data] extends the training job's, [train] holds the
 workers plus the pipeline's choice of trainer, and [assign] the assignment's outputs. The
 train and assign stages hand these sections on whole.
 """
@@ -17,11 +17,12 @@ from clam_dist.sections import (
     MAX_CLUSTERS,
     POSITIVE,
     SEED,
-    DCAMSection,
     ModelSection,
     OptimSection,
     OutputsSection,
     WorkersSection,
+    fill_method_defaults,
+    with_method_sections,
 )
 from clam_dist.train.config import TrainData
 
@@ -51,6 +52,7 @@ class PipelineTrain(WorkersSection):
     n_init: int = knob(1, COUNT)  # the sample trainer's restarts (best by its own criterion)
 
 
+@with_method_sections  # + each method's own section ([dcam])
 @dataclass
 class PipelineConfig:
     # Knobs of the pipeline's own [model] section before it became the shared one.
@@ -73,6 +75,8 @@ class PipelineConfig:
     data: PipelineData = field(default_factory=PipelineData)
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
-    dcam: DCAMSection = field(default_factory=DCAMSection)  # model.method = "dcam" only
     train: PipelineTrain = field(default_factory=PipelineTrain)
     assign: OutputsSection = field(default_factory=OutputsSection)
+
+    def __post_init__(self) -> None:
+        fill_method_defaults(self.model, self.optim)

@@ -79,9 +79,10 @@ class Run:
         for name in STAGES[: STAGES.index(stage) + 1]:
             for key in STAGE_FIELDS[name]:
                 fields.update(_flatten(cfg[key], key))
-            if name == "train":  # a method's own sections (DCAM's [dcam]) change its model
-                for key in methods.get(self.config.model.method).config_sections:
-                    fields.update(_flatten(cfg[key], key))
+            # A method's own section ([dcam], named after it) changes its model.
+            own = self.config.model.method
+            if name == "train" and own in methods.sections():
+                fields.update(_flatten(cfg[own], own))
         if self.config.data.url:
             fields["data.files"] = self._input_files_digest()
         return fields
@@ -369,13 +370,13 @@ def _train_on_sample(run: Run, stats):
     from clam_dist.models.predictor import drift_threshold
 
     cfg, d = run.config, run.config.data
-    spec = methods.get(cfg.model.method)
+    hooks = methods.get(cfg.model.method).load_hooks()
     sample = sample_rows(run.source(), d.init_sample, cfg.seed)
     mean = stats.mean if d.standardize else np.zeros_like(stats.mean)
     scale = np.where(stats.std > 0, stats.std, 1.0) if d.standardize else np.ones_like(stats.std)
     z = ((sample.x - mean) / scale).astype(np.float32)
-    est = spec.fit_on_sample(cfg, z)
-    meta = dict(spec.estimator_history(est))
+    est = hooks.fit_on_sample(cfg, z)
+    meta = dict(hooks.estimator_history(est))
     meta.update(train_sample_size=int(len(sample)), trained_with="in-memory sample")
     # One signature for every estimator (estimator_base): the pipeline's global scaler.
     art = est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)

@@ -91,6 +91,16 @@ def all_reduce_grads_and_rows(
     are small), then divide by the global row count: every worker holds the gradient of
     the global-batch mean. Returns (is it finite, the global row count), the same answer
     on every worker. ``meanwhile`` runs while the all-reduce is in flight."""
+    if not comm.distributed:
+        # One process (an in-memory fit): no buffer to pack; the same division, per tensor.
+        if meanwhile is not None:
+            meanwhile()
+        finite, rows = True, max(local_rows, 1)
+        for p in params:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = grad / rows
+            finite = finite and bool(torch.isfinite(p.grad).all())
+        return finite, local_rows
     grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
     rows = torch.tensor([float(local_rows)], device=comm.device)
     flat = comm.all_reduce(torch.cat([*grads, rows]), kind="step", meanwhile=meanwhile)

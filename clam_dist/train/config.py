@@ -10,11 +10,12 @@ from clam_dist.sections import (
     COUNT,
     COUNT_OR_OFF,
     SEED,
-    DCAMSection,
     ModelSection,
     OptimSection,
     SourceColumns,
     WorkersSection,
+    fill_method_defaults,
+    with_method_sections,
 )
 
 
@@ -69,11 +70,14 @@ class TrainRun(WorkersSection):
         self.resume_from = absolute(self.resume_from)
 
 
+@with_method_sections  # + each method's own section ([dcam])
 @dataclass
 class TrainConfig:
     data: TrainData = field(default_factory=TrainData)
     # the shared sections (clam_dist/sections.py): the pipeline's are the same classes
     model: ModelSection = field(default_factory=ModelSection)
-    dcam: DCAMSection = field(default_factory=DCAMSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: TrainRun = field(default_factory=TrainRun)
+
+    def __post_init__(self) -> None:
+        fill_method_defaults(self.model, self.optim)

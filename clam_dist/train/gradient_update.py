@@ -10,11 +10,11 @@ from collections.abc import Callable
 import torch
 
 from clam_dist.train import checkpoint as ckpt
+from clam_dist.train.batch import Batch
 from clam_dist.train.comm import Comm, all_reduce_grads_and_rows
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.objectives import Objective
 from clam_dist.train.step import batch_mask, local_loss_sum, lr_factor, shared_mask_epoch
-from clam_dist.train.updates import Batch
 from clam_dist.train.verify import check_finite
 
 
@@ -27,7 +27,7 @@ class GradientUpdate:
         self._rows, self._global_rows, self._finite = 0, 0, True
 
     def _new_optimizer(self):
-        # Which parameters train depends on the phase (DCAM pretraining: the autoencoder).
+        # Which parameters train depends on the objective's phase (it says which).
         opt = self.cfg.optim
         optimizer = torch.optim.Adam(self.objective.trainable(), lr=opt.lr)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -49,6 +49,9 @@ class GradientUpdate:
             return False
         self.optimizer, self.plateau = self._new_optimizer()  # a new phase: a new loss
         return True
+
+    def monitoring(self) -> bool:
+        return self.objective.monitoring()
 
     def model_space(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.objective.model_space(x) if self.objective.monitoring() else None
@@ -75,7 +78,7 @@ class GradientUpdate:
             group["lr"] = opt.lr * factor
 
     def _mask(self, batch: Batch) -> torch.Tensor | None:
-        width = self.objective.mask_width() if self.phase(batch.epoch) != "pretrain" else None
+        width = self.objective.mask_width(batch.epoch)
         if width is None:
             return None
         m, seed = self.cfg.model, self.cfg.run.seed
@@ -123,17 +126,19 @@ class GradientUpdate:
     def apply_epoch(self, epoch: int, epoch_loss: float) -> None:
         # A shared-mask epoch's loss is on another scale than a per-row-mask epoch's: the
         # plateau compares like with like, so it skips the odd kind out.
-        if self.cfg.optim.schedule == "plateau" and not self._odd_mask_epoch(epoch):
+        comparable = not self._odd_mask_epoch(epoch)
+        if self.cfg.optim.schedule == "plateau" and comparable:
             self.plateau.step(epoch_loss)
+        self.objective.consider_epoch(epoch, epoch_loss, comparable)
 
     def _odd_mask_epoch(self, epoch: int) -> bool:
         """A shared-mask epoch in a run that also has per-row-mask epochs."""
         m = self.cfg.model
-        masked = self.phase(epoch) != "pretrain" and self.objective.mask_width() is not None
+        masked = self.objective.mask_width(epoch) is not None
         return masked and m.shared_every > 1 and shared_mask_epoch(epoch, m.shared_every)
 
     def finalize(self) -> None:
-        self.objective.finalize()  # DCAM: the selected (bounded) state
+        self.objective.finalize()  # the kept epoch (DCAM: its bounded selection)
 
     def artifact_fields(self) -> dict:
         return self.objective.artifact_fields()

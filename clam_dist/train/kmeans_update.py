@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from clam_dist.train.batch import Batch
 from clam_dist.train.comm import Comm
 from clam_dist.train.config import TrainConfig
-from clam_dist.train.updates import Batch
 
 
 class KMeansUpdate:
@@ -30,6 +30,9 @@ class KMeansUpdate:
 
     def begin_epoch(self, epoch: int, comm: Comm, rank: int) -> bool:
         return False
+
+    def monitoring(self) -> bool:
+        return True
 
     def model_space(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -1,89 +1,140 @@
-"""The per-worker training loop run by Ray Train's TorchTrainer (one process per worker).
+"""The per-worker training loop: ONE implementation for Ray Train's workers and for
+in-process training (``in_process.py``, the in-memory estimators and Tune trials).
 
-Each worker streams its lanes (file shards) and, per step: reads the next batch, measures
-it against the current prototypes (monitor), computes its local update (forward/backward,
-or k-means' sums and counts), all-reduces it in ONE flat buffer with an explicit
-``torch.distributed.all_reduce`` (gloo on CPU, nccl on GPU), applies it, and, when due,
-reports metrics and a checkpoint. What a method computes lives behind ``updates.Update``
-(objectives from the method registry); this file never asks which method runs.
+Each worker reads its lanes' rows and, per step: takes the next batch, measures it against
+the current prototypes (monitor), computes its local update (forward/backward, or k-means'
+sums and counts), all-reduces it in ONE flat buffer with an explicit
+``torch.distributed.all_reduce`` (gloo on CPU, nccl on GPU; the identity in one process),
+applies it, and, when due, reports metrics and a checkpoint. What a method computes lives
+behind ``updates.Update`` (objectives from the method registry); this file never asks
+which method runs. Where batches come from, where reports and checkpoints go and what
+becomes of the final state is the ``WorkerSide``'s (``ray_worker.py``: Parquet lanes and
+Ray Train; ``in_process.py``: rows in memory); this file does not import Ray.
 """
 
 from __future__ import annotations
 
-import tempfile
+import copy
 import time
 from collections.abc import Callable
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from clam_dist.config import to_dict
 from clam_dist.secrets import persistable
 from clam_dist.train import checkpoint as ckpt
-from clam_dist.train.artifact import write_artifact
 from clam_dist.train.comm import Comm, parameter_divergence
-from clam_dist.train.failure import FAILURE_MARKER, maybe_fail
+from clam_dist.train.config import TrainConfig
+from clam_dist.train.failure import FAILURE_MARKER
 from clam_dist.train.objectives import total_epochs
-from clam_dist.train.sources import make_source
 from clam_dist.train.state import TrainState
-from clam_dist.train.step import LaneStream, prefetch_steps, resolve_lanes, worker_lanes
-from clam_dist.train.updates import Batch, make_update
+from clam_dist.train.step import resolve_lanes
+from clam_dist.train.updates import Batch, Update, make_update
 from clam_dist.train.verify import TrainingDiverged, Verifier, check_finite
 from clam_dist.train.window import Window
-from clam_dist.train.worker_config import LoopConfig, init_jsonable
+from clam_dist.train.worker_config import LoopConfig, StepPlan, init_jsonable
 
 __all__ = [  # the loop's public names, also those of the modules it is made of
-    "FAILURE_MARKER", "Comm", "Trainer", "TrainingDiverged", "check_finite",
-    "parameter_divergence", "train_loop",
+    "FAILURE_MARKER", "BatchReader", "Comm", "Trainer", "TrainingDiverged", "WorkerSide",
+    "check_finite", "device_for", "parameter_divergence", "train_loop",
 ]  # fmt: skip
 
 
 def train_loop(config: dict) -> None:
     """Ray Train's per-worker function (``config``: ``LoopConfig.to_ray()``)."""
-    Trainer(LoopConfig.from_ray(config)).run()
+    from clam_dist.train.ray_worker import RayWorker  # Ray only where Ray runs
+
+    loop = LoopConfig.from_ray(config)
+    init = loop.load_init()
+    side = RayWorker(loop, init, device_for(loop.train))
+    Trainer(loop.train, loop.plan, init, side, loop.load_sample()).run()
+
+
+def device_for(cfg: TrainConfig) -> torch.device:
+    """The device a worker trains on: the GPU when asked for and present."""
+    use_gpu = cfg.run.use_gpu and torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+class BatchReader(Protocol):
+    """A worker's steps: ``next`` gives (float32 rows, row keys); ``close`` stops early."""
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class WorkerSide(Protocol):
+    """What the loop needs from where it runs (Ray Train, or one process)."""
+
+    rank: int
+    world: int
+    comm: Comm  # not distributed in one process: every all-reduce is the identity
+
+    def open_batches(self, epoch: int, step_in_epoch: int, steps_left: int) -> BatchReader:
+        """This worker's rows of the epoch's steps ``step_in_epoch`` on (the rows of the
+        steps before it skipped, so a resumed run sees the rows an uninterrupted one would)."""
+
+    def before_step(self, epoch: int, step_in_epoch: int, global_step: int) -> None:
+        """Called before every step (Ray: failure injection for tests and drills)."""
+
+    def restore(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """(tensors, state.json) of the checkpoint to continue from, or None."""
+
+    def report(self, metrics: dict, save_checkpoint: Callable[[str], None] | None) -> None:
+        """Hand over a metrics window; ``save_checkpoint(directory)`` (given when one is
+        due) writes the checkpoint files into ``directory``."""
+
+    def finish(self, update: Update, history: list[dict]) -> None:
+        """The final update (DCAM: its selected state), with every report so far."""
 
 
 class Trainer:
     """One worker's training: the state, the method's update and the named steps."""
 
-    def __init__(self, loop: LoopConfig):
-        import ray.train
-        import torch.distributed as dist
-
-        cfg = self.cfg = loop.train
-        self.plan, self.run_url, self.init = loop.plan, loop.run_url, loop.load_init()
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        use_gpu = cfg.run.use_gpu and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        distributed = dist.is_available() and dist.is_initialized() and self.world > 1
-        self.comm = Comm(distributed, self.device, cfg.run.barrier_timing)
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: StepPlan,
+        init: dict,
+        side: WorkerSide,
+        sample: np.ndarray | None = None,
+    ):
+        self.cfg, self.plan, self.init, self.side = cfg, plan, init, side
+        self.rank, self.world, self.comm = side.rank, side.world, side.comm
+        self.device = self.comm.device
         self.n_epochs = total_epochs(cfg)
-        self.source = make_source(cfg)
         self.mean, self.scale = (
             torch.tensor(self.init[key], dtype=torch.float32, device=self.device)
             for key in ("mean", "scale")
         )
         self.k, self.d_in = len(self.init["prototypes"]), len(self.init["mean"])
-        self.update = make_update(
-            cfg, self.init, self.device, loop.load_sample(), self.plan.total_steps
-        )
+        self.update = make_update(cfg, self.init, self.device, sample, self.plan.total_steps)
         self.state = TrainState()
         self.verifier = Verifier(self.comm, self.update.parameters)
         self.n_lanes, self.lane_batch = resolve_lanes(
             cfg.data.lanes, self.world, cfg.optim.batch_size
         )
         self.stopped = False
+        # the last step's checkpoint content, taken by finish() before the final swap
+        self.final_checkpoint: tuple[dict[str, torch.Tensor], dict] | None = None
 
     # -- the run -------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.restore()
-        self.verifier.check("at step 0 (after the broadcast initialisation)")
-        self.row_counts = self.source.file_row_counts()
-        self.window = Window(self.k, self.world, self.comm)
+        self.start()
         while not self.done():
             self.begin_epoch()
             self.run_epoch()
+
+    def start(self) -> None:
+        """Restore, check that every worker starts from the same parameters, open the
+        first metrics window; then ``begin_epoch`` and ``run_epoch`` until ``done``."""
+        self.restore()
+        self.verifier.check("at step 0 (after the broadcast initialisation)")
+        self.window = Window(self.k, self.world, self.comm)
 
     def done(self) -> bool:
         s = self.state
@@ -91,18 +142,11 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from this run's last checkpoint (Ray hands it over after a worker
-        failure) or from run.resume_from (another run's)."""
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None and self.cfg.run.resume_from:
-            checkpoint = ckpt.open_checkpoint(
-                self.cfg.run.resume_from, self.cfg.data.storage_options
-            )
-        if checkpoint is None:
+        failure) or from run.resume_from (another run's), when the side has one."""
+        restored = self.side.restore()
+        if restored is None:
             return
-        with checkpoint.as_directory() as ckdir:
-            tensors, state = ckpt.load(ckdir)
+        tensors, state = restored
         ckpt.check_shape(state, self.k, self.d_in)
         ckpt.check_method(state, self.cfg.model.method)
         self.update.load_state_dict(tensors, state)
@@ -125,38 +169,18 @@ class Trainer:
         finally:
             reader.close()
 
-    def open_reader(self):
-        """This worker's lanes from the current step on, read in a thread while the
-        previous batch computes (bounded; ``close`` stops it). A mid-epoch resume skips
-        the rows already consumed."""
-        s, seed = self.state, self.cfg.run.seed
-        skip = s.step_in_epoch * self.lane_batch
-        streams = [
-            LaneStream(
-                self.source,
-                lane,
-                self.n_lanes,
-                s.epoch,
-                seed,
-                read_rows=min(self.lane_batch, 65_536),
-                read_threads=self.cfg.data.read_threads,
-                skip_rows=skip,
-                row_counts=self.row_counts,
-            )
-            for lane in worker_lanes(self.rank, self.world, self.n_lanes)
-        ]
+    def open_reader(self) -> BatchReader:
+        """This worker's rows from the current step on (``close`` stops the reader)."""
+        s = self.state
         steps_left = self.plan.steps_per_epoch[s.epoch] - s.step_in_epoch
-        # next_batch standardises each batch into a new tensor at once: buffers recycle.
-        return prefetch_steps(streams, self.lane_batch, steps_left, reuse_buffers=True)
+        return self.side.open_batches(s.epoch, s.step_in_epoch, steps_left)
 
     # -- one step ------------------------------------------------------------------------
 
-    def train_step(self, reader) -> bool:
+    def train_step(self, reader: BatchReader) -> bool:
         """One optimizer step; True when the epoch or the run ends with it."""
         s = self.state
-        maybe_fail(
-            self.cfg, self.run_url, self.rank, self.world, s.epoch, s.step_in_epoch, s.global_step
-        )
+        self.side.before_step(s.epoch, s.step_in_epoch, s.global_step)
         batch = self.next_batch(reader)
         self.forward_backward(batch)
         # The monitor needs no collective and reads the prototypes the step started from
@@ -166,7 +190,7 @@ class Trainer:
         self.advance()
         return self.end_of_step()
 
-    def next_batch(self, reader) -> Batch:
+    def next_batch(self, reader: BatchReader) -> Batch:
         xb, ids = next(reader)
         x = (torch.from_numpy(xb).to(self.device) - self.mean) / self.scale
         s = self.state
@@ -230,7 +254,7 @@ class Trainer:
         metrics = self.collect_metrics(end_epoch, extra)
         if last:
             self.finish()
-        self.report(metrics, save)
+        self.side.report(metrics, self.save_checkpoint if save else None)
         return end_epoch or last
 
     def checkpoint_due(self, end_epoch: bool) -> bool:
@@ -253,6 +277,8 @@ class Trainer:
             workers=self.world,
             lr=self.update.lr(),
             **({"phase": phase} if phase != "train" else {}),
+            # a phase whose prototypes mean nothing yet (the progress line shows no energy)
+            **({} if self.update.monitoring() else {"monitored": False}),
         )
         if end_epoch:
             metrics["epoch_loss"] = s.epoch_loss()
@@ -267,41 +293,34 @@ class Trainer:
         return metrics
 
     def finish(self) -> None:
-        """The final state (DCAM: the selected one) becomes the model artifact."""
+        """The final state (the kept epoch; DCAM: its selected one) goes to the side (Ray:
+        the artifact). The run's last checkpoint holds the LAST step's state, taken before
+        that swap: a run resumed from it continues training where this one stopped, with
+        the optimizer state that belongs to those parameters."""
+        self.final_checkpoint = self.checkpoint_content()
         self.update.finalize()
-        if self.rank == 0:
-            fields, protos = self.update.artifact_fields(), self.update.prototypes()
-            write_artifact(self.cfg, self.init, fields, protos, self.run_url, self.state.history)
-
-    def report(self, metrics: dict, save: bool) -> None:
-        import ray.train
-
-        if not save:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            if self.rank == 0:
-                self.save_checkpoint(tmp)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+        self.side.finish(self.update, self.state.history)
 
     def save_checkpoint(self, directory: str) -> None:
+        tensors, meta = self.final_checkpoint or self.checkpoint_content()
+        ckpt.save(directory, tensors, meta)
+
+    def checkpoint_content(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, state.json) of the current state, copied: later steps do not change it."""
         tensors, update_state = self.update.state_dict()
+        tensors = {name: t.detach().clone() for name, t in tensors.items()}
         state = self.state.state_dict()
         state["data_position"].update(
             lanes=self.n_lanes, lane_batch=self.lane_batch, seed=self.cfg.run.seed
         )
-        ckpt.save(
-            directory,
-            tensors,
-            {
-                "k": self.k,
-                "d": self.d_in,
-                "d_model": int(self.update.prototypes().shape[1]),
-                "method": self.cfg.model.method,
-                **state,
-                **update_state,
-                "init": init_jsonable(self.init),
-                "config": persistable(to_dict(self.cfg)),  # no credentials at rest
-            },
-        )
+        meta = {
+            "k": self.k,
+            "d": self.d_in,
+            "d_model": int(self.update.prototypes().shape[1]),
+            "method": self.cfg.model.method,
+            **state,
+            **update_state,
+            "init": init_jsonable(self.init),
+            "config": persistable(to_dict(self.cfg)),  # no credentials at rest
+        }
+        return tensors, copy.deepcopy(meta)

@@ -179,9 +179,8 @@ def _identity(flat: dict[str, Any]) -> dict[str, Any]:
     run's (dcam.* changes nothing a clam run trains). Applied to recorded identities too,
     so a field a later version excludes never refuses an older folder."""
     method = flat.get("model.method")
-    owned = {s for name in methods.names() for s in methods.get(name).config_sections}
-    used = set(methods.get(method).config_sections) if method in methods.names() else owned
-    dropped = owned - used
+    owned = set(methods.sections())  # each section is named after its method
+    dropped = owned - {method}
     return {
         k: v for k, v in flat.items() if k not in NOT_IDENTITY and k.split(".", 1)[0] not in dropped
     }

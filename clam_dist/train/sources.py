@@ -63,9 +63,9 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
         "rows": int(stats.count),
     }
     gen = torch.Generator().manual_seed(cfg.run.seed)
-    own = methods.get(cfg.model.method).initial_prototypes
-    if own is not None:  # a method that seeds its prototypes itself (DCAM: in its latents)
-        return {**own(cfg, z, gen), **common}
+    own = methods.get(cfg.model.method).load_hooks().initial_prototypes(cfg, z, gen)
+    if own:  # a method that seeds its prototypes itself (DCAM: in its latents)
+        return {**own, **common}
     if cfg.model.init == "kmeans||":
         protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
     else:

@@ -129,7 +129,7 @@ def check_method_config(cfg: TrainConfig, d: int) -> None:
     """Method-specific checks that need the data's width, before any work starts."""
     if cfg.model.n_clusters < 1:
         raise ValueError(f"model.n_clusters must be >= 1, got {cfg.model.n_clusters}")
-    methods.get(cfg.model.method).check_train_config(cfg, d)
+    methods.get(cfg.model.method).load_hooks().check_train_config(cfg, d)
 
 
 def plan_steps(cfg: TrainConfig, source) -> dict:
@@ -295,8 +295,8 @@ def progress_callback(logdir: str | None = None, queue=None):
                 f"[clam-dist train] [{bar:<20s}] step {m['step']}/{total} epoch {m['epoch']} "
                 + (f"({m['phase']}) " if "phase" in m else "")
                 + (
-                    f"loss {m['loss']:.4f}"  # DCAM pretraining: no prototypes to monitor yet
-                    if m.get("phase") == "pretrain"
+                    f"loss {m['loss']:.4f}"  # a phase with no prototypes to monitor yet
+                    if not m.get("monitored", True)
                     else f"loss {m['loss']:.4f} energy {m['mean_energy']:.3f} "
                     f"dead {m['dead_prototypes']}"
                 )

@@ -6,44 +6,17 @@ steps for both and never asks which method runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from clam_dist.train.batch import Batch
 from clam_dist.train.comm import Comm
 from clam_dist.train.config import TrainConfig
-
-
-@dataclass
-class Batch:
-    """This worker's rows of one step (standardised) and where the step is."""
-
-    x: torch.Tensor
-    ids: np.ndarray
-    epoch: int
-    step: int  # in the epoch
-    global_step: int
-    # Squared distance of each row to its nearest prototype and that prototype's index,
-    # when the monitor measured them under the step's starting prototypes (k-means' loss
-    # is that inertia and its update those assignments: reused, not computed again).
-    nearest_d2: torch.Tensor | None = None
-    nearest_idx: torch.Tensor | None = None
-    energy: torch.Tensor | None = None
-
-    def measure(self, z: torch.Tensor, prototypes: torch.Tensor, beta: float, metric: str) -> None:
-        """Fill nearest_d2, nearest_idx and energy of the rows ``z`` (this batch in model
-        space) under ``prototypes``, ONCE per step: whoever needs them first (k-means'
-        update, else the monitor) measures, the other reads them."""
-        if self.nearest_idx is not None:
-            return
-        from clam_dist.models.am import nearest_and_energy
-
-        with torch.no_grad():
-            self.nearest_d2, self.nearest_idx, self.energy = nearest_and_energy(
-                z, prototypes, beta, metric
-            )
+from clam_dist.train.gradient_update import GradientUpdate
+from clam_dist.train.kmeans_update import KMeansUpdate
+from clam_dist.train.objectives import make_objective
 
 
 class Update(Protocol):
@@ -53,6 +26,9 @@ class Update(Protocol):
 
     def begin_epoch(self, epoch: int, comm: Comm, rank: int) -> bool:
         """True when a new phase starts (the parameters are verified again)."""
+
+    def monitoring(self) -> bool:
+        """Do the prototypes mean anything yet (not in a phase before them)?"""
 
     def model_space(self, x: torch.Tensor) -> torch.Tensor | None:
         """x where the prototypes live, or None while they mean nothing yet."""
@@ -98,10 +74,6 @@ def make_update(
 ) -> Update:
     """The method's update: its registered objective trained by gradient, or k-means'
     closed form when the registry gives no objective."""
-    from clam_dist.train.gradient_update import GradientUpdate
-    from clam_dist.train.kmeans_update import KMeansUpdate
-    from clam_dist.train.objectives import make_objective
-
     objective = make_objective(cfg, init, device, sample)
     if objective is None:
         return KMeansUpdate(cfg, init, device)

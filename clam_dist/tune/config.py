@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from clam_dist import methods
 from clam_dist.config import Interval, PathSegment, knob
 from clam_dist.data.urls import absolute
+from clam_dist.methods.spec import SearchChoice
 from clam_dist.sections import (
     COUNT,
     COUNT_OR_OFF,
     MAX_CLUSTERS,
     POSITIVE,
     SEED,
-    DCAMSection,
     SourceColumns,
+    with_method_sections,
 )
 
 
@@ -34,13 +36,13 @@ class TuneData(SourceColumns):
 
 @dataclass
 class TuneModel:
-    # The method whose knobs are searched and whose training config is written: "clam",
-    # "attention" (attention clustering) or "dcam" (knobs: see TuneSearch).
-    method: str = "clam"  # a registered method that registers Tune hooks
+    # The method whose knobs are searched and whose training config is written (a method
+    # that registers Tune hooks; knobs: see TuneSearch).
+    method: str = methods.DEFAULT
     # 0: the number of classes of a bundled data set
     n_clusters: int = knob(0, Interval(int, 0, MAX_CLUSTERS))
-    # The AM metric (ClAM; DCAM in its latent space). Attention clustering takes only
-    # "euclidean": its score function is search.similarity.
+    # The AM metric (ClAM; DCAM in its latent space). A method whose score function is a
+    # search knob of its own (attention) takes only "euclidean".
     metric: Literal["euclidean", "spherical"] = "euclidean"
     fill: Literal["mean", "min", "max", "zero"] = "mean"  # ClAM; DCAM: of latent coordinates
     # rows per optimiser step in every trial (written to optim.batch_size)
@@ -51,30 +53,45 @@ class TuneModel:
         methods.check_name(self.method, "model.method", tunable_only=True)
 
 
+def with_own_knobs(search: type) -> type:
+    """``search`` with one field per knob a tunable method declares as its own
+    (``TuneSpec.own_knobs``): a list of floats for a range, of names for a choice."""
+    extra = []
+    for name in methods.names():
+        tune = methods.get(name).tune
+        for knob_name, kind in ({} if tune is None else tune.own_knobs).items():
+            typ = list[str] | None if isinstance(kind, SearchChoice) else list[float] | None
+            extra.append((knob_name, typ, field(default=None)))
+    built = dataclasses.make_dataclass(search.__name__, extra, bases=(search,))
+    built.__module__, built.__qualname__ = search.__module__, search.__qualname__
+    built.__doc__ = search.__doc__
+    return built
+
+
+@with_own_knobs  # + each tunable method's own knobs (attention: similarity; DCAM: recon_weight)
 @dataclass
 class TuneSearch:
     """Closed ranges [low, high] searched by random sampling; low == high fixes a value.
-    None (unset) = the method's default range (``space.DEFAULT_RANGES``); a knob the
+    None (unset) = the method's default range (``space.default_ranges``); a knob the
     method does not have must stay unset.
 
     beta is searched as a multiple of the data-derived default (``beta_from_data``; DCAM:
     on the pretrained latents), so one range serves data of any scale.
 
-    knobs      clam   attention   dcam   default range
-    beta_scale  x        x         x     [0.25, 4] log-uniform
-    lr          x        x         x     [0.001, 0.1] log-uniform (dcam [0.0003, 0.03])
-    mask_ratio  x                  x     [0.1, 0.5] uniform
-    alpha       x                  x     [0.05, 0.5] uniform (T = round(1/alpha))
-    recon_weight                   x     [0.25, 4] log-uniform
-    similarity           x               ["distance", "dot"] (a choice, not a range)
+    shared knobs  default range (``space.SHARED_KNOBS``; a method may override it)
+    beta_scale    [0.25, 4] log-uniform
+    lr            [0.001, 0.1] log-uniform
+    mask_ratio    [0.1, 0.5] uniform
+    alpha         [0.05, 0.5] uniform (T = round(1/alpha))
+
+    Which of them a method searches, and the knobs only it has, are in its package
+    (``clam_dist/methods/<name>/__init__.py``: ``TuneSpec.knobs`` and ``own_knobs``).
     """
 
     beta_scale: list[float] | None = None
     lr: list[float] | None = None
     mask_ratio: list[float] | None = None
     alpha: list[float] | None = None
-    recon_weight: list[float] | None = None
-    similarity: list[str] | None = None
     steps_from_alpha: bool = True  # T = round(1 / alpha), as the authors pair them
 
 
@@ -127,15 +144,15 @@ class TuneRun:
     mlflow_tracking_uri: str | None = None  # also log trials to MLflow (needs mlflow)
 
 
+# + each method's own section, e.g. the training job's [dcam] (architecture and phases of
+# every DCAM trial: trials pretrain dcam.pretrain_epochs epochs before their first report,
+# then budget.max_epochs joint epochs; recon_weight is searched: search.recon_weight).
+@with_method_sections
 @dataclass
 class TuneJobConfig:
     data: TuneData = field(default_factory=TuneData)
     model: TuneModel = field(default_factory=TuneModel)
     search: TuneSearch = field(default_factory=TuneSearch)
-    # The training job's [dcam] (architecture and phases of every DCAM trial; trials
-    # pretrain dcam.pretrain_epochs epochs before their first report, then
-    # budget.max_epochs joint epochs). recon_weight is searched (search.recon_weight).
-    dcam: DCAMSection = field(default_factory=DCAMSection)
     budget: TuneBudget = field(default_factory=TuneBudget)
     score: TuneScore = field(default_factory=TuneScore)
     run: TuneRun = field(default_factory=TuneRun)

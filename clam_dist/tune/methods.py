@@ -1,5 +1,5 @@
 """What differs between the tuned methods is registered with each method
-(``clam_dist.methods``: ``MethodSpec.tune``); this module dispatches to it and holds the
+(``clam_dist/methods/<name>/``: its ``TuneSpec`` and hooks); this module dispatches to it and holds the
 parameter pieces the methods share.
 
 Every trial class has the same surface (``step()`` -> metrics of one epoch,
@@ -10,17 +10,17 @@ search, the selection and the confirmation in ``search.py`` do not know the meth
 from __future__ import annotations
 
 from clam_dist import methods
-from clam_dist.methods.spec import TuneHooks
+from clam_dist.methods.spec import MethodHooks
 from clam_dist.tune.config import TuneJobConfig
 from clam_dist.tune.space import steps_for
 from clam_dist.tune.trial import TrialData
 
 
-def tune_hooks(config: TuneJobConfig) -> TuneHooks:
-    hooks = methods.get(config.model.method).tune
-    if hooks is None:
+def tune_hooks(config: TuneJobConfig) -> MethodHooks:
+    spec = methods.get(config.model.method)
+    if spec.tune is None:
         raise ValueError(f"model.method {config.model.method!r} cannot be tuned")
-    return hooks
+    return spec.load_hooks()
 
 
 def steps_of(config: TuneJobConfig, point: dict) -> int | None:
@@ -78,7 +78,7 @@ def make_trial(
 def check_for_data(config: TuneJobConfig, n_features: int) -> None:
     """Checks that need the data's width, before Ray starts (DCAM: the encoder must fit,
     e.g. a conv encoder's image shape)."""
-    tune_hooks(config).check_for_data(config, n_features)
+    tune_hooks(config).check_tune_data(config, n_features)
 
 
 def model_sections(config: TuneJobConfig, k: int, point: dict, final: dict) -> dict:

@@ -9,42 +9,37 @@ from __future__ import annotations
 
 import math
 
+from clam_dist import methods
 from clam_dist.config import ConfigError
-from clam_dist.sections import DCAMSection
+from clam_dist.methods.spec import SearchChoice, SearchRange, TuneSpec
 from clam_dist.tune.config import TuneBudget, TuneJobConfig, TuneScore, TuneSearch
 
-SIMILARITIES: tuple[str, ...] = ("distance", "dot")
-# Each method's knobs (TuneSearch fields it searches) and default point are registered
-# with the method (clam_dist.methods, MethodSpec.tune); any other knob must stay unset.
-CHOICE_KNOBS: frozenset[str] = frozenset({"similarity"})
-
-# numeric name -> (sampled on a log scale?, smallest allowed low, largest allowed high,
-# high open?)
-_RANGES: dict[str, tuple[bool, float, float, bool]] = {
-    "beta_scale": (True, 0.0, math.inf, False),
-    "lr": (True, 0.0, math.inf, False),
-    "mask_ratio": (False, 0.0, 1.0, True),
-    "alpha": (False, 0.0, 1.0, False),
-    "recon_weight": (True, 0.0, math.inf, False),
+# The knobs every tunable method may search (its TuneSpec.knobs names which), with their
+# default ranges and domains; a method's own knobs (attention's score function, DCAM's
+# reconstruction weight) are declared in its package (TuneSpec.own_knobs).
+SHARED_KNOBS: dict[str, SearchRange] = {
+    "beta_scale": SearchRange((0.25, 4.0), log=True),
+    "lr": SearchRange((0.001, 0.1), log=True),
+    "mask_ratio": SearchRange((0.1, 0.5), high_max=1.0, high_open=True),
+    "alpha": SearchRange((0.05, 0.5), low_open=True, high_max=1.0),
 }
 
-_COMMON_RANGES: dict[str, list] = {
-    "beta_scale": [0.25, 4.0],
-    "lr": [0.001, 0.1],
-    "mask_ratio": [0.1, 0.5],
-    "alpha": [0.05, 0.5],
-    "recon_weight": [0.25, 4.0],
-    "similarity": list(SIMILARITIES),
-}
+
+def all_knobs() -> dict[str, SearchRange | SearchChoice]:
+    """Every knob any tunable method searches (the fields of ``[search]``)."""
+    found: dict[str, SearchRange | SearchChoice] = dict(SHARED_KNOBS)
+    for name in methods.names():
+        tune = methods.get(name).tune
+        if tune is not None:
+            found.update(tune.own_knobs)
+    return found
 
 
 class SearchSpaceError(ConfigError):
     """A search space that is empty, inverted or outside a parameter's domain."""
 
 
-def _hooks(method: str):
-    from clam_dist import methods
-
+def _hooks(method: str) -> TuneSpec:
     hooks = methods.get(method).tune
     if hooks is None:
         raise SearchSpaceError(f"model.method={method} has no search space (not tunable)")
@@ -56,10 +51,20 @@ def knobs(method: str) -> tuple[str, ...]:
     return _hooks(method).knobs
 
 
+def _knob(method: str, name: str) -> SearchRange | SearchChoice:
+    return {**SHARED_KNOBS, **_hooks(method).own_knobs}[name]
+
+
+def _default_range(knob: SearchRange | SearchChoice) -> list:
+    return list(knob.options) if isinstance(knob, SearchChoice) else list(knob.default)
+
+
 def default_ranges(method: str) -> dict[str, list]:
     """Each knob's default range: the shared one unless the method overrides it."""
     hooks = _hooks(method)
-    return {n: list(hooks.range_overrides.get(n, _COMMON_RANGES[n])) for n in hooks.knobs}
+    return {
+        n: list(hooks.range_overrides.get(n, _default_range(_knob(method, n)))) for n in hooks.knobs
+    }
 
 
 def default_point(method: str) -> dict:
@@ -67,8 +72,8 @@ def default_point(method: str) -> dict:
     return dict(_hooks(method).default_point)
 
 
-def _check_range(name: str, value: list[float]) -> None:
-    log, lo_min, hi_max, hi_open = _RANGES[name]
+def _check_range(name: str, value: list[float], knob: SearchRange) -> None:
+    log, lo_min, hi_max, hi_open = knob.log, knob.low_min, knob.high_max, knob.high_open
     where = f"search.{name}"
     if len(value) == 0:
         raise SearchSpaceError(f"{where} is empty: give [low, high] (or [v, v] to fix it)")
@@ -79,7 +84,7 @@ def _check_range(name: str, value: list[float]) -> None:
         raise SearchSpaceError(f"{where} must be finite, got {value!r}")
     if lo > hi:
         raise SearchSpaceError(f"{where} is inverted: low {lo} > high {hi}")
-    if lo <= lo_min and (log or name == "alpha"):
+    if lo <= lo_min and (log or knob.low_open):
         raise SearchSpaceError(f"{where}: low must be > {lo_min}, got {lo}")
     if lo < lo_min:
         raise SearchSpaceError(f"{where}: low must be >= {lo_min}, got {lo}")
@@ -88,16 +93,23 @@ def _check_range(name: str, value: list[float]) -> None:
         raise SearchSpaceError(f"{where}: high must be {bound} {hi_max}, got {hi}")
 
 
-def _check_choice(name: str, value: list[str]) -> None:
-    where = f"search.{name}"
+def _check_choice(name: str, value: list[str], knob: SearchChoice) -> None:
+    where, options = f"search.{name}", ", ".join(knob.options)
     if len(value) == 0:
-        raise SearchSpaceError(f"{where} is empty: give one or more of {', '.join(SIMILARITIES)}")
+        raise SearchSpaceError(f"{where} is empty: give one or more of {options}")
     for v in value:
-        if v not in SIMILARITIES:
-            raise SearchSpaceError(f"{where}: {v!r} is not one of {', '.join(SIMILARITIES)}")
+        if v not in knob.options:
+            raise SearchSpaceError(f"{where}: {v!r} is not one of {options}")
 
 
-def resolved_space(search: TuneSearch, method: str = "clam") -> dict[str, list]:
+def _check(name: str, value: list, knob: SearchRange | SearchChoice) -> None:
+    if isinstance(knob, SearchChoice):
+        _check_choice(name, value, knob)
+    else:
+        _check_range(name, value, knob)
+
+
+def resolved_space(search: TuneSearch, method: str = methods.DEFAULT) -> dict[str, list]:
     """The method's knobs with their ranges (choices): as given, or the default range."""
     return {
         name: list(getattr(search, name)) if getattr(search, name) is not None else list(rng)
@@ -105,15 +117,15 @@ def resolved_space(search: TuneSearch, method: str = "clam") -> dict[str, list]:
     }
 
 
-def _is_fixed(name: str, value: list) -> bool:
-    return len(set(value)) == 1 if name in CHOICE_KNOBS else value[0] == value[1]
+def _is_fixed(knob: SearchRange | SearchChoice, value: list) -> bool:
+    return len(set(value)) == 1 if isinstance(knob, SearchChoice) else value[0] == value[1]
 
 
-def check_search_space(search: TuneSearch, method: str = "clam") -> None:
+def check_search_space(search: TuneSearch, method: str = methods.DEFAULT) -> None:
     """Raise SearchSpaceError for an empty, inverted or out-of-domain space, or a knob the
     method does not have."""
     own = knobs(method)
-    for name in (*_RANGES, *CHOICE_KNOBS):
+    for name in all_knobs():
         if name not in own and getattr(search, name) is not None:
             raise SearchSpaceError(
                 f"search.{name} does not apply to model.method={method} "
@@ -121,8 +133,8 @@ def check_search_space(search: TuneSearch, method: str = "clam") -> None:
             )
     space = resolved_space(search, method)
     for name, value in space.items():
-        (_check_choice if name in CHOICE_KNOBS else _check_range)(name, value)
-    if all(_is_fixed(name, value) for name, value in space.items()):
+        _check(name, value, _knob(method, name))
+    if all(_is_fixed(_knob(method, name), value) for name, value in space.items()):
         raise SearchSpaceError(
             f"search space is empty: every parameter of {method} is fixed "
             "(low == high, or one choice); widen a range"
@@ -152,38 +164,14 @@ def check_budget(budget: TuneBudget, score: TuneScore) -> None:
             raise ConfigError(f"score.{name} must be >= 1, got {getattr(score, name)}")
 
 
-def check_dcam(dc: DCAMSection) -> None:
-    """The [dcam] section's own checks (the data's width is checked once it is loaded)."""
-    if dc.recon_weight != DCAMSection().recon_weight:
-        raise ConfigError(
-            f"dcam.recon_weight={dc.recon_weight}: Tune searches it; set search.recon_weight "
-            f"= [{dc.recon_weight}, {dc.recon_weight}] to fix it instead"
-        )
-    if dc.latent_dim < 1:
-        raise ConfigError(f"dcam.latent_dim must be >= 1, got {dc.latent_dim}")
-    if dc.pretrain_epochs < 0:
-        raise ConfigError(f"dcam.pretrain_epochs must be >= 0, got {dc.pretrain_epochs}")
-    if not dc.recon_tolerance >= 0:
-        raise ConfigError(f"dcam.recon_tolerance must be >= 0, got {dc.recon_tolerance}")
-    if dc.hidden is not None and (not dc.hidden or min(dc.hidden) < 1):
-        raise ConfigError(f"dcam.hidden must be sizes >= 1, got {dc.hidden}")
-    if dc.encoder == "conv" and dc.hidden is not None and len(dc.hidden) != 2:
-        raise ConfigError(
-            f"dcam.hidden must be [c1, c2] channels for the conv encoder, got {dc.hidden}"
-        )
-    if dc.image_shape is not None and (len(dc.image_shape) != 3 or min(dc.image_shape) < 1):
-        raise ConfigError(f"dcam.image_shape must be [C, H, W] > 0, got {dc.image_shape}")
-
-
 def check_bundled_width(config: TuneJobConfig) -> None:
     """A bundled data set's width is known without reading it: check that the encoder fits
     now (a URL's width is checked once its sample is read, still before any trial)."""
     from clam_dist.datasets.clam_paper import CLAM_PAPER_FILES
 
     if config.data.dataset in CLAM_PAPER_FILES:
-        from clam_dist.tune.methods import check_for_data  # imports torch: only when needed
-
-        check_for_data(config, CLAM_PAPER_FILES[config.data.dataset][2])
+        width = CLAM_PAPER_FILES[config.data.dataset][2]
+        methods.get(config.model.method).load_hooks().check_tune_data(config, width)
 
 
 def check_job_config(config: TuneJobConfig) -> None:
@@ -199,10 +187,8 @@ def check_job_config(config: TuneJobConfig) -> None:
         raise ConfigError("model.n_clusters must be given (> 0) when data.url is used")
     if m.batch_size < 1 or m.steps < 1:
         raise ConfigError("model.batch_size and model.steps must be >= 1")
-    from clam_dist import methods
-
     methods.check_name(m.method, "model.method", tunable_only=True)
-    methods.get(m.method).tune.check_job(config)  # the method's own checks
+    methods.get(m.method).load_hooks().check_tune_job(config)  # the method's own checks
     check_search_space(config.search, m.method)
     check_budget(config.budget, config.score)
 
@@ -212,22 +198,25 @@ def steps_for(alpha: float, search: TuneSearch, fixed_steps: int) -> int:
     return max(1, round(1.0 / alpha)) if search.steps_from_alpha else fixed_steps
 
 
-def default_in_space(search: TuneSearch, method: str = "clam") -> bool:
+def default_in_space(search: TuneSearch, method: str = methods.DEFAULT) -> bool:
     """Whether the method's default configuration lies inside the searched ranges."""
     space = resolved_space(search, method)
     return all(
-        v in space[n] if n in CHOICE_KNOBS else float(space[n][0]) <= v <= float(space[n][1])
+        v in space[n]
+        if isinstance(_knob(method, n), SearchChoice)
+        else float(space[n][0]) <= v <= float(space[n][1])
         for n, v in default_point(method).items()
     )
 
 
-def tune_domains(search: TuneSearch, method: str = "clam") -> dict:
+def tune_domains(search: TuneSearch, method: str = methods.DEFAULT) -> dict:
     """Ray Tune sampling domains (a fixed value where low == high or one choice)."""
     from ray import tune
 
     space = {}
     for name, value in resolved_space(search, method).items():
-        if name in CHOICE_KNOBS:
+        knob = _knob(method, name)
+        if isinstance(knob, SearchChoice):
             choices = list(dict.fromkeys(value))  # order kept, duplicates dropped
             space[name] = choices[0] if len(choices) == 1 else tune.choice(choices)
             continue
@@ -235,5 +224,5 @@ def tune_domains(search: TuneSearch, method: str = "clam") -> dict:
         if lo == hi:
             space[name] = lo
         else:
-            space[name] = tune.loguniform(lo, hi) if _RANGES[name][0] else tune.uniform(lo, hi)
+            space[name] = tune.loguniform(lo, hi) if knob.log else tune.uniform(lo, hi)
     return space

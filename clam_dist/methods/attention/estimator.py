@@ -1,4 +1,5 @@
-"""scikit-learn style attention-based clustering (in memory). Math: clam_dist.models.attention."""
+"""scikit-learn style attention-based clustering (in memory). Training: ``model.py``;
+scores: clam_dist.models.attention."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from clam_dist.estimator_base import PrototypeEstimator
-from clam_dist.models.attention import (
-    SCORES,
-    attention_assign,
-    attention_weights,
-    check_beta,
-    fit_attention,
-)
+from clam_dist.methods.attention import DEFAULTS
+from clam_dist.methods.attention.model import fit_attention
+from clam_dist.models.attention import SCORES, attention_assign, attention_weights, check_beta
 from clam_dist.models.clam import beta_from_data
 from clam_dist.models.kmeans import kmeans_plus_plus
 
@@ -73,12 +70,12 @@ class AttentionClustering(PrototypeEstimator):
 
     def __init__(
         self,
-        n_clusters: int = 8,
+        n_clusters: int = DEFAULTS.n_clusters,
         *,
         similarity: str = "distance",
         beta: float | None = None,
         init: str = "kmeans++",
-        lr: float = 0.05,
+        lr: float = DEFAULTS.lr,
         epochs: int = 30,
         batch_size: int = 64,
         random_state=None,

@@ -1,7 +1,8 @@
 """One attention-clustering tuning trial without Ray: k heads trained epoch by epoch on the
 reconstruction risk, scored after every epoch so ASHA can cut it short.
 
-The optimisation is ``fit_attention``'s own epoch stepper (``attention_epochs``: Adam on
+The optimisation is ``fit_attention``'s own trainer (``attention_trainer``, the distributed
+loop in this process: Adam on
 shuffled minibatches, reduce-on-plateau, the heads of the lowest-loss epoch kept) started
 the way the training job starts it (k-means++ refined by Lloyd, beta = scale x
 ``beta_from_data`` on those heads).
@@ -14,15 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clam_dist.metrics import silhouette
-from clam_dist.models.attention import (
+from clam_dist.methods.attention import DEFAULTS
+from clam_dist.methods.attention.model import (
     AttentionLayer,
-    attention_assign,
-    attention_epochs,
     attention_loss,
+    attention_trainer,
+    seed_from,
 )
+from clam_dist.metrics import silhouette
+from clam_dist.models.attention import attention_assign
 from clam_dist.models.clam import beta_from_data
-from clam_dist.models.clam_fit import init_prototypes
+from clam_dist.models.seeding import init_prototypes
 from clam_dist.tune.trial import SteppedTrial, TrialData
 
 
@@ -30,12 +33,13 @@ from clam_dist.tune.trial import SteppedTrial, TrialData
 class AttentionParams:
     n_clusters: int
     beta_scale: float = 1.0
-    lr: float = 0.01
+    lr: float = DEFAULTS.lr
     similarity: str = "distance"
     batch_size: int = 32
     plateau_factor: float = 0.8
     plateau_patience: int = 5
     seed: int = 0
+    epochs: int = 15  # the most epochs the trial can step (Tune: budget.max_epochs)
 
 
 class AttentionTrial(SteppedTrial):
@@ -56,13 +60,16 @@ class AttentionTrial(SteppedTrial):
         mu0 = init_prototypes(self.x, params.n_clusters, "kmeans", self.gen)
         self.beta_default = beta_from_data(self.x, mu0, "euclidean")
         self.beta = params.beta_scale * self.beta_default
-        self.layer = AttentionLayer(mu0, self.beta, params.similarity)
-        self.stepper = attention_epochs(
-            self.layer,
+        self.initial = mu0.clone()
+        self.trainer = attention_trainer(
             self.x,
+            mu0,
+            self.beta,
+            params.similarity,
             lr=params.lr,
             batch_size=params.batch_size,
-            generator=self.gen,
+            epochs=params.epochs,
+            seed=seed_from(self.gen),
             plateau=(params.plateau_factor, params.plateau_patience),
         )
         self.holdout = torch.from_numpy(np.array(data.holdout, dtype=np.float32))

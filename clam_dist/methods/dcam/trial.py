@@ -2,11 +2,11 @@
 then every ``step()`` is one JOINT epoch (the unit of the training job's optim.epochs and
 of ASHA here), scored after every epoch.
 
-The optimisation is ``fit_dcam``'s own ``DCAMEpochs`` (layer init from the seed,
-pretraining, k-means++ + Lloyd on the pretrained latents, beta = scale x
-``beta_from_data`` there, joint epochs with latent masks, reduce-on-plateau per phase,
-the reconstruction bound's selection of a state), so the trial measures what the
-estimator trains.
+The optimisation is ``fit_dcam``'s own ``DCAMTraining``: the training job's Trainer and
+``DCAMObjective`` in this process (layer init from the seed, pretraining, k-means++ +
+Lloyd on the pretrained latents, beta = scale x ``beta_from_data`` there, joint epochs
+with latent masks, reduce-on-plateau per phase, the reconstruction bound's selection of a
+state), so the trial measures what the estimator and the training job train.
 
 Scored on the SELECTED state (the one the estimator and the training job return), with
 Silhouette of its labels in the input space: the criterion must compare configurations
@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clam_dist.metrics import silhouette
-from clam_dist.models.clam import MaskSpec, draw_mask
-from clam_dist.models.dcam import (
-    DCAMEpochs,
+from clam_dist.methods.dcam import DEFAULTS
+from clam_dist.methods.dcam.model import (
+    DCAMConfig,
     DCAMModel,
+    DCAMTraining,
     EncoderSpec,
     dcam_assign,
     encode,
-    seeded_dcam_model,
 )
+from clam_dist.metrics import silhouette
+from clam_dist.models.clam import MaskSpec, draw_mask
 from clam_dist.tune.trial import TrialData
 
 
@@ -39,7 +40,7 @@ from clam_dist.tune.trial import TrialData
 class DCAMParams:
     n_clusters: int
     beta_scale: float = 1.0
-    lr: float = 0.01
+    lr: float = DEFAULTS.lr
     mask_ratio: float = 0.2
     alpha: float = 0.1
     steps: int = 10
@@ -57,6 +58,7 @@ class DCAMParams:
     recon_bound: str = "select"
     plateau_factor: float = 0.8
     plateau_patience: int = 5
+    epochs: int = 15  # the most joint epochs the trial can step (Tune: budget.max_epochs)
     seed: int = 0
 
 
@@ -69,44 +71,41 @@ def encoder_spec(p: DCAMParams, n_features: int) -> EncoderSpec:
 
 class DCAMTrial:
     """Pretrains in the constructor; ``step()`` = one joint epoch; ``predict`` labels rows.
-    The epochs are ``DCAMEpochs``, the estimator's own (``fit_dcam``)."""
+    The epochs are ``DCAMTraining``, the estimator's own (``fit_dcam``)."""
 
     silhouette_metric = "euclidean"  # input space (see the module docstring)
 
     def __init__(self, data: TrialData, params: DCAMParams):
         self.data, self.p = data, params
-        self.x = torch.from_numpy(np.array(data.train, dtype=np.float32))  # writable copy
-        n = self.x.shape[0]
+        x = torch.from_numpy(np.array(data.train, dtype=np.float32))  # writable copy
+        n = x.shape[0]
         if n < params.n_clusters:
             raise ValueError(f"{n} training rows, fewer than n_clusters={params.n_clusters}")
         self.steps = params.steps
-        mask = MaskSpec(ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every)
-        spec = encoder_spec(params, self.x.shape[1])
-        self.model = seeded_dcam_model(
-            spec,
-            params.seed,
+        config = DCAMConfig(
+            spec=encoder_spec(params, x.shape[1]),
             n_clusters=params.n_clusters,
             alpha=params.alpha,
             steps=params.steps,
             metric=params.metric,
-            recon_weight=params.recon_weight,
-            fill=params.fill,
-        )
-        self.training = DCAMEpochs(
-            self.model,
-            self.x,
-            lr=params.lr,
+            mask=MaskSpec(
+                ratio=params.mask_ratio, fill=params.fill, shared_every=params.shared_every
+            ),
+            pretrain_epochs=params.pretrain_epochs,
+            epochs=params.epochs,
             batch_size=params.batch_size,
-            mask=mask,
-            generator=torch.Generator().manual_seed(int(params.seed)),
-            plateau=(params.plateau_factor, params.plateau_patience),
+            lr=params.lr,
+            recon_weight=params.recon_weight,
             recon_tolerance=params.recon_tolerance,
             recon_bound=params.recon_bound,
+            plateau_factor=params.plateau_factor,
+            plateau_patience=params.plateau_patience,
+            seed=params.seed,
         )
-        for _ in range(params.pretrain_epochs):
-            self.training.pretrain_step()
-        self.beta = self.training.start_joint(beta_scale=params.beta_scale)
-        self.beta_default = self.training.beta_default
+        self.training = DCAMTraining(x, config, beta_scale=params.beta_scale)
+        self.training.pretrain()
+        self.beta = self.training.start_joint()
+        self.beta_default = self.training.objective.beta_default
         self.epoch = 0
         self._selected: tuple[int, DCAMModel] | None = None
         hold = torch.from_numpy(np.array(data.holdout, dtype=np.float32))
@@ -137,10 +136,9 @@ class DCAMTrial:
         return self._selected[1]
 
     def step(self) -> dict:
-        train_loss = None
-        if not self.training.stopped:  # "stop": the bound was crossed; the selection stays
-            self.training.joint_step()
-            train_loss = self.training.joint.history[-1]
+        # None once the phase has ended ("stop" crossed the bound, or the trial's epochs
+        # are spent): the selection stays.
+        train_loss = self.training.joint_step()
         self.epoch += 1
         return dict(self.evaluate(), train_loss=train_loss, epoch=self.epoch)
 

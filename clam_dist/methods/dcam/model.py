@@ -19,9 +19,10 @@ latents, then train everything jointly while tracking the reconstruction loss ag
 pretrained value; ``recon_bound`` keeps (select) or stops at (stop) the best epoch whose
 reconstruction stays within ``recon_tolerance`` (10%) of the pretrained value.
 
-Distributed trainer: ``DCAMModel`` is a plain nn.Module whose forward returns the losses;
-each worker calls ``dcam_loss(model, x_batch, ...)`` and the loop all-reduces the
-gradients itself (one flat all-reduce, clam_dist/train/comm.py).
+ONE implementation of that training: ``objective.py: DCAMObjective`` on the distributed
+loop's Trainer. ``fit_dcam`` (the estimator) and the Tune trial run the same Trainer in
+this process (``DCAMTraining``, on ``train/in_process.py``); ``DCAMModel`` is the plain
+nn.Module whose forward returns the losses.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from clam_dist.methods.dcam import DEFAULTS
 from clam_dist.models.am import Metric, am_evolve, assign, check_dynamics, check_metric
-from clam_dist.models.clam import MaskSpec, beta_from_data, draw_mask
-from clam_dist.models.kmeans import kmeans_plus_plus, lloyd
+from clam_dist.models.clam import MaskSpec
+from clam_dist.train.in_process import InProcessTrainer, fit_config, memory_init
+from clam_dist.train.memory_batches import row_chunk_for
 
 EncoderKind = Literal["mlp", "conv"]
 ENCODER_KINDS: tuple[str, ...] = ("mlp", "conv")
@@ -387,7 +391,7 @@ def evaluate(model: DCAMModel, x: torch.Tensor, phase: str = "joint") -> dict[st
 @dataclass
 class DCAMConfig:
     spec: EncoderSpec
-    n_clusters: int = 8
+    n_clusters: int = DEFAULTS.n_clusters
     beta: float | None = None  # None: beta_from_data on the pretrained latents
     alpha: float = 0.1
     steps: int = 10
@@ -397,7 +401,7 @@ class DCAMConfig:
     pretrain_epochs: int = 40
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = DEFAULTS.lr
     recon_weight: float = 1.0
     recon_tolerance: float = 0.10
     recon_bound: str = "select"
@@ -437,200 +441,165 @@ class DCAMFitResult:
     stopped_early: bool
 
 
-class DCAMEpochs:
-    """DCAM's two phases as epoch steppers, shared by ``fit_dcam`` and the Tune trial (so
-    Tune measures what the estimator trains), in one order of random draws:
+class DCAMTraining:
+    """DCAM in memory on the distributed loop's own Trainer (``train/in_process.py``) and
+    objective (``objective.py: DCAMObjective``): ``fit_dcam`` runs it to the end, the Tune
+    trial epoch by epoch, so both train what `clam-dist train` trains on the same rows
+    (masks from each row's id, batches in the lanes' plan; see ``train/memory_batches.py``).
 
-    - ``pretrain_step()``: one autoencoder epoch on reconstruction;
-    - ``start_joint(beta, beta_scale)``: prototypes by k-means++ + Lloyd on the pretrained
-      latents, beta (given, or ``beta_scale`` x ``beta_from_data`` there), the reference
-      reconstruction loss, and the start state as the first candidate;
-    - ``joint_step()``: one joint epoch (latent masks drawn batch by batch), then the
-      reconstruction bound: the state is kept when it is within the bound (or the bound
-      is off) and its full-data AM loss is the lowest so far; "stop" ends the phase at the
-      first epoch beyond it.
-
-    Each phase has its own Adam and reduce-on-plateau (as the training job rebuilds its
-    optimizer per phase); shared-mask joint epochs are compared only with each other.
+    ``pretrain()`` runs the autoencoder epochs; ``start_joint()`` enters the joint phase
+    (the objective's joint start: k-means on the pretrained latents of ``sample``, beta,
+    the reference reconstruction loss, the start as the first candidate); ``joint_step()``
+    trains one joint epoch, which the reconstruction bound then considers.
     """
 
     def __init__(
         self,
-        model: DCAMModel,
         x: torch.Tensor,
-        *,
-        lr: float,
-        batch_size: int,
-        mask: MaskSpec | None,
-        generator: torch.Generator,
-        plateau: tuple[float, int] | None = (0.8, 5),
-        recon_tolerance: float = 0.10,
-        recon_bound: str = "select",
+        config: DCAMConfig,
+        sample: torch.Tensor | np.ndarray | None = None,
+        beta_scale: float = 1.0,
     ) -> None:
-        from clam_dist.models.epochs import EpochStepper
-
-        self.model, self.x, self.generator = model, x, generator
-        self.lr, self.batch_size, self.plateau = lr, batch_size, plateau
-        self.mask = mask if mask is not None and mask.ratio > 0 else None
-        self.recon_tolerance, self.recon_bound = recon_tolerance, recon_bound
-        self.pretrain = EpochStepper(
-            list(model.autoencoder.parameters()),
-            lambda rows, epoch: model(rows, None, "pretrain")["loss"],
-            x,
-            batch_size=batch_size,
-            lr=lr,
-            generator=generator,
-            snapshot=lambda: None,  # pretraining keeps its last state
-            plateau=plateau,
-            name="DCAM pretraining",
-        )
-        self.joint: EpochStepper | None = None
-        self.history: list[dict] = []  # per joint epoch (epoch -1 = the start)
-        self.best_epoch, self.best_am, self.best_state = -1, math.inf, None
-        self.stopped = False
+        xs = np.ascontiguousarray(torch.as_tensor(x, dtype=torch.float32).numpy())
+        # The in-memory fit uses every row for the joint start and the bound (a training
+        # job: its initialisation sample).
+        sample = xs if sample is None else np.asarray(sample, dtype=np.float32)
+        n, d = xs.shape
+        self.config = config
+        cfg = fit_config("dcam", int(config.seed), _sections(config, len(sample)))
+        # Placeholder prototypes and beta: the joint start sets them (hooks.initial_prototypes);
+        # DCAM's fill is latent, computed per batch.
+        placeholders = np.zeros((config.n_clusters, config.spec.latent_dim), np.float32)
+        init = memory_init(placeholders, 1.0, n, fill=np.zeros(d, np.float32))
+        self.trainer = InProcessTrainer(cfg, xs, init, sample=sample, row_chunk=row_chunk_for(n))
+        self.objective = self.trainer.update.objective
+        self.objective.beta_scale = float(beta_scale)
+        self.joint_epochs = 0
 
     @property
     def pretrain_history(self) -> list[float]:
-        return self.pretrain.history
+        """The pretraining epochs' losses (row-weighted mean batch reconstruction loss)."""
+        return self.trainer.epoch_losses[: self.config.pretrain_epochs]
 
-    def pretrain_step(self) -> float:
-        return self.pretrain.step()
+    @property
+    def history(self) -> list[dict]:
+        """Per joint epoch (epoch -1 = the start): am, recon, recon_ratio, within_bound."""
+        return self.objective.history
 
-    @torch.no_grad()
-    def start_joint(self, beta: float | None = None, beta_scale: float = 1.0) -> float:
-        """Enter the joint phase; returns the beta it trains with."""
-        from clam_dist.models.epochs import EpochStepper
-
-        model, x, gen, metric = self.model, self.x, self.generator, self.model.metric
-        z = encode(model, x)
-        k = model.prototypes.shape[0]
-        protos = lloyd(z, kmeans_plus_plus(z, k, gen, metric=metric), 100, metric=metric).centers
-        self.beta_default = float(beta_from_data(z, protos, metric))
-        self.beta = float(beta) if beta is not None else beta_scale * self.beta_default
-        model.prototypes.copy_(protos)
-        model.beta = self.beta
-        self.recon_pretrained = evaluate(model, x, "pretrain")["recon"]
-        mask, latent = self.mask, model.prototypes.shape[1]
-
-        def batch_loss(rows: torch.Tensor, epoch: int) -> torch.Tensor:
-            m = None
-            if mask is not None:
-                shared = mask.shared_for_epoch(epoch)
-                m = draw_mask(rows.shape[0], latent, mask.ratio, shared, gen)
-            return model(rows, m, "joint")["loss"]
-
-        def comparable(epoch: int) -> bool:
-            return mask is None or mask.shared_every == 1 or not mask.shared_for_epoch(epoch)
-
-        self.joint = EpochStepper(
-            list(model.parameters()),
-            batch_loss,
-            x,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            generator=gen,
-            snapshot=lambda: None,  # the bound below selects the state, not the train loss
-            plateau=self.plateau,
-            comparable=comparable,
-            name="DCAM joint",
-        )
-        self._consider(-1)
-        return self.beta
-
-    def joint_step(self) -> dict:
-        """One joint epoch (nothing once "stop" has ended the phase); its record."""
-        if self.joint is None:
-            raise RuntimeError("start_joint() must run before joint_step()")
-        if self.stopped:
-            return self.history[-1]
-        epoch = self.joint.epoch
-        self.joint.step()
-        record = self._consider(epoch)
-        self.stopped = self.recon_bound == "stop" and not record["within_bound"]
-        return record
-
-    def _consider(self, epoch: int) -> dict:
-        ev = evaluate(self.model, self.x, "joint")
-        if not (math.isfinite(ev["am"]) and math.isfinite(ev["recon"])):
-            raise FloatingPointError(
-                f"DCAM loss became non-finite at joint epoch {epoch}; lower lr or beta"
-            )
-        recon_pre = self.recon_pretrained
-        within = ev["recon"] <= (1.0 + self.recon_tolerance) * recon_pre
-        record = {
-            "epoch": epoch,
-            "am": ev["am"],
-            "recon": ev["recon"],
-            "recon_ratio": ev["recon"] / recon_pre if recon_pre > 0 else float("inf"),
-            "within_bound": within,
-        }
-        self.history.append(record)
-        eligible = within or self.recon_bound == "none"
-        if epoch == -1 or (eligible and ev["am"] < self.best_am):
-            self.best_epoch, self.best_am = epoch, ev["am"]
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        return record
+    @property
+    def best_epoch(self) -> int:
+        return int(self.objective.best["epoch"])
 
     @property
     def selected_record(self) -> dict:
         return next(h for h in self.history if h["epoch"] == self.best_epoch)
 
+    @property
+    def stopped(self) -> bool:
+        """True when recon_bound="stop" ended the joint phase beyond the bound."""
+        return self.trainer.trainer.stopped
+
+    def done(self) -> bool:
+        return self.joint_epochs >= self.config.epochs or self.trainer.done()
+
+    def pretrain(self) -> None:
+        for _ in range(self.config.pretrain_epochs):
+            self.trainer.run_epoch()
+
+    def start_joint(self) -> float:
+        """Enter the joint phase without training in it (the loop's ``begin_epoch`` of the
+        first joint epoch, which ``run_epoch`` then finds begun); the beta it trains with."""
+        self.trainer.trainer.begin_epoch()
+        return self.objective.beta
+
+    def joint_step(self) -> float | None:
+        """One joint epoch; its training loss (None once the phase has ended)."""
+        if self.done():
+            return None
+        metrics = self.trainer.run_epoch()
+        self.joint_epochs += 1
+        return metrics["epoch_loss"]
+
     def selected_model(self) -> DCAMModel:
-        """A copy of the model in the selected state (eval mode)."""
-        selected = copy.deepcopy(self.model)
-        selected.load_state_dict(self.best_state)
+        """A copy of the model in the selected state (eval mode); training goes on."""
+        selected = copy.deepcopy(self.objective.module)
+        selected.load_state_dict(self.objective.best["state"])
         return selected.eval()
 
+    def result(self) -> DCAMFitResult:
+        """The fit's result; the trainer's model is put in the selected state."""
+        # The loop's finish did this when the run ended; not when epochs=0 ended it here.
+        self.trainer.update.finalize()
+        model = self.objective.module.eval()
+        return DCAMFitResult(
+            model,
+            self.objective.beta,
+            float(self.objective.recon_pretrained),
+            list(self.pretrain_history),
+            [dict(h) for h in self.history],
+            self.best_epoch,
+            self.stopped,
+        )
 
-def fit_dcam(x: torch.Tensor, config: DCAMConfig) -> DCAMFitResult:
+
+def _sections(config: DCAMConfig, n_sample: int) -> dict[str, dict]:
+    """DCAMConfig as the training job's config sections (``fit_config``)."""
+    spec, mask = config.spec, config.mask
+    return {
+        "model": {
+            "n_clusters": config.n_clusters,
+            "beta": config.beta,
+            "alpha": config.alpha,
+            "steps": config.steps,
+            "metric": config.metric,
+            "mask_ratio": mask.ratio if config.masked else 0.0,
+            "fill": mask.fill,
+            "shared_every": mask.shared_every,
+        },
+        "optim": {
+            "lr": config.lr,
+            # optim.epochs counts joint epochs and is >= 1; with epochs=0 the fit stops at
+            # the joint start (DCAMTraining.done) and the extra epoch never runs.
+            "epochs": max(1, config.epochs),
+            "batch_size": config.batch_size,
+            "schedule": "plateau",
+            "plateau_factor": config.plateau_factor,
+            "plateau_patience": config.plateau_patience,
+        },
+        "dcam": {
+            "encoder": spec.kind,
+            "latent_dim": spec.latent_dim,
+            "hidden": list(spec.hidden),
+            "image_shape": None if spec.image_shape is None else list(spec.image_shape),
+            "pretrain_epochs": config.pretrain_epochs,
+            "recon_weight": config.recon_weight,
+            "recon_tolerance": config.recon_tolerance,
+            "recon_bound": config.recon_bound,
+        },
+        "data": {"init_sample": max(1, n_sample)},
+    }
+
+
+def fit_dcam(
+    x: torch.Tensor, config: DCAMConfig, *, sample: torch.Tensor | np.ndarray | None = None
+) -> DCAMFitResult:
     """Pretrain the autoencoder, initialise prototypes by k-means on the latents, train
-    jointly, and return the selected state (see ``recon_bound``)."""
+    jointly, and return the selected state (see ``recon_bound``): the training job's loop
+    and objective on the rows in memory. ``sample``: the rows of the joint start (k-means,
+    beta, the reference reconstruction) and of the bound; default every row of ``x`` (a
+    training job's is its initialisation sample, whose ORDER k-means++ also depends on)."""
     x = torch.as_tensor(x, dtype=torch.float32)
     n = x.shape[0]
     if x.ndim != 2 or x.shape[1] != config.spec.n_features:
         raise ValueError(f"x has shape {tuple(x.shape)}, expected (n, {config.spec.n_features})")
     if n < config.n_clusters:
         raise ValueError(f"n_samples={n} should be >= n_clusters={config.n_clusters}")
-    gen = torch.Generator().manual_seed(int(config.seed))
-    model = seeded_dcam_model(
-        config.spec,
-        config.seed,
-        n_clusters=config.n_clusters,
-        alpha=config.alpha,
-        steps=config.steps,
-        metric=config.metric,
-        recon_weight=config.recon_weight,
-        fill=config.mask.fill,
-    )
-    training = DCAMEpochs(
-        model,
-        x,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        mask=config.mask if config.masked else None,
-        generator=gen,
-        plateau=(config.plateau_factor, config.plateau_patience),
-        recon_tolerance=config.recon_tolerance,
-        recon_bound=config.recon_bound,
-    )
-    for _ in range(config.pretrain_epochs):
-        training.pretrain_step()
-    beta = training.start_joint(config.beta)
-    for _ in range(config.epochs):
-        training.joint_step()
-        if training.stopped:
-            break
-    model.load_state_dict(training.best_state)
-    model.eval()
-    return DCAMFitResult(
-        model,
-        beta,
-        training.recon_pretrained,
-        training.pretrain_history,
-        training.history,
-        training.best_epoch,
-        training.stopped,
-    )
+    training = DCAMTraining(x, config, sample)
+    training.pretrain()
+    training.start_joint()
+    while training.joint_step() is not None:
+        pass
+    return training.result()
 
 
 @torch.no_grad()

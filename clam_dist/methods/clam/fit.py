@@ -1,42 +1,45 @@
-"""In-memory ClAM training loop (one process). The distributed trainer runs the same
-``clam_loss`` per worker; this loop is what the scikit-learn estimator calls."""
+"""ClAM in memory (one process): the initialisation, the distributed trainer's loop run
+in this process (``clam_trainer``), and the re-seeding of prototypes that own no row.
+What the scikit-learn estimator and the Tune trial call."""
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
+from clam_dist.methods.clam import DEFAULTS
 from clam_dist.models.am import assign, normalize_rows, set_matmul_precision
 from clam_dist.models.clam import (
     AMParams,
     MaskSpec,
     beta_from_data,
-    clam_loss,
-    draw_mask,
     fill_vector,
 )
-from clam_dist.models.epochs import EpochStepper
-from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus
-
-Init = Literal["kmeans", "kmeans++", "gaussian"]
+from clam_dist.models.seeding import Init, init_prototypes
+from clam_dist.train.in_process import (
+    InProcessTrainer,
+    fit_config,
+    memory_init,
+    train_to_the_end,
+)
+from clam_dist.train.memory_batches import row_chunk_for
 
 
 @dataclass
 class ClAMConfig:
     """Hyper-parameters of one ClAM fit (defaults chosen on the ClAM-paper data sets)."""
 
-    n_clusters: int = 8
+    n_clusters: int = DEFAULTS.n_clusters
     am: AMParams = field(default_factory=AMParams)
     mask: MaskSpec = field(default_factory=MaskSpec)
     masked: bool = True  # False: the paper's unmasked ablation
     # "kmeans": k-means++ seeding refined by Lloyd, then ClAM training (measured best on
     # the paper data); "kmeans++": seeding only; "gaussian": the authors' random init.
     init: Init = "kmeans"
-    lr: float = 0.01
+    lr: float = DEFAULTS.lr
     epochs: int = 15
     batch_size: int = 32
     plateau_factor: float = 0.8
@@ -85,51 +88,6 @@ class ClAMFitResult:
     labels: torch.Tensor | None = None  # (n,) AM assignment of the training rows
 
 
-def init_prototypes(
-    x: torch.Tensor,
-    k: int,
-    init: Init,
-    generator: torch.Generator,
-    kmeans_restarts: int = 1,
-    per_centroid: int | None = 256,
-) -> torch.Tensor:
-    """k-means++ seeding (optionally refined by Lloyd), or the authors' Gaussian.
-
-    Seeding and Lloyd run on at most ``per_centroid * k`` rows (``kmeans_fit``'s sample),
-    never full-data Lloyd to convergence: at large n the training that follows refines
-    the prototypes anyway. When n fits in the sample this is the full k-means it was.
-    """
-    if init == "kmeans++":
-        size = x.shape[0] if per_centroid is None else per_centroid * k
-        if size < x.shape[0]:
-            rows = torch.randperm(x.shape[0], generator=generator)[:size]
-            return kmeans_plus_plus(x[rows], k, generator)
-        return kmeans_plus_plus(x, k, generator)
-    if init == "kmeans":
-        # Best of several k-means++ + Lloyd restarts by inertia: a poor local optimum at
-        # the start is rarely escaped by the (slow, local) prototype training.
-        with warnings.catch_warnings():
-            # Small data sets with many clusters are normal here; no k-means warning.
-            warnings.simplefilter("ignore", UserWarning)
-            res = kmeans_fit(
-                x,
-                k,
-                n_init=max(1, kmeans_restarts),
-                max_iter=100,
-                sample_per_centroid=per_centroid,
-                full_iter=0,
-                # Plain Lloyd starts, no centroid swaps: swaps pull every restart to the
-                # same low-inertia start, and ClAM's restarts (selected by Silhouette)
-                # then lose their spread: measured on the paper's data sets, ecoli's
-                # selected ClAM fell from Silhouette 0.344 / ARI 0.704 to 0.263 / 0.516.
-                swap_rounds=0,
-                generator=generator,
-            )
-        return res.centers
-    mean, std = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[1])
-    return mean + std * torch.randn((k, x.shape[1]), generator=generator, dtype=x.dtype)
-
-
 @torch.no_grad()
 def reseed_dead_prototypes(
     x: torch.Tensor,
@@ -162,48 +120,67 @@ def reseed_dead_prototypes(
     return (new, moved, labels) if return_labels else (new, moved)
 
 
-def clam_epochs(
+def clam_trainer(
     x: torch.Tensor,
-    prototypes: torch.nn.Parameter,
+    prototypes: torch.Tensor,
     am: AMParams,
     mask: MaskSpec | None,
     fill: torch.Tensor,
     *,
     lr: float,
     batch_size: int,
-    generator: torch.Generator,
-    plateau: tuple[float, int] | None = (0.8, 5),
+    epochs: int,
+    seed: int,
+    plateau: tuple[float, int] = (0.8, 5),
     rows_per_epoch: int | None = None,
-) -> EpochStepper:
-    """ClAM's epochs (fit_clam and the Tune trial): the masked pattern-completion loss of
-    each batch (``mask=None`` or ratio 0: the unmasked ablation), masks drawn from
-    ``generator`` batch by batch, shared by the batch on the MaskSpec's epochs. Shared-mask
-    epochs are compared only with each other (unless every epoch shares its mask)."""
-    d = x.shape[1]
+) -> InProcessTrainer:
+    """ClAM's epochs in memory (fit_clam and the Tune trial): the distributed trainer's own
+    loop and objective in this process (train/in_process.py), so an in-memory fit trains
+    what `clam-dist train` trains. ``mask=None`` or ratio 0: the unmasked ablation. Masks
+    are a function of (row, epoch, seed) and shared by the batch on the MaskSpec's epochs;
+    the objective keeps the lowest-loss epoch, shared-mask epochs compared only with each
+    other (unless every epoch shares its mask)."""
+    n, d = x.shape
     use_mask = mask is not None and mask.ratio > 0
-
-    def batch_loss(rows: torch.Tensor, epoch: int) -> torch.Tensor:
-        m = None
-        if use_mask:
-            m = draw_mask(rows.shape[0], d, mask.ratio, mask.shared_for_epoch(epoch), generator)
-        return clam_loss(rows, prototypes, am.beta, am.alpha, am.steps, am.metric, m, fill)
-
-    def comparable(epoch: int) -> bool:
-        return not use_mask or mask.shared_every == 1 or not mask.shared_for_epoch(epoch)
-
-    return EpochStepper(
-        [prototypes],
-        batch_loss,
-        x,
-        batch_size=batch_size,
-        lr=lr,
-        generator=generator,
-        snapshot=lambda: prototypes.detach().clone(),
-        plateau=plateau,
-        rows_per_epoch=rows_per_epoch,
-        comparable=comparable,
-        name="ClAM",
+    spec = mask or MaskSpec()
+    cfg = fit_config(
+        "clam",
+        seed,
+        {
+            "model": {
+                "n_clusters": int(prototypes.shape[0]),
+                "beta": float(am.beta),
+                "alpha": am.alpha,
+                "steps": am.steps,
+                "metric": am.metric,
+                "mask_ratio": spec.ratio if use_mask else 0.0,
+                "fill": spec.fill,
+                "shared_every": spec.shared_every,
+            },
+            "optim": {
+                "lr": lr,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "schedule": "plateau",
+                "plateau_factor": plateau[0],
+                "plateau_patience": plateau[1],
+            },
+        },
     )
+    init = memory_init(prototypes.detach().float().numpy(), am.beta, n, fill.detach().numpy())
+    per_epoch = 0 if rows_per_epoch is None else math.ceil(rows_per_epoch / batch_size)
+    return InProcessTrainer(
+        cfg, x.numpy(), init, row_chunk=row_chunk_for(n), steps_per_epoch=per_epoch
+    )
+
+
+def kept_prototypes(trainer: InProcessTrainer, initial: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(prototypes, epoch) the objective keeps: the lowest-loss comparable epoch's, or the
+    initial ones while no epoch has been compared."""
+    objective = trainer.update.objective
+    if objective.kept_prototypes is None:
+        return initial, 0
+    return objective.kept_prototypes.clone(), int(objective.kept_epoch)
 
 
 def fit_clam(
@@ -242,22 +219,21 @@ def fit_clam(
     stats = fill_stats or {"mean": x.mean(0), "min": x.min(0).values, "max": x.max(0).values}
     fill = fill_vector(stats.get("mean"), stats.get("min"), stats.get("max"), config.mask.fill, d)
 
-    prototypes = torch.nn.Parameter(protos0.clone().float())
-    stepper = clam_epochs(
+    trainer = clam_trainer(
         x,
-        prototypes,
+        protos0,
         am,
         config.mask if config.masked else None,
         fill,
         lr=config.lr,
         batch_size=config.batch_size,
-        generator=gen,
+        epochs=config.epochs,
+        seed=int(config.seed),
         plateau=(config.plateau_factor, config.plateau_patience),
         rows_per_epoch=config.rows_per_epoch,
     )
-    for _ in range(config.epochs):
-        stepper.step()
-    history, best_epoch, best = stepper.history, stepper.best_epoch, stepper.best
+    history = train_to_the_end(trainer)
+    best, best_epoch = kept_prototypes(trainer, protos0.float())
     n_reseeded = 0
     # Re-seed until every prototype owns a point: a moved prototype can still lose its
     # points to the dynamics, so repeat (bounded by k rounds).

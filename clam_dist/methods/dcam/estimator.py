@@ -1,4 +1,4 @@
-"""scikit-learn style DCAM estimator (in memory). The math lives in clam_dist.models.dcam."""
+"""scikit-learn style DCAM estimator (in memory). The math lives in clam_dist.methods.dcam.model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clam_dist.estimator_base import PrototypeEstimator
-from clam_dist.models.am import check_dynamics
-from clam_dist.models.clam import FILL_VALUES, MaskSpec
-from clam_dist.models.dcam import (
+from clam_dist.methods.dcam import DEFAULTS
+from clam_dist.methods.dcam.model import (
     DCAMConfig,
     EncoderSpec,
     dcam_assign,
@@ -17,6 +16,8 @@ from clam_dist.models.dcam import (
     encoder_tensors,
     fit_dcam,
 )
+from clam_dist.models.am import check_dynamics
+from clam_dist.models.clam import FILL_VALUES, MaskSpec
 
 
 class DCAM(PrototypeEstimator):
@@ -95,7 +96,7 @@ class DCAM(PrototypeEstimator):
 
     def __init__(
         self,
-        n_clusters: int = 8,
+        n_clusters: int = DEFAULTS.n_clusters,
         *,
         encoder: str = "mlp",
         latent_dim: int = 10,
@@ -112,7 +113,7 @@ class DCAM(PrototypeEstimator):
         pretrain_epochs: int = 40,
         epochs: int = 20,
         batch_size: int = 64,
-        lr: float = 1e-3,
+        lr: float = DEFAULTS.lr,
         recon_weight: float = 1.0,
         recon_tolerance: float = 0.10,
         recon_bound: str = "select",

@@ -166,7 +166,10 @@ def main() -> None:
             predictor.predict(x[r0 : r0 + rows_per_call], outputs)
         return time.perf_counter() - t0
 
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    # A Ray of its own (never another cluster on the machine): the figures are ours alone.
+    ray.init(
+        address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False
+    )
     local_name, s3_name = "local Parquet -> local Parquet", "local S3 -> local S3"
     rounds: dict[str, list[dict]] = {local_name: [], s3_name: []}
     mem_rounds: list[float] = []

@@ -136,7 +136,8 @@ def main() -> None:
     p.add_argument("--json", default="bench_results/scaling.json")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
-    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
+    # A Ray of its own (never another cluster on the machine): the figures are ours alone.
+    ray.init(address="local", num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
     rows, bare, ceiling, settings = [], None, None, None
     # Only DCAM reads it: set for another method it would be stated for nothing.
     dcam_only = [f"dcam.pretrain_epochs={args.pretrain_epochs}"] if args.method == "dcam" else []

@@ -1,7 +1,8 @@
 """ClAM: the self-supervised pattern-completion loss and its building blocks.
 
-Pure torch. The training LOOPS live elsewhere (in-memory: clam_dist/models/clam_fit.py;
-distributed: clam_dist/train/); both call ``clam_loss`` so the math is written once.
+Pure torch. The training loop lives in clam_dist/train/ (one loop, on Ray Train or in one
+process); ClAM's objective (clam_dist/methods/clam/objective.py) and DCAM's latent
+pattern completion call ``clam_loss``, so the math is written once.
 
 Loss (DESIGN.md): per sample draw a mask m in {0,1}^d hiding a fraction p of the
 coordinates, fill the hidden coordinates with a fill value, evolve ONLY the hidden

@@ -125,3 +125,25 @@ def test_loop_config_is_frozen():
     loop = LoopConfig(TrainConfig(), StepPlan((1,), 1), "/r", init=0)
     with pytest.raises(AttributeError):
         loop.run_url = "/elsewhere"  # type: ignore[misc]
+
+
+def test_the_kept_epoch_state_is_standard_json_and_round_trips():
+    import json
+    import math
+
+    import torch
+
+    from clam_dist.methods.clam.objective import ClAMObjective
+
+    init = {"prototypes": [[0.0, 0.0], [1.0, 1.0]], "beta": 2.0, "fill": [0.0, 0.0]}
+    objective = ClAMObjective(TrainConfig(), init, torch.device("cpu"))
+    # No epoch kept yet: null, not Infinity (json.dumps would write a non-standard token).
+    text = json.dumps(objective.state(), allow_nan=False)
+    fresh = ClAMObjective(TrainConfig(), init, torch.device("cpu"))
+    fresh.load_state(json.loads(text))
+    assert fresh.kept_loss == math.inf and fresh.kept_epoch is None
+    objective.consider_epoch(0, 0.5, comparable=True)
+    objective.consider_epoch(1, 0.7, comparable=True)  # higher: not kept
+    objective.consider_epoch(2, 0.1, comparable=False)  # lower, but not comparable
+    fresh.load_state(json.loads(json.dumps(objective.state(), allow_nan=False)))
+    assert (fresh.kept_epoch, fresh.kept_loss) == (0, 0.5)

@@ -86,12 +86,15 @@ class Objective:
 
     def state(self) -> dict:
         """JSON-able state beyond tensors (checkpointed)."""
-        return {"beta": self.beta, "kept_epoch": self.kept_epoch, "kept_loss": self.kept_loss}
+        # null, not Infinity, before any epoch was kept: state.json stays standard JSON
+        kept_loss = None if math.isinf(self.kept_loss) else self.kept_loss
+        return {"beta": self.beta, "kept_epoch": self.kept_epoch, "kept_loss": kept_loss}
 
     def load_state(self, state: dict) -> None:
         self.beta = float(state.get("beta", self.beta))
         self.kept_epoch = state.get("kept_epoch")
-        self.kept_loss = float(state.get("kept_loss", math.inf))
+        kept_loss = state.get("kept_loss")
+        self.kept_loss = math.inf if kept_loss is None else float(kept_loss)
 
     # -- what the loop asks each step --------------------------------------------------------
 

@@ -53,6 +53,12 @@ def test_a_registered_method_is_known_to_configs_and_the_registry(toy_registered
     assert cfg.optim.lr == methods.get("toy").defaults.lr == 0.05  # the method's default
     with pytest.raises(ValueError, match="built-in"):
         methods._plugins("clam=elsewhere")
+    methods.register("broken", "no_such_package_here")
+    try:
+        with pytest.raises(ValueError, match="'no_such_package_here' does not import"):
+            methods.get("broken")
+    finally:
+        methods.unregister("broken")
 
 
 def test_the_toy_method_trains_in_memory(toy_registered, mixture):

@@ -61,7 +61,13 @@ def get(name: str) -> MethodSpec:
     if name not in _REGISTERED:
         raise ValueError(f"unknown method {name!r}; known methods: {list(_REGISTERED)}")
     if name not in _LOADED:
-        spec = importlib.import_module(_REGISTERED[name]).SPEC
+        try:
+            spec = importlib.import_module(_REGISTERED[name]).SPEC
+        except (ImportError, AttributeError) as exc:  # a plug-in's package (built-ins import)
+            raise ValueError(
+                f"method {name!r}: its package {_REGISTERED[name]!r} does not import or has no "
+                f"SPEC ({exc}); check {PLUGINS_ENV} and PYTHONPATH"
+            ) from exc
         if spec.name != name:
             raise RuntimeError(f"{_REGISTERED[name]} registers {spec.name!r}, expected {name!r}")
         _LOADED[name] = spec

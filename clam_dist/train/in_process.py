@@ -123,6 +123,14 @@ class InProcessTrainer:
         """The update as it stands (the final, selected state once ``done``)."""
         return self.trainer.update
 
+    def kept(self, initial: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(prototypes, epoch) the objective keeps: the lowest-loss comparable epoch's, or
+        ``initial`` (epoch 0) while no epoch has been compared."""
+        objective = self.update.objective
+        if objective.kept_prototypes is None:
+            return initial, 0
+        return objective.kept_prototypes.clone(), int(objective.kept_epoch)
+
     def result(self) -> InProcessResult:
         return InProcessResult(self.update, list(self.side.reports), list(self.epoch_losses))
 

@@ -55,8 +55,7 @@ class SteppedTrial:
     @property
     def best(self) -> torch.Tensor:
         """The prototypes of the lowest-loss comparable epoch so far."""
-        kept = self.trainer.update.objective.kept_prototypes
-        return self.initial if kept is None else kept
+        return self.trainer.kept(self.initial)[0]
 
     def step(self) -> dict:
         epoch_loss = self.trainer.run_epoch()["epoch_loss"]

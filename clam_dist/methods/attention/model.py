@@ -136,8 +136,5 @@ def fit_attention(
         trainer.run_epoch()
         if keep_snapshots:
             snapshots.append(trainer.update.prototypes().clone())
-    objective = trainer.update.objective
-    kept = objective.kept_prototypes
-    best = mu0.detach().clone().float() if kept is None else kept.clone()
-    best_epoch = 0 if objective.kept_epoch is None else int(objective.kept_epoch)
+    best, best_epoch = trainer.kept(mu0.detach().clone().float())
     return AttentionFitResult(best, float(beta), list(trainer.epoch_losses), best_epoch, snapshots)

@@ -174,15 +174,6 @@ def clam_trainer(
     )
 
 
-def kept_prototypes(trainer: InProcessTrainer, initial: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(prototypes, epoch) the objective keeps: the lowest-loss comparable epoch's, or the
-    initial ones while no epoch has been compared."""
-    objective = trainer.update.objective
-    if objective.kept_prototypes is None:
-        return initial, 0
-    return objective.kept_prototypes.clone(), int(objective.kept_epoch)
-
-
 def fit_clam(
     x: np.ndarray | torch.Tensor,
     config: ClAMConfig,
@@ -233,7 +224,7 @@ def fit_clam(
         rows_per_epoch=config.rows_per_epoch,
     )
     history = train_to_the_end(trainer)
-    best, best_epoch = kept_prototypes(trainer, protos0.float())
+    best, best_epoch = trainer.kept(protos0.float())
     n_reseeded = 0
     # Re-seed until every prototype owns a point: a moved prototype can still lose its
     # points to the dynamics, so repeat (bounded by k rounds).

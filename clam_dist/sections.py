@@ -106,6 +106,17 @@ class OptimSection:
 
 
 @dataclass
+class StorageSection:
+    """Where the job's files live, as the cluster sees them (clam_dist/shared_storage.py).
+    On a cluster of several nodes every path must be object storage or, with shared =
+    true, a mount every node sees (NFS, a volume); either way a probe task on each node
+    checks it before any work. Endpoint and credentials: data.storage_options, else the
+    environment as every AWS tool reads it (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."""
+
+    shared: bool = False
+
+
+@dataclass
 class WorkersSection:
     """The Ray Train workers of a training run."""
 

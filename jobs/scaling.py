@@ -12,6 +12,16 @@ energy / nearest-prototype bookkeeping for the metrics) runs while it is in flig
         [--method clam|kmeans|attention|dcam]   (dcam: the last epoch is a joint-loss epoch)
         [--set section.key=value ...]           (any other training setting)
         [--ceiling]   (also the bare step in 1 and in N processes at once: what the cores allow)
+        [--nodes 1,2,3]   (also each N on a real N-node Ray cluster on this host, on loopback)
+
+--nodes LIST: for each N, a local multi-node cluster (clam_dist.local_cluster: a head with
+no CPUs plus N worker raylets of one CPU each, so one training worker per node) runs the
+same training with N workers, after the worker sweep on a plain local Ray, whose rows stay
+in the same table: the "vs 1 node" column is each cluster row's rows/s over the plain
+single-node row with as many workers. On one host the nodes share its cores, so that ratio
+measures what going multi-node costs (separate raylets and object stores, the all-reduce
+between processes of different nodes), not a speed-up. Per-node rows come from the run's
+metrics["per_node"] when the trainer reports them ("-" otherwise).
 
 Settings that differ from the trainer's defaults (for the method) are stated in the
 printed header and in the JSON ("non_default_settings"): by default one metrics window
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -32,6 +43,7 @@ import ray
 
 from clam_dist.commands.make_dataset import write_mixture
 from clam_dist.config import load_config, to_dict
+from clam_dist.local_cluster import local_cluster
 from clam_dist.train.bare_step import bare_step_of_run
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.trainer import run_training
@@ -107,6 +119,45 @@ def _settings_text(settings: dict) -> str:
     return " ".join(f"{key}={value}" for key, value in settings.items()) or "none"
 
 
+def _row(m: dict, workers: int, nodes: int | None, global_batch: int) -> dict:
+    """One table row from a run's last metrics window. The all-reduce time of a step is
+    what the step waited on its collective (allreduce, plus the straggler wait when
+    run.barrier_timing splits it out); its share is of the step's wall time (rows of a
+    step over rows/s: compute, monitor, reads and all)."""
+    steps = max(1, m["window_steps"])
+    step_ms = 1000 * (m["rows"] / steps) / max(m["rows_per_s_total"], 1e-9)
+    allreduce_ms = m["allreduce_ms_per_step"] + m.get("wait_ms_per_step", 0.0)
+    return {
+        "nodes": nodes,  # None: the plain local Ray (one node, the worker sweep)
+        "workers": workers,
+        "rows_per_s": m["rows_per_s_total"],
+        "rows_per_s_worker": m["rows_per_s_worker"],
+        "compute_ms_per_step": m["compute_ms_per_step"],
+        "allreduce_ms_per_step": m["allreduce_ms_per_step"],
+        "monitor_ms_per_step": m["monitor_ms_per_step"],
+        "allreduce_bytes_per_step": m["allreduce_bytes_per_step"],
+        "step_ms": step_ms,
+        "allreduce_seconds": allreduce_ms * steps / 1000,  # over the last epoch's window
+        "allreduce_share": allreduce_ms / step_ms,
+        "per_node": m.get("per_node") or None,  # {node_id: {rows, seconds, workers}}
+        "global_batch": global_batch,
+        "steps_per_epoch": m["window_steps"],
+    }
+
+
+def _per_node_text(per_node: dict | None) -> str:
+    if not per_node:
+        return "-"
+    return "/".join(str(v["rows"]) for _, v in sorted(per_node.items()))
+
+
+NODES_NOTE = (
+    "note: the N-node clusters run on this one host, so their nodes share its "
+    f"{os.cpu_count()} cores: 'vs 1 node' measures multi-node overhead (separate raylets "
+    "and object stores, a cross-node all-reduce), not a speed-up."
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,19 +184,27 @@ def main() -> None:
         action="store_true",
         help="also run the bare step in 1 and in N processes at once (what the cores allow)",
     )
+    p.add_argument(
+        "--nodes",
+        default="",
+        metavar="LIST",
+        help="also train with N workers on a local N-node Ray cluster, for each N (e.g. 1,2,3)",
+    )
     p.add_argument("--json", default="bench_results/scaling.json")
     args = p.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
+    node_counts = [int(n) for n in args.nodes.split(",") if n.strip()]
     # A Ray of its own (never another cluster on the machine): the figures are ours alone.
     ray.init(address="local", num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
-    rows, bare, ceiling, settings = [], None, None, None
+    rows, node_rows, bare, ceiling, settings = [], [], None, None, None
     # Only DCAM reads it: set for another method it would be stated for nothing.
     dcam_only = [f"dcam.pretrain_epochs={args.pretrain_epochs}"] if args.method == "dcam" else []
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         write_mixture(data, args.n, args.d, args.k, 8.0, 0, max(1, args.n // 16))
-        for w in workers:
-            cfg = load_config(
+
+        def config(w: int, name: str) -> TrainConfig:
+            return load_config(
                 TrainConfig,
                 None,
                 [
@@ -156,7 +215,7 @@ def main() -> None:
                     f"optim.epochs={args.epochs}",
                     f"run.num_workers={w}",
                     f"run.storage_path={tmp}/runs",
-                    f"run.name=w{w}",
+                    f"run.name={name}",
                     f"run.checkpoint_every={args.epochs}",
                     "run.report_every=1000000",  # one metrics window per epoch
                     "run.verify_every=0",  # (checked at each epoch end only)
@@ -164,47 +223,63 @@ def main() -> None:
                     *args.set,
                 ],
             )
+
+        for w in workers:
+            cfg = config(w, f"w{w}")
             if bare is None:  # at the 1-worker batch: the work of one worker alone
                 bare = bare_step_of_run(cfg, args.n)
                 settings = non_default_settings(cfg, args.method)
             if args.ceiling and w == workers[-1] and w > 1:
                 ceiling = hardware_ceiling(cfg, args.n, w, args.batch // w)
             m = run_training(cfg).metrics  # the last epoch's window
-            rows.append(
-                {
-                    "workers": w,
-                    "rows_per_s": m["rows_per_s_total"],
-                    "rows_per_s_worker": m["rows_per_s_worker"],
-                    "compute_ms_per_step": m["compute_ms_per_step"],
-                    "allreduce_ms_per_step": m["allreduce_ms_per_step"],
-                    "monitor_ms_per_step": m["monitor_ms_per_step"],
-                    "allreduce_bytes_per_step": m["allreduce_bytes_per_step"],
-                    "global_batch": args.batch,
-                    "steps_per_epoch": m["window_steps"],
-                }
-            )
+            rows.append(_row(m, w, None, args.batch))
+        if node_counts:
+            # One Ray at a time on this machine: the plain one ends before the clusters.
+            ray.shutdown()
+        for n in node_counts:
+            # N worker raylets of one CPU (the head has none): one training worker per node.
+            with local_cluster(workers=n, cpus_per_worker=1, head_cpus=0) as cluster:
+                cluster.connect()
+                m = run_training(config(n, f"nodes{n}")).metrics
+            # (its exit disconnected this process and shut every raylet down)
+            node_rows.append(_row(m, n, n, args.batch))
     one = rows[0]["rows_per_s"]
-    for r in rows:
+    single = {r["workers"]: r["rows_per_s"] for r in rows}
+    for r in rows + node_rows:
         r["vs_bare_step"] = r["rows_per_s"] / bare
         r["speedup_vs_first"] = r["rows_per_s"] / one
+        # a cluster row over the plain single-node row with as many workers
+        base = single.get(r["workers"]) if r["nodes"] is not None else None
+        r["vs_single_node"] = r["rows_per_s"] / base if base else None
     print(
         f"n={args.n} d={args.d} k={args.k} method={args.method} global batch={args.batch} "
         f"(last epoch); bare step ({workers[0]} worker's batch, 1 thread): {bare:,.0f} rows/s"
     )
     print(f"settings not at the trainer's defaults: {_settings_text(settings)}")
     print(
-        f"{'workers':>7s} {'rows/s':>10s} {'vs bare':>8s} {'speed-up':>9s} "
-        f"{'rows/s/worker':>16s} {'compute ms/step':>16s} {'allreduce ms/step':>18s} "
-        f"{'monitor ms/step':>16s} {'bytes/step':>11s}"
+        f"{'nodes':>7s} {'workers':>7s} {'rows/s':>10s} {'vs bare':>8s} {'speed-up':>9s} "
+        f"{'vs 1 node':>9s} {'rows/s/worker':>16s} {'compute ms/step':>16s} "
+        f"{'allreduce ms/step':>18s} {'allreduce s':>11s} {'share':>6s} "
+        f"{'monitor ms/step':>16s} {'bytes/step':>11s} {'per-node rows':>16s}"
     )
-    for r in rows:
+    for r in rows + node_rows:
         per_worker = "/".join(f"{v:.0f}" for v in r["rows_per_s_worker"])
+        nodes = "1 local" if r["nodes"] is None else str(r["nodes"])
+        vs_one = "-" if r["vs_single_node"] is None else f"{r['vs_single_node']:.2f}x"
         print(
-            f"{r['workers']:7d} {r['rows_per_s']:10.0f} {r['vs_bare_step']:8.2f} "
-            f"{r['speedup_vs_first']:8.2f}x {per_worker:>16s} {r['compute_ms_per_step']:16.2f} "
-            f"{r['allreduce_ms_per_step']:18.2f} "
-            f"{r['monitor_ms_per_step']:16.2f} {r['allreduce_bytes_per_step']:11d}"
+            f"{nodes:>7s} {r['workers']:7d} {r['rows_per_s']:10.0f} {r['vs_bare_step']:8.2f} "
+            f"{r['speedup_vs_first']:8.2f}x {vs_one:>9s} {per_worker:>16s} "
+            f"{r['compute_ms_per_step']:16.2f} {r['allreduce_ms_per_step']:18.2f} "
+            f"{r['allreduce_seconds']:11.3f} {r['allreduce_share']:6.1%} "
+            f"{r['monitor_ms_per_step']:16.2f} {r['allreduce_bytes_per_step']:11d} "
+            f"{_per_node_text(r['per_node']):>16s}"
         )
+    if node_rows:
+        print(
+            "nodes: '1 local' is the worker sweep on a plain local Ray; N is a local N-node "
+            "cluster (head without CPUs + N one-CPU worker raylets, one training worker each)"
+        )
+        print(NODES_NOTE)
     if ceiling is not None:
         per = " + ".join(f"{v:,.0f}" for v in ceiling["processes"])
         print(
@@ -222,6 +297,9 @@ def main() -> None:
                 "non_default_settings": settings,
                 "bare_step_rows_per_s": bare,
                 "rows": rows,
+                # --nodes: each N on a local N-node cluster (on this one host: see the note)
+                "node_rows": node_rows,
+                "nodes_note": NODES_NOTE if node_rows else None,
                 "ceiling": ceiling,
             },
             indent=2,

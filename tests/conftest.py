@@ -8,8 +8,39 @@ import numpy as np
 import pytest
 import torch
 
+from clam_dist.ray_session import TRAIN_POLL_ENV, TRAIN_POLL_S
+
 # Keep torch from oversubscribing the 2-core CI machine when Ray workers run beside it.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Every Ray the tests start (fixtures, clusters, CLI subprocesses) polls Ray Train reports
+# as the commands' own Ray does (clam_dist.ray_session): not once per 2 s.
+os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+
+
+# The suite runs on two pytest-xdist workers, one test module at a time each (pyproject:
+# -n 2 --dist loadfile --no-loadscope-reorder). Modules that take minutes go first: one of
+# them started last would run alone at the end while the other worker idles. Longest
+# first (seconds measured by `pytest --durations`); the rest keep their order.
+SLOW_MODULES_FIRST = (
+    "test_multinode.py",
+    "test_trust.py",
+    "test_train_ray.py",
+    "test_train_methods.py",
+    "test_fault_tolerance.py",
+    "test_trust_pipeline.py",
+    "test_console.py",
+    "test_assign_pipeline.py",
+    "test_tune_methods.py",
+    "test_run_record.py",
+    "test_trust_artifacts.py",
+    "test_trust_data.py",
+    "test_tune.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
 @pytest.fixture(scope="session")

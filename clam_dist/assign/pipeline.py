@@ -139,6 +139,8 @@ class AssignResult:
     # batch size and why); see _compute_plan.
     plan: dict = field(default_factory=dict)
     stats: str = ""  # Ray Data's execution statistics text for the read/assign/write
+    # node id -> tasks, rows and seconds of the assignment tasks that ran there
+    per_node: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     # Seconds per stage: checks (model, schema, output prefix), ray_init, assign_write (read
     # -> model -> staged Parquet, streamed together), drift, commit; inside assign_write,
@@ -285,9 +287,9 @@ def _write_staged(
     staging: str,
     settings: dict,
     batch_size,
-) -> str:
+) -> tuple[str, dict]:
     """Ray Data: read -> assign in tasks -> Parquet in the staging folder. Returns Ray
-    Data's stats text.
+    Data's stats text and the rows and seconds per node.
 
     Ray Data's objects sit in reference cycles that can hold the executor and its
     resources: without the collection below, a driver that goes on to other Ray work (the
@@ -295,10 +297,10 @@ def _write_staged(
     CPUs nobody uses any more.
     """
     message = details = None
-    stats = ""
+    stats, per_node = "", {}
     try:
         with ray_data_errors_reported_by_us():
-            stats = _run_dataset(source, config, prefix, staging, settings, batch_size)
+            stats, per_node = _run_dataset(source, config, prefix, staging, settings, batch_size)
     except Exception as exc:  # noqa: BLE001 - re-raised below as AssignmentError
         # Ray Data's exception and its traceback hold the executor: keep the text (the
         # root cause's one line, and the whole remote traceback for -v), drop the
@@ -308,15 +310,19 @@ def _write_staged(
     gc.collect()
     if message is not None:
         raise AssignmentError(message, details=details)
-    return stats
+    return stats, per_node
 
 
-def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
+def _run_dataset(source, config, prefix, staging, settings, batch_size) -> tuple[str, dict]:
+    import ray
+
+    from clam_dist.assign.node_tally import read_and_stop, start_tally
     from clam_dist.data.ray_dataset import to_ray_dataset
     from clam_dist.logs import quiet_ray
 
     quiet_ray()
     ds = labelled = None
+    tally = start_tally()
     try:
         # The Dataset copies the DataContext when it is made: settings go in first.
         with _execution_settings(config):
@@ -335,16 +341,18 @@ def _run_dataset(source, config, prefix, staging, settings, batch_size) -> str:
             # at once.
             labelled = ds.map_batches(
                 assign_batch,
-                fn_kwargs={**settings, "chunk_rows": batch_size},
+                fn_kwargs={**settings, "chunk_rows": batch_size, "tally": tally},
                 batch_size=None,
                 batch_format="numpy",
                 num_cpus=config.num_cpus_per_actor,
                 num_gpus=config.num_gpus_per_actor or None,
             )
             labelled.write_parquet(prefix.staging_path(staging), filesystem=_arrow_fs(prefix.fs))
-        return _stats_text(labelled)
+        return _stats_text(labelled), read_and_stop(tally)
     finally:
         del ds, labelled  # this frame outlives the call in a failure's traceback
+        with contextlib.suppress(Exception):  # already stopped after a success
+            ray.kill(tally)
 
 
 def _arrow_fs(fs) -> pafs.FileSystem:
@@ -499,7 +507,7 @@ def _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, 
         "nan_policy": config.nan_policy,
         "input_url": config.input_url,
     }
-    stats = _write_staged(source, config, prefix, staging, settings, batch_size)
+    stats, per_node = _write_staged(source, config, prefix, staging, settings, batch_size)
     lap("assign_write")
     timings.update(stage_seconds(stats))  # read / compute / write inside that lap
     if config.crash_before_commit or os.environ.get(CRASH_BEFORE_COMMIT_ENV) == "1":
@@ -542,6 +550,7 @@ def _assign_and_commit(config, source, artifact, prefix, staging, expected, t0, 
         dropped_rows=expected - manifest["rows"],
         plan=_compute_plan(config, batch_size),
         stats=stats,
+        per_node=per_node,
     )
     log_event(
         "assign_done",

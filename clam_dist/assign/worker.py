@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from clam_dist.artifacts import ModelArtifact
 from clam_dist.assign.assigner import ClusterAssigner
+from clam_dist.assign.node_tally import counted
 
 # Fault injection (tests, drills): a file path; the first task that creates it kills its
 # own worker process, as an OOM kill would, so Ray retries the task in a fresh process.
@@ -53,21 +54,25 @@ def fingerprint(artifact: ModelArtifact) -> str:
     return h.hexdigest()[:16]
 
 
-def assign_batch(batch: dict[str, np.ndarray], chunk_rows: int = 0, **settings) -> pa.Table:
+def assign_batch(
+    batch: dict[str, np.ndarray], chunk_rows: int = 0, tally=None, **settings
+) -> pa.Table:
     """map_batches function: label one block with the process's cached assigner, in
-    calls of ``chunk_rows`` rows (0 = the whole block at once).
+    calls of ``chunk_rows`` rows (0 = the whole block at once); ``tally`` (a NodeTally
+    actor, or None) hears this node's rows and seconds.
 
     ``settings`` are ClusterAssigner's keyword arguments plus ``model_fingerprint``."""
-    assigner = _assigner(settings)
     n = len(batch["x"])
-    if chunk_rows <= 0 or n <= chunk_rows:
-        return assigner(batch)
-    return pa.concat_tables(
-        [
-            assigner({c: v[r0 : r0 + chunk_rows] for c, v in batch.items()})
-            for r0 in range(0, n, chunk_rows)
-        ]
-    )
+    with counted(tally, n):
+        assigner = _assigner(settings)
+        if chunk_rows <= 0 or n <= chunk_rows:
+            return assigner(batch)
+        return pa.concat_tables(
+            [
+                assigner({c: v[r0 : r0 + chunk_rows] for c, v in batch.items()})
+                for r0 in range(0, n, chunk_rows)
+            ]
+        )
 
 
 def _assigner(settings: dict):

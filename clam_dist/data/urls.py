@@ -23,6 +23,12 @@ def absolute(url: str | None) -> str | None:
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+)://")
 
 
+def scheme_of(value: str) -> str | None:
+    """The URL scheme of ``value`` in lower case ("s3", "file", ...), None for a path."""
+    found = _SCHEME.match(value)
+    return found["scheme"].lower() if found else None
+
+
 def refuse_url(value: str, option: str) -> str:
     """``value`` as a local path, for an option that takes only a local folder or file.
 

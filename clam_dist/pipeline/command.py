@@ -11,7 +11,6 @@ import json
 import sys
 
 from clam_dist.config import load_config
-from clam_dist.data.urls import refuse_url
 from clam_dist.pipeline.config import PipelineConfig
 from clam_dist.pipeline.overview import print_table
 from clam_dist.pipeline.stages import STAGES, check_input_before_work, run_pipeline
@@ -25,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         default=None,
-        help="the local folder every stage writes into (default: runs/demo; not a URL yet)",
+        help="where every stage writes: a local folder (default: runs/demo) or a URL "
+        "(s3://bucket/run), which every node of a multi-node cluster must see",
     )
     parser.add_argument(
         "--set",
@@ -53,8 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     overrides = list(args.overrides)
     if args.run_dir:
-        # Named as the user typed it (run_dir set in a config or --set is refused by Run).
-        refuse_url(args.run_dir, "--run-dir")
         overrides.append(f"run_dir={json.dumps(args.run_dir)}")
     return load_config(PipelineConfig, args.config, overrides)
 

@@ -20,6 +20,7 @@ from clam_dist.sections import (
     ModelSection,
     OptimSection,
     OutputsSection,
+    StorageSection,
     WorkersSection,
     fill_method_defaults,
     with_method_sections,
@@ -67,7 +68,7 @@ class PipelineConfig:
         "model.train_sample": "data.init_sample",
     }
 
-    run_dir: str = "runs/demo"
+    run_dir: str = "runs/demo"  # a local folder or an fsspec URL (s3://bucket/run)
     seed: int = knob(0, SEED)
     num_cpus: int | None = knob(None, COUNT)  # embedded Ray only; None = all cores
     # rows sampled for the Silhouette of the report (it needs two)
@@ -77,6 +78,7 @@ class PipelineConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: PipelineTrain = field(default_factory=PipelineTrain)
     assign: OutputsSection = field(default_factory=OutputsSection)
+    storage: StorageSection = field(default_factory=StorageSection)
 
     def __post_init__(self) -> None:
         fill_method_defaults(self.model, self.optim)

@@ -7,7 +7,8 @@ fails like ``O_CREAT | O_EXCL`` when the name exists), with who it is; a second 
 is refused before any work, naming the holder. A lock whose holder is gone (a crash,
 SIGKILL) is stale and taken over: on the same host, when its pid is not alive or is now
 another process (a different start time in /proc: pids are reused). A lock of another
-host cannot be checked from here, so it is never taken over.
+host cannot be checked from here, so it is never taken over. In object storage the
+lock is an object created with a conditional PUT (If-None-Match: *).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clam_dist.errors import InputError
+from clam_dist.pipeline.run_store import RunStore
 
 LOCK_NAME = ".lock"
 
@@ -126,11 +128,7 @@ def _read(path: Path) -> tuple[str, dict | None]:
         text = path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return "", {}
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        return text, None
-    return text, holder if isinstance(holder, dict) else None
+    return text, _parse(text)
 
 
 def _take_over(path: Path, stale_text: str) -> bool:
@@ -151,22 +149,39 @@ def _take_over(path: Path, stale_text: str) -> bool:
     return False
 
 
-def _busy(run_dir: Path, holder: dict | None, text: str) -> RunDirBusy:
+def _busy(where: str, holder: dict | None, text: str) -> RunDirBusy:
+    lock = f"{where}/{LOCK_NAME}"
     if holder is None:
         return RunDirBusy(
-            f"run_dir {run_dir} is locked ({run_dir / LOCK_NAME} holds {text[:60]!r}, not a "
+            f"run_dir {where} is locked ({lock} holds {text[:60]!r}, not a "
             "lock of ours); remove that file if no pipeline is running there"
         )
     return RunDirBusy(
-        f"run_dir {run_dir} is in use by another pipeline (host {holder.get('host')}, "
+        f"run_dir {where} is in use by another pipeline (host {holder.get('host')}, "
         f"pid {holder.get('pid')}, since {holder.get('since')}); wait for it or use "
-        f"another --run-dir (remove {run_dir / LOCK_NAME} only if that process is gone)"
+        f"another --run-dir (remove {lock} only if that process is gone)"
     )
 
 
-def acquire(run_dir: Path) -> tuple[dict, dict | None]:
+def _parse(text: str) -> dict | None:
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _as_store(where: RunStore | Path) -> RunStore:
+    return where if isinstance(where, RunStore) else RunStore(str(where))
+
+
+def acquire(where: RunStore | Path) -> tuple[dict, dict | None]:
     """Take the run directory's lock: (our record, the stale holder taken over or None).
     Raises RunDirBusy when another live pipeline holds it."""
+    store = _as_store(where)
+    if not store.is_local:
+        return _acquire_object(store)
+    run_dir = store.local
     path = run_dir / LOCK_NAME
     me, taken_over = _me(), None
     for _ in range(5):  # a few rounds: a lock released or taken over while we looked
@@ -176,28 +191,54 @@ def acquire(run_dir: Path) -> tuple[dict, dict | None]:
         if holder == {}:
             continue  # released between our create and our read
         if holder is None or not is_stale(holder):
-            raise _busy(run_dir, holder, text)
+            raise _busy(str(run_dir), holder, text)
         if _take_over(path, text):
             taken_over = holder
     text, holder = _read(path)
-    raise _busy(run_dir, holder or None, text)
+    raise _busy(str(run_dir), holder or None, text)
 
 
-def release(run_dir: Path, me: dict) -> None:
+def _acquire_object(store: RunStore) -> tuple[dict, dict | None]:
+    """The lock as an object: created with a conditional PUT (If-None-Match), which of two
+    pipelines only one wins. A stale holder's object is deleted only while it still holds
+    the text we judged (a store has no atomic rename; the window is one GET)."""
+    me, taken_over = _me(), None
+    for _ in range(5):
+        if store.create_exclusive(json.dumps(me), LOCK_NAME):
+            return me, taken_over
+        text = store.read_text(LOCK_NAME)
+        if text is None:
+            continue  # released between our create and our read
+        holder = _parse(text)
+        if holder is None or not is_stale(holder):
+            raise _busy(store.url, holder, text)
+        if store.read_text(LOCK_NAME) == text:
+            store.delete(LOCK_NAME)
+            taken_over = holder
+    text = store.read_text(LOCK_NAME) or ""
+    raise _busy(store.url, _parse(text), text)
+
+
+def release(where: RunStore | Path, me: dict) -> None:
     """Remove the lock if it is still ours (a lock taken over from us stays)."""
-    path = run_dir / LOCK_NAME
+    store = _as_store(where)
+    if not store.is_local:
+        if _parse(store.read_text(LOCK_NAME) or "") == me:
+            store.delete(LOCK_NAME)
+        return
+    path = store.local / LOCK_NAME
     _, holder = _read(path)
     if holder == me:
         path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: Path) -> Iterator[dict | None]:
+def run_dir_lock(store: RunStore) -> Iterator[dict | None]:
     """Hold the lock for the block (released on success, failure and Ctrl-C; a killed
     process leaves it, stale, for the next run to take over). Yields the stale holder
     taken over, if any, for the caller's events."""
-    me, taken_over = acquire(run_dir)
+    me, taken_over = acquire(store)
     try:
         yield taken_over
     finally:
-        release(run_dir, me)
+        release(store, me)

@@ -35,12 +35,12 @@ def overview(run: Run, summary: dict) -> dict[str, Any]:
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items()},
         "skipped": [name for name, rec in stages.items() if rec.get("skipped")],
         "paths": {
-            "run_dir": str(run.dir),
+            "run_dir": run.store.url,
             "model": run.model_url if "train" in stages else None,
             "assignments": run.assignments_url if "assign" in stages else None,
             "report": stages.get("evaluate", {}).get("report"),
-            "events": str(run.events_path),
-            "summary": str(run.dir / "summary.json"),
+            "events": run.events_url,
+            "summary": run.store.url_of("summary.json"),
         },
     }
 

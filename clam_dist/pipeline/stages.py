@@ -4,9 +4,12 @@ is idempotent for a scheduler. ``summary.json`` holds per-stage timings and the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -18,16 +21,18 @@ import numpy as np
 from clam_dist import logs, methods
 from clam_dist.assign.commit import ForeignOutputError
 from clam_dist.config import ConfigError, to_dict
-from clam_dist.data.urls import refuse_url
+from clam_dist.data.urls import scheme_of
 from clam_dist.errors import JobError, summary_line
 from clam_dist.logs import log_event
 from clam_dist.memory import release_unused_memory
 from clam_dist.pipeline.config import GENERATED_LABEL_COLUMN, PipelineConfig, PipelineData
 from clam_dist.pipeline.lock import run_dir_lock
 from clam_dist.pipeline.overview import overview
+from clam_dist.pipeline.run_store import RunStore
 from clam_dist.progress import Console, NullConsole, TrainReports
 from clam_dist.secrets import persistable
 from clam_dist.sections import OutputsSection, SourceColumns, WorkersSection, values_of
+from clam_dist.shared_storage import StorageNotShared
 
 STAGES = ("data", "train", "assign", "evaluate")
 
@@ -43,31 +48,55 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def run_store(config: PipelineConfig) -> RunStore:
+    """The run directory (a local folder or a URL) with the pipeline's one storage
+    setting, data.storage_options, which reaches every path of the run."""
+    if scheme_of(config.run_dir) == "memory":
+        # Ray Train and Ray Data write from their own processes: they would never see it.
+        raise ConfigError(
+            f"run_dir {config.run_dir}: memory:// lives in this process only and Ray's "
+            "workers write from theirs; use a local path or object storage (s3://...)"
+        )
+    return RunStore(config.run_dir, config.data.storage_options)
+
+
 class Run:
-    def __init__(self, config: PipelineConfig, console: Console | None = None):
+    def __init__(
+        self, config: PipelineConfig, console: Console | None = None, store: RunStore | None = None
+    ):
         self.config = config
         self.console = console or NullConsole()  # the per-stage view (the CLI's)
-        # Absolute: Ray Train workers run in their own working directory. A URL here
-        # became a local folder named "s3:" (refused until run dirs may be URLs).
-        self.dir = Path(refuse_url(config.run_dir, "run_dir")).resolve()
+        # A local folder (absolute: Ray Train workers run in their own working directory)
+        # or object storage, which every node of a cluster sees.
+        self.store = store or run_store(config)
         self._refuse_foreign_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "stages").mkdir(exist_ok=True)
+        self.store.make()
         # Set by run_pipeline when --fresh / --from-stage asks for these stages again.
         self.rerun_requested: set[str] = set()
+
+    @property
+    def dir(self) -> Path:
+        """The local run folder (a run in object storage has none: use ``store``)."""
+        if not self.store.is_local:
+            raise ValueError(f"run_dir {self.store.url} is not a local folder")
+        return self.store.local
 
     def _refuse_foreign_dir(self) -> None:
         """A run directory is ours (it has stages/) or new/empty: stages replace their own
         outputs there, so a folder of other files is never used as one."""
-        if not self.dir.exists() or (self.dir / "stages").is_dir():
-            return
-        if not self.dir.is_dir():
-            raise ForeignOutputError(f"run_dir {self.dir} is a file, expected a folder")
-        found = sorted(p.name for p in self.dir.iterdir())
-        if found:
+        store = self.store
+        if store.is_local:
+            if not store.local.exists() or (store.local / "stages").is_dir():
+                return
+            if not store.local.is_dir():
+                raise ForeignOutputError(f"run_dir {store.url} is a file, expected a folder")
+        elif store.is_file():
+            raise ForeignOutputError(f"run_dir {store.url} is an object, expected a prefix")
+        found = store.entries()
+        if found and "stages" not in found:
             shown = ", ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
             raise ForeignOutputError(
-                f"run_dir {self.dir} holds {len(found)} entries that clam-dist pipeline did "
+                f"run_dir {store.url} holds {len(found)} entries that clam-dist pipeline did "
                 f"not write ({shown}); choose a new or empty --run-dir"
             )
 
@@ -136,42 +165,45 @@ class Run:
             if old.get(k) != new.get(k)
         }
 
-    def marker(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
-
     def done(self, stage: str) -> dict | None:
-        p = self.marker(stage)
-        return json.loads(p.read_text()) if p.exists() else None
+        return self.store.read_json("stages", f"{stage}.json")
+
+    def forget(self, stage: str) -> None:
+        """Remove the stage's marker: it runs again."""
+        self.store.delete("stages", f"{stage}.json")
 
     def finish(self, stage: str, result: dict, seconds: float) -> dict:
         record = dict(result, seconds=round(seconds, 3), inputs=self.inputs(stage))
         if self.config.data.url:  # to name the changed files when a re-run is refused
             record["input_files"] = self.input_files()
-        tmp = self.marker(stage).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=_json_default))
-        tmp.replace(self.marker(stage))  # atomic: a marker is whole or absent
+        # whole or absent (RunStore.write_text)
+        self.store.write_json(record, "stages", f"{stage}.json", default=_json_default)
         return record
 
     # paths
     @property
+    def storage_options(self) -> dict | None:
+        return self.config.data.storage_options
+
+    @property
     def data_url(self) -> str:
-        return self.config.data.url or str(self.dir / "data")
+        return self.config.data.url or self.store.url_of("data")
 
     @property
     def model_url(self) -> str:
-        return str(self.dir / "model")
+        return self.store.url_of("model")
 
     @property
     def assignments_url(self) -> str:
-        return str(self.dir / "assignments")
+        return self.store.url_of("assignments")
 
     @property
-    def report_dir(self) -> Path:
-        return self.dir / "report"
+    def report_url(self) -> str:
+        return self.store.url_of("report")
 
     @property
-    def events_path(self) -> Path:
-        return self.dir / "logs" / "events.jsonl"
+    def events_url(self) -> str:
+        return self.store.url_of("logs", "events.jsonl")
 
     @property
     def data(self) -> PipelineData:
@@ -243,7 +275,7 @@ def check_unchanged(run: Run) -> None:
             break  # later stages depend on this one: listing them adds nothing
     if problems:
         raise ConfigError(
-            f"run_dir {run.dir} holds a run made with a different config or input data: "
+            f"run_dir {run.store.url} holds a run made with a different config or input data: "
             f"{problems[0]}; "
             "pass --fresh to re-run every stage, --from-stage STAGE, or use another --run-dir"
         )
@@ -275,10 +307,17 @@ def stage_data(run: Run) -> dict:
                 d.separation,
                 run.config.seed,
                 d.rows_per_file,
+                storage_options=run.storage_options,
                 overwrite=True,
             )
         else:
-            write_paper_dataset(run.data_url, d.generate, d.rows_per_file, overwrite=True)
+            write_paper_dataset(
+                run.data_url,
+                d.generate,
+                d.rows_per_file,
+                storage_options=run.storage_options,
+                overwrite=True,
+            )
     report = validate(run.source())
     report.raise_if_bad()
     return {
@@ -302,14 +341,20 @@ def stage_train(run: Run) -> dict:
         artifact = _train_with_ray(run)
     else:
         artifact = _train_on_sample(run, feature_stats(source))
-    save_artifact(artifact, run.model_url)  # both trainers recorded the drift threshold
-    load_artifact(run.model_url)  # read back: what later stages will load
-    return {
+    # both trainers recorded the drift threshold; read back: what later stages will load
+    save_artifact(artifact, run.model_url, run.storage_options)
+    load_artifact(run.model_url, run.storage_options)
+    record = {
         "model": run.model_url,
         "trainer": trainer,
         "beta": artifact.beta,
         "final_loss": (artifact.meta.get("loss_history") or [None])[-1],
     }
+    if artifact.meta.get("workers"):  # the Ray trainer: rows and seconds per node
+        from clam_dist.train.trainer import per_node
+
+        record["per_node"] = per_node(artifact.meta["workers"])
+    return record
 
 
 def train_attempt(run: Run) -> str:
@@ -320,21 +365,18 @@ def train_attempt(run: Run) -> str:
     one name made --fresh or a changed config resume the OLD training (a 10M-row
     --fresh run "trained" in 60 s from a 3-epoch checkpoint of another code version).
     Old folders are left in place (never deleted), only no longer resumed."""
-    root = run.dir / "checkpoints"
-    record_path = root / "train-attempt.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    store = run.store
+    record = store.read_json("checkpoints", "train-attempt.json")
     # The same comparison as the stage markers' (Run.changed): the recorded inputs.
     if record and not run.changed("train", record) and "train" not in run.rerun_requested:
         return record["name"]
     name, n = "train", 1
-    while (root / name).exists():
+    taken = set(store.entries("checkpoints"))
+    while name in taken:
         n += 1
         name = f"train-{n}"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    record_text = json.dumps({"name": name, "inputs": run.inputs("train")}, default=_json_default)
-    tmp.write_text(record_text)
-    tmp.replace(record_path)  # atomic: the record is whole or absent
+    record = {"name": name, "inputs": run.inputs("train")}
+    store.write_json(record, "checkpoints", "train-attempt.json", default=_json_default)
     if n > 1:
         log_event("train_new_attempt", name=name, previous=record and record.get("name"))
     return name
@@ -354,7 +396,7 @@ def _train_with_ray(run: Run):
         optim=cfg.optim,
         run=TrainRun(
             name=train_attempt(run),
-            storage_path=str((run.dir / "checkpoints").resolve()),
+            storage_path=run.store.url_of("checkpoints"),
             seed=cfg.seed,
             checkpoint_every=1,
             **values_of(WorkersSection, cfg.train),
@@ -404,6 +446,7 @@ def stage_assign(run: Run) -> dict:
         "rows_per_second": res.rows_per_second,
         "drift_share_above_train_energy_p99": res.drift_share,
         "timings_s": res.timings_s,
+        "per_node": res.per_node,  # tasks, rows and seconds of the assignment per node
     }
 
 
@@ -419,15 +462,22 @@ def stage_evaluate(run: Run) -> dict:
             run.model_url,
             run.config.eval_sample,
             run.config.seed,
+            storage_options=run.storage_options,
         ),
         timings=timings,
     )
     t0 = time.perf_counter()
-    files = write_report(run.report_dir, metrics, plots, title=f"clam-dist run {run.dir.name}")
+    files = write_report(
+        run.report_url,
+        metrics,
+        plots,
+        title=f"clam-dist run {run.store.name}",
+        storage_options=run.storage_options,
+    )
     timings["report"] = round(time.perf_counter() - t0, 3)
     return {
         "metrics": metrics,
-        "report": str(run.report_dir / "index.html"),
+        "report": run.store.url_of("report", "index.html"),
         "report_files": files,
         "timings_s": timings,
     }
@@ -457,13 +507,13 @@ def _stage_rows(stage: str, record: dict) -> int | None:
     return record.get("rows")
 
 
-def _init_ray(config: PipelineConfig, console: Console) -> None:
+def _init_ray(config: PipelineConfig, announce: Callable[[str], None]) -> None:
     """Start the embedded Ray (or join RAY_ADDRESS) quietly: its INFO lines, the workers'
-    output and Ray Data's progress bars stay in Ray's session folder (named once) unless
-    -v (clam_dist.ray_session)."""
+    output and Ray Data's progress bars stay in Ray's session folder (named once, through
+    ``announce``) unless -v (clam_dist.ray_session)."""
     from clam_dist.ray_session import start_ray
 
-    start_ray(num_cpus=config.num_cpus, announce=console.line)
+    start_ray(num_cpus=config.num_cpus, announce=announce)
 
 
 def check_input_before_work(config: PipelineConfig) -> None:
@@ -487,38 +537,126 @@ def run_pipeline(
     """Run (or resume) the pipeline; returns the summary (also written to summary.json).
     ``console``: the per-stage progress view (none by default). One pipeline at a time
     per run directory (pipeline.lock): another one's is refused before any work."""
-    run = Run(config, console)
-    with run_dir_lock(run.dir) as taken_over:
-        return _run_locked(run, from_stage, only, taken_over)
+    import ray
+
+    if from_stage is not None and from_stage not in STAGES:
+        raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
+    console = console or NullConsole()
+    store = run_store(config)
+    created = store.is_local and not store.local.exists()
+    run = Run(config, console, store)  # a folder of other files is refused; makes it
+    # Seconds per stage run now ("ray_init" when this run started Ray); a stage skipped
+    # because an earlier run finished it is not in here (its record keeps its seconds).
+    timings: dict[str, float] = {}
+    started_ray = False
+    try:
+        with run_dir_lock(store) as taken_over:  # another pipeline's run: refused first
+            # Ray before any stage when one will need it: on a cluster of several nodes,
+            # whether every node sees the run's storage is checked before any work.
+            held: list[str] = []  # Ray's log folder, named once the storage check passed
+            if not ray.is_initialized() and _needs_ray(config, store, from_stage, only):
+                t0 = time.perf_counter()
+                _init_ray(config, held.append)
+                started_ray = True
+                timings["ray_init"] = round(time.perf_counter() - t0, 3)
+            cluster = check_storage(config, store) if ray.is_initialized() else None
+            for line in held:
+                console.line(line)
+            return _run_locked(run, from_stage, only, taken_over, timings, cluster)
+    except StorageNotShared:
+        if created:  # refused before any work: leave no empty run folder behind
+            shutil.rmtree(store.local / "stages", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                store.local.rmdir()
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _needs_ray(
+    config: PipelineConfig, store: RunStore, from_stage: str | None, only: list[str] | None
+) -> bool:
+    """Whether a stage this call will run needs Ray (a finished stage is skipped, and
+    once one stage runs every later one does)."""
+    pending = False
+    for i, stage in enumerate(STAGES):
+        rerun = from_stage is not None and i >= STAGES.index(from_stage)
+        pending = pending or rerun or store.read_json("stages", f"{stage}.json") is None
+        if only and stage not in only:
+            continue
+        if pending and (stage == "assign" or (stage == "train" and config.train.trainer == "ray")):
+            return True
+    return False
+
+
+def check_storage(config: PipelineConfig, store: RunStore) -> dict | None:
+    """On a Ray cluster of several nodes: every path of the run (the run dir holds the
+    data it generates, the checkpoints, model, assignments and report) seen by every
+    node, or StorageNotShared (exit 2) naming the path and the node. None on one node."""
+    from clam_dist.shared_storage import StoragePath, check_visible_from_every_node
+
+    options = config.data.storage_options
+    paths = [StoragePath("run_dir", store.url, options, writes=True)]
+    if config.data.url:
+        paths.append(StoragePath("data.url", config.data.url, options, writes=False))
+    return check_visible_from_every_node(paths, shared=config.storage.shared)
+
+
+class _EventFile:
+    """The run's events.jsonl. A local run appends to it in place; a run in object storage
+    (which cannot append) appends to a local copy that is uploaded whole after every
+    stage and at the end."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        if run.store.is_local:
+            self.path, self._spool = run.dir / "logs" / "events.jsonl", None
+            return
+        self._spool = Path(tempfile.mkdtemp(prefix="clam-dist-events-"))
+        self.path = self._spool / "events.jsonl"
+        self.path.write_text(run.store.read_text("logs", "events.jsonl") or "")
+
+    def sync(self) -> None:
+        if self._spool is not None:
+            self.run.store.upload(self.path, "logs", "events.jsonl")
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self.sync()
+            shutil.rmtree(self._spool, ignore_errors=True)
 
 
 def _run_locked(
-    run: Run, from_stage: str | None, only: list[str] | None, taken_over: dict | None
+    run: Run,
+    from_stage: str | None,
+    only: list[str] | None,
+    taken_over: dict | None,
+    timings: dict[str, float],
+    cluster: dict | None,
 ) -> dict:
     import ray
 
     config, console = run.config, run.console
     if from_stage is not None:
-        if from_stage not in STAGES:
-            raise ValueError(f"unknown stage {from_stage!r}; stages: {STAGES}")
         for stage in STAGES[STAGES.index(from_stage) :]:
-            run.marker(stage).unlink(missing_ok=True)
+            run.forget(stage)
             run.rerun_requested.add(stage)
     check_unchanged(run)
     summary = {
-        "run_dir": str(run.dir),
+        "run_dir": run.store.url,
         "config": persistable(to_dict(config)),  # storage_options may hold credentials
         "stages": {},
         "status": "running",
     }
-    # Seconds per stage run now ("ray_init" when this run started Ray); a stage skipped
-    # because an earlier run finished it is not in here (its record keeps its seconds).
-    timings: dict[str, float] = {}
+    if cluster is not None:  # several nodes: what the storage check saw
+        summary["cluster"] = cluster
     started_ray, stage = False, None
     t_all = time.perf_counter()
     # Machine records live with the run; under the CLI the routing ends after job_done.
-    previous_events = logs.set_event_file(run.events_path)
-    log_event("pipeline_start", run_dir=str(run.dir), config=to_dict(config))  # masked
+    events = _EventFile(run)
+    previous_events = logs.set_event_file(events.path)
+    log_event("pipeline_start", run_dir=run.store.url, config=to_dict(config))  # masked
     if taken_over is not None:  # a crashed or killed pipeline's lock
         log_event("run_dir_lock_taken_over", level="warning", previous_holder=taken_over)
     try:
@@ -535,7 +673,7 @@ def _run_locked(
             needs_ray = stage == "assign" or (stage == "train" and config.train.trainer == "ray")
             if needs_ray and not ray.is_initialized():
                 t0 = time.perf_counter()
-                _init_ray(config, console)
+                _init_ray(config, console.line)
                 started_ray = True
                 timings["ray_init"] = round(time.perf_counter() - t0, 3)
             # What the previous stage's allocators kept would be this stage's floor.
@@ -556,6 +694,7 @@ def _run_locked(
             timings[stage] = record["seconds"]
             console.stage_end(stage, timings[stage], done=_stage_rows(stage, record))
             log_event("stage_done", stage=stage, seconds=timings[stage])
+            events.sync()
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
@@ -567,15 +706,16 @@ def _run_locked(
         summary["seconds"] = round(time.perf_counter() - t_all, 3)
         summary["timings_s"] = timings
         summary["overview"] = overview(run, summary)
-        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        run.store.write_json(summary, "summary.json", default=_json_default)
         log_event(
             "pipeline_done",
             level="info" if summary["status"] == "succeeded" else "error",
             status=summary["status"],
             seconds=summary["seconds"],
             timings_s=timings,
-            summary=str(run.dir / "summary.json"),
+            summary=run.store.url_of("summary.json"),
         )
+        events.close()
         if started_ray:
             ray.shutdown()
         if not logs.in_job():  # a library caller: the run's file was for this call only

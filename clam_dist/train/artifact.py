@@ -16,9 +16,11 @@ def write_artifact(
     prototypes: torch.Tensor,
     run_url: str,
     history: list[dict],
+    workers: list[dict] | None = None,
 ) -> None:
     """``fields``: the method's artifact fields (beta, alpha, steps, metric, optional
-    tensors and meta)."""
+    tensors and meta). ``workers``: where each worker ran and what it did (rank, node_id,
+    rows, seconds), kept in the meta."""
     from clam_dist.artifacts import ModelArtifact, save_artifact
     from clam_dist.config import to_dict
 
@@ -27,6 +29,7 @@ def write_artifact(
         "final_metrics": history[-1],
         "loss_history": [h["epoch_loss"] for h in history if "epoch_loss" in h],
         "trained_with": "ray-train",
+        **({"workers": workers} if workers else {}),
         "config": persistable(to_dict(cfg)),  # an artifact is shared: no credentials
     }
     art = ModelArtifact(

@@ -41,6 +41,14 @@ class RayWorker:
             cfg.data.lanes, self.world, cfg.optim.batch_size
         )
         self.row_counts: dict[str, int] | None = None  # footers, read at the first epoch
+        # What this worker did since it started (a restarted worker counts afresh): the
+        # artifact records it per worker, the driver sums it per node.
+        self.work = {
+            "rank": self.rank,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "rows": 0,
+            "seconds": 0.0,
+        }
 
     def open_batches(self, epoch: int, step_in_epoch: int, steps_left: int) -> Prefetcher:
         """This worker's lanes, read in a thread while the previous batch computes
@@ -83,6 +91,8 @@ class RayWorker:
 
     def report(self, metrics: dict, save_checkpoint: Callable[[str], None] | None) -> None:
         """Every worker reports; only rank 0 writes and hands over the checkpoint."""
+        self.work["rows"] += int(metrics.get("worker_rows", 0))
+        self.work["seconds"] = round(self.work["seconds"] + metrics.get("window_s", 0.0), 3)
         if save_checkpoint is None:
             ray.train.report(metrics)
             return
@@ -93,7 +103,24 @@ class RayWorker:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     def finish(self, update: Update, history: list[dict]) -> None:
-        """Rank 0 writes the final state as the model artifact."""
+        """Rank 0 writes the final state as the model artifact, with every worker's
+        placement and work (gathered from all workers: a collective, so every rank calls
+        it)."""
+        # The run's last window is reported after this (its checkpoint holds the state
+        # taken here): count it now. history[-1] is this worker's own, just collected.
+        last = history[-1] if history else {}
+        self.work["rows"] += int(last.get("worker_rows", 0))
+        self.work["seconds"] = round(self.work["seconds"] + last.get("window_s", 0.0), 3)
+        workers = self._gather_work()
         if self.rank == 0:
             fields, protos = update.artifact_fields(), update.prototypes()
-            write_artifact(self.cfg, self.init, fields, protos, self.run_url, history)
+            write_artifact(self.cfg, self.init, fields, protos, self.run_url, history, workers)
+
+    def _gather_work(self) -> list[dict]:
+        import torch.distributed as dist
+
+        if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
+            return [dict(self.work)]
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, dict(self.work))
+        return gathered

@@ -218,6 +218,9 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
             num_workers=cfg.run.num_workers,
             use_gpu=cfg.run.use_gpu,
             resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+            # one worker per node where the cluster allows (Ray packs them otherwise):
+            # the all-reduce then crosses nodes as it does on a real cluster
+            placement_strategy="SPREAD",
         ),
         run_config=RunConfig(
             name=cfg.run.name,
@@ -238,24 +241,39 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
         path = result.checkpoint.path
         checkpoint_url = f"{scheme}://{path.lstrip('/')}" if scheme else path
     artifact_url = f"{run_url}/{cfg.run.name}/model"
-    record_drift_threshold(cfg, artifact_url, sample.x)
+    workers = record_drift_threshold(cfg, artifact_url, sample.x).get("workers") or []
+    metrics = dict(result.metrics or {})
+    metrics["per_node"] = per_node(workers)
     return TrainResult(
         artifact_url=artifact_url,
         checkpoint_path=checkpoint_url,
-        metrics=dict(result.metrics or {}),
+        metrics=metrics,
         history=history,
     )
 
 
-def record_drift_threshold(cfg: TrainConfig, artifact_url: str, x) -> None:
+def per_node(workers: list[dict]) -> dict[str, dict]:
+    """Rows, seconds and workers per node from the workers' records (artifact meta)."""
+    nodes: dict[str, dict] = {}
+    for w in workers:
+        node = nodes.setdefault(w["node_id"], {"workers": 0, "rows": 0, "seconds": 0.0})
+        node["workers"] += 1
+        node["rows"] += int(w["rows"])
+        node["seconds"] = round(max(node["seconds"], float(w["seconds"])), 3)
+    return nodes
+
+
+def record_drift_threshold(cfg: TrainConfig, artifact_url: str, x) -> dict:
     """Add the training energy's 99th percentile on rows ``x`` (the run's sample, raw) to
-    the artifact, so `clam-dist assign` can report drift on new partitions."""
+    the artifact, so `clam-dist assign` can report drift on new partitions. Returns the
+    artifact's meta."""
     from clam_dist.artifacts import load_artifact, save_artifact
     from clam_dist.models.predictor import drift_threshold
 
     artifact = load_artifact(artifact_url, cfg.data.storage_options)
     artifact.meta.update(drift_threshold(artifact, x))
     save_artifact(artifact, artifact_url, cfg.data.storage_options)
+    return artifact.meta
 
 
 def tensorboard_dir(cfg: TrainConfig, run_url: str) -> str | None:

@@ -50,4 +50,7 @@ class Window:
             "wait_ms_per_step": 1000 * wait / steps,
             "monitor_ms_per_step": 1000 * self.monitor_s / steps,
             "allreduce_bytes_per_step": int(bytes_per_step),
+            # this worker's own share (not reduced): where the rows were trained
+            "worker_rows": int(self.sums[1]),
+            "window_s": seconds,
         }

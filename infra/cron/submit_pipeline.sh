@@ -25,7 +25,7 @@ echo "{\"event\": \"submit\", \"submission_id\": \"$submission_id\", \"run_dir\"
 rc=0
 ray job submit --address "$address" --submission-id "$submission_id" \
   --working-dir . --runtime-env infra/runtime_env.yaml \
-  -- python jobs/pipeline.py "${config_args[@]}" --run-dir "$run_dir" "$@" || rc=$?
+  -- python jobs/pipeline.py "${config_args[@]}" --run-dir "$run_dir" --set storage.shared=true "$@" || rc=$?
 # `ray job submit` waits and tails the logs; the job's final state decides the exit code.
 if ray job status --address "$address" "$submission_id" 2>&1 | grep -qi "succeeded"; then
   state=succeeded

@@ -1,0 +1,129 @@
+"""Where a pipeline run lives: a local folder or any fsspec URL (``s3://``, ``gs://``, ...).
+
+On a cluster of several nodes the run directory must be visible from every node (the
+driver writes markers, Ray Train writes checkpoints from the workers' nodes, Ray Data
+writes part files from whichever node runs a task), so it is usually object storage.
+Every small record of a run (stage markers, the train-attempt record, summary.json, the
+lock) goes through this one class: written whole or not at all (a local file aside and
+renamed into place; an object in one PUT, which a store makes visible whole), read back
+as ``None`` when absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from clam_dist.data.urls import refuse_url, scheme_of
+
+
+class RunStore:
+    def __init__(self, location: str, storage_options: dict | None = None):
+        self.is_local = scheme_of(location) in (None, "file")
+        if self.is_local:
+            # Absolute: Ray Train workers and Ray Data tasks run in other working folders.
+            self.local = Path(refuse_url(location, "run_dir")).resolve()
+            self.url = str(self.local)
+            self.storage_options: dict | None = None
+            import fsspec
+
+            self.fs = fsspec.filesystem("file")
+            self.root = self.url
+        else:
+            from clam_dist.data.source import open_filesystem
+
+            self.url = location.rstrip("/")
+            self.storage_options = storage_options
+            self.fs, root = open_filesystem(self.url, storage_options)
+            self.root = root.rstrip("/")
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        """The run's folder name (the last part of its path or URL)."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    def url_of(self, *parts: str) -> str:
+        """The URL (or absolute local path) of ``parts`` under the run."""
+        return "/".join([self.url, *parts])
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _fresh(self) -> None:
+        # s3fs keeps listings per filesystem instance (shared by every caller with the
+        # same options): Ray Train and Ray Data write from other processes, so a listing
+        # cached here would miss their files.
+        if not self.is_local:
+            self.fs.invalidate_cache()
+
+    def exists(self, *parts: str) -> bool:
+        self._fresh()
+        return bool(self.fs.exists(self._path(*parts)))
+
+    def is_file(self, *parts: str) -> bool:
+        self._fresh()
+        return bool(self.fs.isfile(self._path(*parts)))
+
+    def entries(self, *parts: str) -> list[str]:
+        """Names directly under ``parts`` (empty when there is nothing there)."""
+        self._fresh()
+        where = self._path(*parts)
+        try:
+            listed = self.fs.ls(where, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in listed if p.rstrip("/") != where})
+
+    def read_text(self, *parts: str) -> str | None:
+        try:
+            with self.fs.open(self._path(*parts), "rb") as f:
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, *parts: str) -> dict | None:
+        text = self.read_text(*parts)
+        return None if text is None else json.loads(text)
+
+    def write_text(self, text: str, *parts: str) -> None:
+        """Whole or not at all (see the module's docstring)."""
+        if self.is_local:
+            path = self.local.joinpath(*parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        else:
+            self.fs.pipe_file(self._path(*parts), text.encode())
+
+    def write_json(self, record: dict, *parts: str, default=None) -> None:
+        self.write_text(json.dumps(record, indent=2, default=default), *parts)
+
+    def create_exclusive(self, text: str, *parts: str) -> bool:
+        """Create ``parts`` holding ``text`` unless it exists (False then). Object stores:
+        a conditional PUT (If-None-Match), so two writers cannot both create it."""
+        assert not self.is_local, "local exclusive creation is the lock's own (hard links)"
+        try:
+            self.fs.pipe_file(self._path(*parts), text.encode(), mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def delete(self, *parts: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(*parts))
+
+    def make(self) -> None:
+        """Create the run folder (object stores have no folders: nothing to do)."""
+        if self.is_local:
+            (self.local / "stages").mkdir(parents=True, exist_ok=True)
+
+    def upload(self, local_file: Path, *parts: str) -> None:
+        """Copy a local file into the run (one PUT: the object is replaced whole)."""
+        if self.is_local:
+            raise ValueError("a local run folder is written in place, not uploaded to")
+        self.fs.put_file(str(local_file), self._path(*parts))

@@ -57,3 +57,28 @@ def test_the_lock_object_refuses_a_live_holder_and_takes_over_a_dead_one(store):
         lock.acquire(store)  # another host's holder cannot be checked: never taken over
     lock.release(store, mine)  # not ours any more: left in place
     assert json.loads(store.read_text(".lock")) == elsewhere
+
+
+def test_a_run_in_object_storage_that_crashed_early_is_still_ours(s3_server):
+    """Object stores have no folders: the run marks itself under stages/ when it is made,
+    so a run killed before its first stage finished (a lock and half a data set left) is
+    resumed, not refused as a prefix of someone else's files; a prefix of other files is."""
+    from clam_dist.assign.commit import ForeignOutputError
+    from clam_dist.pipeline.config import PipelineConfig
+    from clam_dist.pipeline.stages import Run
+
+    def config(name: str) -> PipelineConfig:
+        c = PipelineConfig(run_dir=s3_server.url(f"runs/{name}"))
+        c.data.storage_options = s3_server.storage_options
+        return c
+
+    run = Run(config("crashed-early"))
+    run.store.write_text("{}", ".lock")
+    run.store.write_text("partial", "data", "part-00000.parquet")
+    assert Run(config("crashed-early")).store.entries() == [".lock", "data", "stages"]
+
+    RunStore(s3_server.url("runs/someone-elses"), s3_server.storage_options).write_text(
+        "x", "notes.txt"
+    )
+    with pytest.raises(ForeignOutputError, match="holds 1 entries .* not write \\(notes.txt\\)"):
+        Run(config("someone-elses"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 
 from clam_dist.data.urls import refuse_url, scheme_of
@@ -118,9 +119,13 @@ class RunStore:
             self.fs.rm_file(self._path(*parts))
 
     def make(self) -> None:
-        """Create the run folder (object stores have no folders: nothing to do)."""
+        """Create the run folder with its ``stages/`` (what marks a run dir as ours). An
+        object store has no folders: a small object under ``stages/`` marks it, so a run
+        that crashed before its first stage finished is still recognised as ours."""
         if self.is_local:
             (self.local / "stages").mkdir(parents=True, exist_ok=True)
+        elif not self.exists("stages", "_created"):
+            self.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages", "_created")
 
     def upload(self, local_file: Path, *parts: str) -> None:
         """Copy a local file into the run (one PUT: the object is replaced whole)."""

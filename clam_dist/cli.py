@@ -32,6 +32,18 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     ),
     "tune": ("clam_dist.tune.command", "hyper-parameter search with Ray Tune"),
     "inspect": ("clam_dist.commands.inspect", "show a model, pipeline run or assignment output"),
+    "run-partition": (
+        "clam_dist.registry.partition_command",
+        "one scheduled partition: assign with the champion, refresh on drift, gate, promote",
+    ),
+    "models": (
+        "clam_dist.registry.models_command",
+        "a model registry's versions and aliases: list, show, promote, rollback",
+    ),
+    "report": (
+        "clam_dist.registry.report_command",
+        "a registered model's timeline across partitions (drift, sizes, champions)",
+    ),
 }
 
 

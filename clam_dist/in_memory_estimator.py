@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from clam_dist.estimator_base import PrototypeClusterer
+from clam_dist.estimator_base import PrototypeClusterer, quiet_inner_kmeans
 from clam_dist.models.am import nearest_prototypes
 from clam_dist.models.clam import beta_from_data
 from clam_dist.models.seeding import init_prototypes
@@ -25,12 +25,19 @@ class TrainerEstimator(PrototypeClusterer):
     ``epochs`` of the method's objective (Adam at ``lr``, batches of ``batch_size``, the
     lowest-loss epoch kept); labels and ``predict``: the nearest prototype.
 
-    Attributes: ``cluster_centers_``, ``labels_``, ``beta_``, ``loss_history_``,
-    ``n_iter_``, ``n_nonempty_``, ``n_features_in_``.
+    ``coarse_clusters``/``nprobe``: two levels for large k, as every estimator
+    (clam_dist.estimator_base); a subclass that keeps them out of its ``__init__`` fits
+    flat only.
+
+    Attributes: ``cluster_centers_``, ``labels_``, ``beta_``, ``loss_history_`` (flat
+    fits only), ``n_iter_``, ``n_nonempty_``, ``n_features_in_``; two-level fits also
+    ``coarse_centers_``, ``cell_of_fine_``, ``cell_offsets_``, ``agreement_curve_``,
+    ``nprobe_``.
     """
 
     method: ClassVar[str] = ""
     metric = "euclidean"
+    _flat_only_attrs = ("loss_history_",)
 
     def __init__(
         self,
@@ -39,21 +46,29 @@ class TrainerEstimator(PrototypeClusterer):
         lr: float = 0.01,
         epochs: int = 10,
         batch_size: int = 64,
+        coarse_clusters: int | None = None,
+        nprobe: int | str = "auto",
         random_state=None,
     ):
         self.n_clusters = n_clusters
         self.lr = lr
         self.epochs = epochs
         self.batch_size = batch_size
+        self.coarse_clusters = coarse_clusters
+        self.nprobe = nprobe
         self.random_state = random_state
 
     def fit(self, X, y=None) -> TrainerEstimator:
         X = self._check_x(X, reset=True)
-        self._check_n_clusters(X.shape[0])
+        if self._begin_fit(X):
+            return self._fit_two_level(X)
         seed = self._seed()
         x = self._tensor(X)
         n, d = x.shape
-        protos0 = init_prototypes(x, self.n_clusters, "kmeans", torch.Generator().manual_seed(seed))
+        with quiet_inner_kmeans():
+            protos0 = init_prototypes(
+                x, self.n_clusters, "kmeans", torch.Generator().manual_seed(seed)
+            )
         beta = beta_from_data(x, protos0)
         cfg = fit_config(
             self.method,
@@ -78,8 +93,18 @@ class TrainerEstimator(PrototypeClusterer):
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
+        if self._is_two_level():
+            return self._predict_two_level(X)
         _, idx = nearest_prototypes(self._tensor(X), self._tensor(self.cluster_centers_))
         return idx[:, 0].numpy()
+
+    def _after_two_level(self, z, d2, cells) -> None:
+        fallback = None
+        if not cells:
+            fallback = beta_from_data(self._tensor(z), self._tensor(self.cluster_centers_))
+        self.beta_ = self._median_of_cells(cells, "beta_", fallback)
+        base = cells[0]._fields if cells else {"alpha": 1.0, "steps": 0, "metric": "euclidean"}
+        self._fields = dict(base, beta=self.beta_)
 
     def _artifact_fields(self) -> dict:
         return {k: v for k, v in self._fields.items() if k in ("beta", "alpha", "steps", "metric")}

@@ -41,6 +41,17 @@ NON_NEGATIVE = Interval(float, 0)
 RATIO = Interval(float, 0, 1, "left")  # a share of something: [0, 1)
 
 
+class CountOrWord:
+    """A count >= 1, or one of the words the field's type allows ("auto", "exact"; the
+    type's Literal checks the words)."""
+
+    def check(self, value: Any, where: str) -> None:
+        from clam_dist.config import ConfigError
+
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ConfigError(f"{where} must be >= 1 or a word, got {value!r}")
+
+
 @dataclass
 class SourceColumns:
     """Which columns of the Parquet rows hold what, and how to reach the files."""
@@ -77,9 +88,23 @@ class ModelSection:
     kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"  # method kmeans only
     # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
     similarity: Literal["distance", "dot"] = "distance"
+    # Two levels for large k: coarse_clusters cells, then each cell's fine prototypes
+    # trained on its rows, fine k per cell proportional to its rows, every non-empty cell
+    # at least one (clam_dist/models/two_level.py); None: flat. nprobe: the cells a row
+    # searches: "auto" (the fewest reaching 99% agreement with exact search on held-out
+    # rows, measured at training), a number, or "exact" (every fine prototype).
+    coarse_clusters: int | None = knob(None, Interval(int, 1, MAX_CLUSTERS))
+    nprobe: int | Literal["auto", "exact"] = knob("auto", CountOrWord())
 
     def __post_init__(self) -> None:
+        from clam_dist.config import ConfigError
+
         methods.check_name(self.method, "model.method")
+        if self.coarse_clusters is not None and self.coarse_clusters > self.n_clusters:
+            raise ConfigError(
+                f"model.coarse_clusters={self.coarse_clusters} is more than "
+                f"model.n_clusters={self.n_clusters}: each cell needs a fine cluster"
+            )
 
 
 @dataclass

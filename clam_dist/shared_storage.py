@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from clam_dist.config import ConfigError
-from clam_dist.data.urls import scheme_of
+from clam_dist.data.urls import is_local_url, scheme_of
 
 PROBE_TIMEOUT_S = 120.0  # a node's probe task, scheduling included
 _TOKEN_NAME = ".clam-dist-probe-{}"
@@ -51,18 +51,17 @@ def _node_name(node: dict) -> str:
     return f"{node.get('NodeManagerAddress', '?')} (node {node['NodeID'][:12]})"
 
 
-def _refuse_unshared(path: StoragePath, shared: bool, n_nodes: int) -> None:
-    scheme = scheme_of(path.url)
-    if scheme == "memory":
+def _refuse_unshared(path: StoragePath, shared: bool, n_nodes: int, knob: str) -> None:
+    if scheme_of(path.url) == "memory":
         raise StorageNotShared(
             f"{path.option} {path.url}: memory:// lives in one process and this Ray cluster "
             f"has {n_nodes} nodes; use object storage (s3://, gs://)"
         )
-    if scheme in (None, "file") and not shared:
+    if is_local_url(path.url) and not shared:
         raise StorageNotShared(
             f"{path.option} {path.url} is a local path and this Ray cluster has {n_nodes} "
             "nodes, each with its own disk; use object storage (s3://bucket/...) or, if "
-            "it is a mount every node shares (NFS, a volume), --set storage.shared=true"
+            f"it is a mount every node shares (NFS, a volume), --set {knob}=true"
         )
 
 
@@ -90,10 +89,13 @@ def _probe(checks: list[tuple[str, str, dict | None, str | None]]) -> list[tuple
     return problems
 
 
-def check_visible_from_every_node(paths: list[StoragePath], shared: bool) -> dict | None:
+def check_visible_from_every_node(
+    paths: list[StoragePath], shared: bool, knob: str = "storage.shared"
+) -> dict | None:
     """Refuse (StorageNotShared) when the cluster has several nodes and some path is local
     without ``shared``, or is not visible from some node; else a record of the check
-    (None on a single node)."""
+    (None on a single node). ``knob``: the setting that says "shared", as the refusal
+    names it (the pipeline's and training's ``storage.shared``; assign's is flat)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -103,7 +105,7 @@ def check_visible_from_every_node(paths: list[StoragePath], shared: bool) -> dic
     if len(nodes) < 2:
         return None
     for path in paths:
-        _refuse_unshared(path, shared, len(nodes))
+        _refuse_unshared(path, shared, len(nodes), knob)
     token = secrets.token_hex(8)
     written = []
     checks = []
@@ -113,7 +115,7 @@ def check_visible_from_every_node(paths: list[StoragePath], shared: bool) -> dic
                 fs, root = open_filesystem(path.url, path.storage_options)
                 target = f"{root.rstrip('/')}/{_TOKEN_NAME.format(token)}"
                 try:
-                    if scheme_of(path.url) in (None, "file"):  # s3fs would make a bucket
+                    if is_local_url(path.url):  # s3fs would make a bucket
                         fs.makedirs(root, exist_ok=True)
                     fs.pipe_file(target, token.encode())
                 except Exception as exc:  # noqa: BLE001 - the backend's words are the reason

@@ -23,6 +23,8 @@ os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
 # first (seconds measured by `pytest --durations`); the rest keep their order.
 SLOW_MODULES_FIRST = (
     "test_multinode.py",
+    "test_schedule_cli.py",
+    "test_multinode_commands.py",
     "test_trust.py",
     "test_train_ray.py",
     "test_train_methods.py",

@@ -47,6 +47,22 @@ FAILURES = {
     "pipeline": (["pipeline", "--run-dir", "{tmp}/run", "--set", "data.url={tmp}/none"], ["none"]),
     "tune": (["tune", "--data", "{tmp}/none", "--k", "3"], ["{tmp}/none"]),
     "inspect": (["inspect", "{tmp}/none"], ["{tmp}/none", "does not exist"]),
+    "run-partition": (
+        [
+            "run-partition",
+            "--registry",
+            "{tmp}/reg",
+            "--name",
+            "m",
+            "--partition",
+            "2026-12-01",
+            "--input",
+            "{tmp}/none",
+        ],
+        ["{tmp}/none"],
+    ),  # fmt: skip
+    "models": (["models", "list", "--registry", "{tmp}/reg", "--name", "m"], ["'m'"]),
+    "report": (["report", "--registry", "{tmp}/reg", "--name", "m"], ["m"]),
     "no command": ([], ["a command is required"]),
     "unknown command": (["nosuch"], ["nosuch"]),
     "unknown option": (["assign", "--nosuch"], ["--nosuch"]),

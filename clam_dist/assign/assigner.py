@@ -36,6 +36,10 @@ class ClusterAssigner:
         artifact = load_artifact(model_url, storage_options)
         self.artifact = artifact  # its fingerprint is checked against the driver's
         self.predictor = ClusterPredictor.from_artifact(artifact, device=device)
+        # A registered model's clusters carry ids that stay put across refreshes
+        # (clam_dist/registry/ids.py): its rows are labelled with those, not positions.
+        ids = artifact.meta.get("cluster_ids")
+        self.cluster_ids = None if ids is None else np.asarray(ids, dtype=np.int64)
         self.outputs = list(outputs)
         self.passthrough = list(passthrough)
         self.batches = 0
@@ -54,7 +58,9 @@ class ClusterAssigner:
             pred = {c: v[keep] for c, v in pred.items()}
         cols: dict[str, pa.Array] = {
             "id": pa.array(batch["id"]),
-            "cluster": pa.array(pred["cluster"]),
+            "cluster": pa.array(
+                pred["cluster"] if self.cluster_ids is None else self.cluster_ids[pred["cluster"]]
+            ),
             "distance": pa.array(pred["distance"]),
         }
         for name in ("energy", "margin"):

@@ -7,7 +7,9 @@ fields), then ``--set field=value`` overrides, then the flags below (a flag wins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 
 from clam_dist.config import load_config
 from clam_dist.summary_file import writable_target, write_after_commit
@@ -209,6 +211,38 @@ def check_before_ray(config) -> None:
     OutputPrefix(config.output_url, config.storage_options).check(config.overwrite)
 
 
+def check_storage(config) -> dict | None:
+    """On a Ray cluster of several nodes: --output (written by tasks on any node), --input
+    and --model (read there) seen by every node, or StorageNotShared (exit 2, nothing
+    written) naming the path and the node count; a local path only with
+    ``--set storage_shared=true``. None on one node (not checked). A local output folder
+    the check made for its token is removed again: the job meets the output as it was."""
+    from clam_dist.data.urls import is_local_url, refuse_url
+    from clam_dist.shared_storage import StoragePath, check_visible_from_every_node
+
+    options = config.storage_options
+    paths = [
+        StoragePath("--output", config.output_url, options, writes=True),
+        StoragePath("--input", config.input_url, options, writes=False),
+        StoragePath("--model", config.model, options, writes=False),
+    ]
+    made = None  # the outermost folder of a local output that is not there yet
+    if is_local_url(config.output_url):
+        here = os.path.abspath(refuse_url(config.output_url, "--output"))
+        while not os.path.exists(here) and os.path.dirname(here) != here:
+            made, here = here, os.path.dirname(here)
+    try:
+        return check_visible_from_every_node(
+            paths, shared=config.storage_shared, knob="storage_shared"
+        )
+    finally:
+        for root, _dirs, files in os.walk(made, topdown=False) if made else ():
+            if files:
+                break
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+
+
 def run(args: argparse.Namespace) -> int:
     """Errors propagate to the CLI, which prints one line and picks the exit code."""
     config = config_from_args(args)  # validated before any work starts
@@ -218,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     from clam_dist.ray_session import start_ray
 
     start_ray(args.address)  # quiet; under `ray job submit` this joins the job's cluster
+    check_storage(config)  # several nodes: every node sees input, output and model
     res = run_assignment(config)
     summary = res.to_dict()
     summary.pop("manifest")

@@ -82,6 +82,11 @@ class AssignConfig(SourceColumns, OutputsSection):
     overwrite: bool = False  # replace a committed result at `output`
     # Duplicate ids make the output ambiguous to join on: refused unless allowed here.
     allow_duplicate_ids: bool = False
+    # On a Ray cluster of several nodes, input, output and model must be object storage,
+    # or local paths on a mount every node sees (NFS, a volume): true says they are, and
+    # `clam-dist assign` checks it from every node before any work (the pipeline's and
+    # training's storage.shared; clam_dist/shared_storage.py). One node: not checked.
+    storage_shared: bool = False
     # Crash injection (tests, recovery drills): every actor raises after this many batches;
     # or the driver stops after the staged write, before the commit. Also settable through
     # the environment (CLAM_DIST_ASSIGN_FAIL_AFTER_BATCHES, ..._CRASH_BEFORE_COMMIT=1).

@@ -29,6 +29,12 @@ def scheme_of(value: str) -> str | None:
     return found["scheme"].lower() if found else None
 
 
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` names this machine's disk: a plain path (no scheme) or ``file://``.
+    Anything else (``s3://``, ``gs://``, ``memory://``, ...) goes through fsspec."""
+    return scheme_of(url) in (None, "file")
+
+
 def refuse_url(value: str, option: str) -> str:
     """``value`` as a local path, for an option that takes only a local folder or file.
 

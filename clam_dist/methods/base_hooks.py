@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from clam_dist.artifacts import ModelArtifact
-from clam_dist.methods.spec import Trial
+from clam_dist.methods.spec import Trial, WarmFit
 
 
 class BaseHooks:
@@ -33,6 +33,27 @@ class BaseHooks:
     def estimator_history(self, estimator: Any) -> dict:
         return {"loss_history": list(getattr(estimator, "loss_history_", []))}
 
+    def scratch_fit(self, config: Any, z: np.ndarray, seed: int) -> WarmFit:
+        """The trainer's own start (k-means++ refined by Lloyd on ``z``, beta from the data
+        unless model.beta is set), then the method's objective on the trainer's loop in
+        this process: what `clam-dist train` does, on rows in memory."""
+        from clam_dist.models.clam import beta_from_data
+        from clam_dist.models.seeding import init_prototypes
+
+        x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+        m = config.model
+        start = init_prototypes(x, m.n_clusters, "kmeans", torch.Generator().manual_seed(seed))
+        beta = m.beta if m.beta is not None else beta_from_data(x, start, m.metric)
+        return train_from(config, z, m.method, start.numpy(), float(beta), seed)
+
+    def warm_fit(
+        self, config: Any, z: np.ndarray, parent: ModelArtifact, prototypes: np.ndarray, seed: int
+    ) -> WarmFit:
+        """The method's objective on the distributed loop's Trainer in this process
+        (train/in_process.py), from ``prototypes`` and the parent's beta: the same training
+        as ``scratch_fit``, only not from a k-means start."""
+        return train_from(config, z, parent.method, prototypes, float(parent.beta), seed)
+
     def encoder(self, artifact: ModelArtifact) -> torch.nn.Module | None:
         return None  # prototypes live in the input space
 
@@ -50,3 +71,40 @@ class BaseHooks:
 
     def check_tune_data(self, config: Any, n_features: int) -> None:
         return None
+
+
+def train_from(
+    config: Any, z: np.ndarray, method: str, prototypes: np.ndarray, beta: float, seed: int
+) -> WarmFit:
+    """``method``'s objective trained on ``z`` by the trainer's loop in this process, from
+    ``prototypes`` and ``beta``, with the job config's [model], [optim] and method
+    sections (k = the number of prototypes)."""
+    from clam_dist.train.in_process import memory_init, train_in_process
+    from clam_dist.train.memory_batches import row_chunk_for
+
+    cfg = trainer_config(config, method, len(prototypes), beta, seed)
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    init = memory_init(prototypes, beta, len(z))
+    result = train_in_process(cfg, z, init, row_chunk=row_chunk_for(len(z)))
+    return WarmFit(
+        prototypes=result.update.prototypes().numpy(),
+        fields=result.update.artifact_fields(),
+        steps=int(result.history[-1]["step"]) if result.history else 0,
+        losses=[(int(h["step"]), float(h["loss"])) for h in result.history],
+    )
+
+
+def trainer_config(config: Any, method: str, k: int, beta: float, seed: int) -> Any:
+    """The in-process TrainConfig of a job config's [model], [optim] and method sections
+    (k prototypes, the given beta)."""
+    from clam_dist import methods
+    from clam_dist.sections import ModelSection, OptimSection, values_of
+    from clam_dist.train.in_process import fit_config
+
+    model = values_of(ModelSection, config.model)
+    model.update(n_clusters=int(k), beta=float(beta))
+    sections = {"model": model, "optim": values_of(OptimSection, config.optim)}
+    for name in methods.sections():  # every method's own section rides along
+        section = getattr(config, name)
+        sections[name] = values_of(type(section), section)
+    return fit_config(method, seed, sections)

@@ -122,6 +122,18 @@ class MethodHooks(Protocol):
     def estimator_history(self, estimator: Any) -> dict:
         """Training history of a fitted estimator, for the artifact's meta."""
 
+    def scratch_fit(self, config: Any, z: np.ndarray, seed: int) -> WarmFit:
+        """A scheduled model's first version (and the benchmark's from-scratch baseline):
+        the method trained from its own start on ``z`` (standardised rows), the same way
+        ``warm_fit`` trains from given prototypes."""
+
+    def warm_fit(
+        self, config: Any, z: np.ndarray, parent: ModelArtifact, prototypes: np.ndarray, seed: int
+    ) -> WarmFit:
+        """A scheduled refresh: train on ``z`` (rows in the parent's standardised input
+        space) starting from ``prototypes`` (the parent's, plus any new ones), keeping the
+        parent's scaler and beta (clam_dist/registry/refresh.py)."""
+
     def encoder(self, artifact: ModelArtifact) -> torch.nn.Module | None:
         """The encoder from input to model space, or None (input space)."""
 
@@ -138,6 +150,18 @@ class MethodHooks(Protocol):
 
     def check_tune_data(self, config: Any, n_features: int) -> None:
         """Method-specific Tune checks that need the data's width (ConfigError)."""
+
+
+@dataclass
+class WarmFit:
+    """What a warm refresh trained: the prototypes and the artifact fields (beta, alpha,
+    steps, metric; tensors/meta of a method that has them), the steps it took and the
+    loss after each metrics window (``(global step, loss)``, for the schedule benchmark)."""
+
+    prototypes: np.ndarray
+    fields: dict
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Pure torch/numpy: no I/O, no Ray. The Ray Data pipeline builds one predictor per worker
 process (from a loaded artifact) and calls ``predict`` per batch; the in-memory estimators
 use the same AM core, so both give the same labels.
+
+Two-level artifacts (tensors ``coarse`` and ``cell_offsets``, meta ``two_level``; see
+clam_dist/models/two_level.py) are labelled by the nearest prototype among those of each
+row's ``nprobe`` nearest coarse cells, as the estimators' two-level ``predict``;
+``nprobe="exact"`` is the flat path with the "nearest" rule.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class ClusterPredictor:
         scaler_mean: np.ndarray | None = None,
         scaler_scale: np.ndarray | None = None,
         encoder: torch.nn.Module | None = None,
+        coarse: torch.Tensor | None = None,
+        cell_offsets: np.ndarray | None = None,
+        nprobe: int | str = "exact",
     ):
         if rule not in RULES:
             raise ValueError(f"unknown assignment rule {rule!r}; rules: {RULES}")
@@ -79,18 +87,65 @@ class ClusterPredictor:
             else torch.as_tensor(scaler_scale, dtype=torch.float32, device=self.device)
         )
         self.encoder = encoder.to(self.device).eval() if encoder is not None else None
+        self.coarse = self.cell_offsets = None
+        if (coarse is None) != (cell_offsets is None):
+            raise ValueError("a two-level model needs both coarse and cell_offsets, or neither")
+        if coarse is not None:
+            if rule != "nearest":
+                raise ValueError(
+                    f"a two-level model labels rows by the nearest prototype, got rule {rule!r}"
+                )
+            self.coarse, self.cell_offsets = _check_two_level(
+                coarse, cell_offsets, self.prototypes.shape
+            )
+            self.coarse = self.coarse.to(self.device)
+            self._coarse_sq = (self.coarse * self.coarse).sum(1)
+            # Empty cells (no prototype) are never probed.
+            empty = torch.from_numpy(np.diff(self.cell_offsets) == 0).to(self.device)
+            self._coarse_sq[empty] = float("inf")
+        self.nprobe: int | str = "exact"
+        self.nprobe = self._check_nprobe(nprobe)
 
     @property
     def k(self) -> int:
         return int(self.prototypes.shape[0])
 
+    @property
+    def two_level(self) -> bool:
+        return self.coarse is not None
+
+    def _check_nprobe(self, nprobe) -> int | str:
+        """None: this predictor's nprobe; "exact" or an integer >= 1. A flat model is
+        always searched exactly, whatever ``nprobe`` says."""
+        if nprobe is None:
+            return self.nprobe
+        if not (
+            nprobe == "exact"
+            if isinstance(nprobe, str)
+            else isinstance(nprobe, int | np.integer)
+            and not isinstance(nprobe, bool)
+            and nprobe >= 1
+        ):
+            raise ValueError(f"nprobe must be 'exact' or an integer >= 1, got {nprobe!r}")
+        return nprobe if isinstance(nprobe, str) else int(nprobe)
+
     @classmethod
-    def from_artifact(cls, artifact, device: str = "cpu") -> ClusterPredictor:
+    def from_artifact(
+        cls, artifact, device: str = "cpu", nprobe: int | str | None = None
+    ) -> ClusterPredictor:
         """The artifact says how its rows are assigned and which encoder maps them to the
         model space (``ModelArtifact.assignment_rule`` / ``.encoder()``, answered by the
-        method's registration): this module knows rules, never method names."""
+        method's registration): this module knows rules, never method names.
+
+        A two-level artifact (tensors ``coarse`` and ``cell_offsets``) is searched at
+        ``nprobe`` (None: the artifact's ``meta["two_level"]["nprobe"]``)."""
+        coarse = artifact.tensors.get("coarse")
+        offsets = artifact.tensors.get("cell_offsets")
+        two_level = coarse is not None or offsets is not None
+        if nprobe is None:
+            nprobe = artifact.meta.get("two_level", {}).get("nprobe", "exact")
         return cls(
-            rule=artifact.assignment_rule,
+            rule="nearest" if two_level else artifact.assignment_rule,
             prototypes=torch.as_tensor(artifact.prototypes).to(device),
             n_features=artifact.n_features,
             beta=artifact.beta,
@@ -100,6 +155,9 @@ class ClusterPredictor:
             scaler_mean=artifact.scaler_mean,
             scaler_scale=artifact.scaler_scale,
             encoder=artifact.encoder(),
+            coarse=None if coarse is None else torch.from_numpy(np.array(coarse, np.float32)),
+            cell_offsets=offsets,
+            nprobe=nprobe,
         )
 
     def _validate(self, x: np.ndarray) -> np.ndarray:
@@ -136,7 +194,9 @@ class ClusterPredictor:
         return t
 
     @torch.no_grad()
-    def predict(self, x: np.ndarray, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def predict(
+        self, x: np.ndarray, outputs: Sequence[str] = (), nprobe: int | str | None = None
+    ) -> dict[str, np.ndarray]:
         """Return 'cluster' (int64) and 'distance' (float32), plus requested extras:
         'energy' (AM energy, novelty), 'margin' (2nd-best minus best squared distance),
         'probs' ((n, k) soft assignment softmax(-beta/2 d^2)).
@@ -150,17 +210,33 @@ class ClusterPredictor:
         E(x): what evaluation's inertia sums and training's energy_p99 drift threshold
         measures. For "am" both come from the logits of the first AM step, a GEMM the
         dynamics run anyway, so no output adds a GEMM of its own.
+
+        Two-level models at an integer ``nprobe`` (None: the predictor's): 'cluster' is
+        the nearest prototype among those of the row's ``nprobe`` nearest coarse cells
+        and 'distance' the squared distance to it (model space, as above); 'energy',
+        'margin' and 'probs' are computed over the PROBED cells' prototypes only (energy
+        -logsumexp(-beta/2 d^2)/beta over them, an upper bound of the exact one; margin
+        between their two best, inf when only one was probed; probs zero outside them).
+        ``nprobe="exact"`` is the flat path with the "nearest" rule over all prototypes.
         """
         unknown = set(outputs) - set(OPTIONAL_OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OPTIONAL_OUTPUTS}")
+        nprobe = self._check_nprobe(nprobe)
         x = self._validate(x)
         parts: dict[str, list[np.ndarray]] = {}
+        probed = self.two_level and nprobe != "exact"
         rows = max(1, min(ROW_CHUNK, BLOCK_ELEMS // self.k))
+        if probed and "probs" not in outputs:
+            rows = ROW_CHUNK  # the probed search's blocks are bounded per cell
         for r0 in range(0, x.shape[0], rows):
-            for name, value in self._predict_chunk(
-                self.to_model_space(x[r0 : r0 + rows]), outputs
-            ).items():
+            z = self.to_model_space(x[r0 : r0 + rows])
+            chunk = (
+                self._probed_chunk(z, outputs, nprobe)
+                if probed
+                else self._predict_chunk(z, outputs)
+            )
+            for name, value in chunk.items():
                 parts.setdefault(name, []).append(value)
         if not parts:  # zero rows
             empty = {"cluster": np.zeros(0, np.int64), "distance": np.zeros(0, np.float32)}
@@ -241,6 +317,86 @@ class ClusterPredictor:
                 out["probs"] = _np(logits.sub_(lse[:, None]).exp_(), np.float32)
         return out
 
+    def _probed_chunk(
+        self, z: torch.Tensor, outputs: Sequence[str], nprobe: int
+    ) -> dict[str, np.ndarray]:
+        """The two-level search of one chunk (see ``predict``). The (row, probed cell)
+        pairs are grouped by cell: one GEMM per cell of the rows probing it against its
+        prototypes, in blocks of at most BLOCK_ELEMS entries, with a running best per
+        row (the same operations as two_level.TwoLevelModel.predict, so the same labels)
+        and, when asked, a running second best, logsumexp and dense probabilities."""
+        unit = normalize_rows(z) if self.metric == "spherical" else z
+        m, k1 = unit.shape[0], self.coarse.shape[0]
+        offsets = self.cell_offsets
+        nprobe = min(int(nprobe), int(np.count_nonzero(np.diff(offsets))))
+        coarse_off = torch.addmm(self._coarse_sq, unit, self.coarse.t(), alpha=-2.0)
+        if nprobe == 1:
+            probe = coarse_off.argmin(dim=1, keepdim=True)
+        else:
+            probe = torch.topk(coarse_off, nprobe, dim=1, largest=False, sorted=False).indices
+        cells = probe.reshape(-1)
+        order = torch.argsort(cells, stable=True)
+        pair_rows = torch.div(order, nprobe, rounding_mode="floor")
+        counts = torch.bincount(cells, minlength=k1).tolist()
+        x_sq = (unit * unit).sum(1)
+        inf = float("inf")
+        best = torch.full((m,), inf, dtype=unit.dtype, device=unit.device)
+        best_idx = torch.full((m,), -1, dtype=torch.long, device=unit.device)
+        want_margin, want_energy = "margin" in outputs, "energy" in outputs
+        first = torch.full_like(best, inf) if want_margin else None
+        second = torch.full_like(best, inf) if want_margin else None
+        lse = torch.full_like(best, -inf) if want_energy else None
+        logits = (
+            torch.full((m, self.k), -inf, dtype=unit.dtype, device=unit.device)
+            if "probs" in outputs
+            else None
+        )
+        extras = want_margin or want_energy or logits is not None
+        protos, p_sq = self.model_prototypes, self._proto_sq
+        start = 0
+        for c, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = pair_rows[start : start + count]
+            start += count
+            f0, f1 = int(offsets[c]), int(offsets[c + 1])
+            chunk = max(1, BLOCK_ELEMS // (f1 - f0))
+            for q0 in range(0, count, chunk):
+                rr = rows[q0 : q0 + chunk]
+                # ||f||^2 - 2 x.f: the row's ||x||^2 is added for the extras / at the end.
+                block = torch.addmm(p_sq[f0:f1], unit[rr], protos[f0:f1].t(), alpha=-2.0)
+                vals = block.amin(dim=1)
+                better = vals < best[rr]
+                won = rr[better]
+                best[won] = vals[better]
+                best_idx[won] = block[better].argmin(dim=1) + f0
+                if not extras:
+                    continue
+                d2 = block.add_(x_sq[rr, None]).clamp_min_(0.0)
+                if want_margin:
+                    top = torch.topk(d2, min(2, f1 - f0), dim=1, largest=False).values
+                    v1 = top[:, 0]
+                    v2 = top[:, 1] if top.shape[1] > 1 else torch.full_like(v1, inf)
+                    f_old, s_old = first[rr], second[rr]
+                    first[rr] = torch.minimum(f_old, v1)
+                    # The second smallest of {f_old <= s_old, v1 <= v2}.
+                    second[rr] = torch.minimum(torch.maximum(f_old, v1), torch.minimum(s_old, v2))
+                if want_energy:
+                    lse[rr] = torch.logaddexp(
+                        lse[rr], torch.logsumexp(d2 * (-0.5 * self.beta), dim=1)
+                    )
+                if logits is not None:
+                    logits[rr, f0:f1] = d2 * (-0.5 * self.beta)
+        dist = best.add_(x_sq).clamp_(min=0.0)
+        out = {"cluster": _np(best_idx, np.int64), "distance": _np(dist, np.float32)}
+        if want_margin:
+            out["margin"] = _np(second - first, np.float32)
+        if want_energy:
+            out["energy"] = _np(lse / -self.beta, np.float32)
+        if logits is not None:
+            out["probs"] = _np(torch.softmax(logits, dim=1), np.float32)
+        return out
+
 
 def score_matrix(
     state: torch.Tensor, protos: torch.Tensor, proto_sq: torch.Tensor, want_dots: bool
@@ -253,6 +409,33 @@ def score_matrix(
         return None, torch.mm(state, protos.t())
     d2 = torch.addmm(proto_sq, state, protos.t(), alpha=-2.0)
     return d2.add_((state * state).sum(1, keepdim=True)).clamp_min_(0.0), None
+
+
+def _check_two_level(
+    coarse: torch.Tensor, cell_offsets, proto_shape: torch.Size
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A two-level model's coarse centres (k1, d_model) float32 and cell offsets (k1 + 1,
+    int64, from 0 to k, non-decreasing), checked against the prototypes' shape."""
+    k, d = int(proto_shape[0]), int(proto_shape[1])
+    coarse = torch.as_tensor(coarse).float()
+    offsets = np.asarray(cell_offsets)
+    if coarse.ndim != 2 or coarse.shape[0] < 1 or coarse.shape[1] != d:
+        raise ValueError(
+            f"two-level coarse centres must have shape (k1, {d}), got {tuple(coarse.shape)}"
+        )
+    k1 = coarse.shape[0]
+    if (
+        offsets.shape != (k1 + 1,)
+        or not np.issubdtype(offsets.dtype, np.integer)
+        or offsets[0] != 0
+        or offsets[-1] != k
+        or np.any(np.diff(offsets) < 0)
+    ):
+        raise ValueError(
+            f"two-level cell_offsets must be {k1 + 1} non-decreasing integers from 0 to "
+            f"k={k}, got {offsets.dtype} of shape {offsets.shape}"
+        )
+    return coarse, offsets.astype(np.int64)
 
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:

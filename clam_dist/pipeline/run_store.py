@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 
-from clam_dist.data.urls import refuse_url, scheme_of
+from clam_dist.data.urls import is_local_url, refuse_url
 
 
 class RunStore:
     def __init__(self, location: str, storage_options: dict | None = None):
-        self.is_local = scheme_of(location) in (None, "file")
+        self.is_local = is_local_url(location)
         if self.is_local:
             # Absolute: Ray Train workers and Ray Data tasks run in other working folders.
             self.local = Path(refuse_url(location, "run_dir")).resolve()
@@ -105,13 +107,43 @@ class RunStore:
         self.write_text(json.dumps(record, indent=2, default=default), *parts)
 
     def create_exclusive(self, text: str, *parts: str) -> bool:
-        """Create ``parts`` holding ``text`` unless it exists (False then). Object stores:
-        a conditional PUT (If-None-Match), so two writers cannot both create it."""
-        assert not self.is_local, "local exclusive creation is the lock's own (hard links)"
+        """Create ``parts`` holding ``text`` unless it exists (False then), whole or not at
+        all, so two writers cannot both create it. Object stores: a conditional PUT
+        (If-None-Match). A local folder: the text is written to a file of our own beside
+        it, then hard-linked to the name (a link, like O_EXCL, fails when the name exists)."""
+        if self.is_local:
+            return self._create_local(text, self.local.joinpath(*parts))
         try:
             self.fs.pipe_file(self._path(*parts), text.encode(), mode="create")
         except FileExistsError:
             return False
+        return True
+
+    @staticmethod
+    def _create_local(text: str, path: Path) -> bool:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(aside, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: O_EXCL, then the write
+                pass
+        finally:
+            aside.unlink(missing_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         return True
 
     def delete(self, *parts: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 from clam_dist.config import load_config
 from clam_dist.errors import InputError
@@ -16,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help="TOML/YAML/JSON TrainConfig ([data], [model], [optim], [run])",
+        help="TOML/YAML/JSON TrainConfig ([data], [model], [optim], [run], [storage])",
     )
     parser.add_argument("--data", default=None, help="shortcut for --set data.url=...")
     parser.add_argument(
@@ -57,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     summary_target = writable_target(args.summary, None)
     start_ray(args.address)  # quiet; under `ray job submit` this joins the job's cluster
     try:
-        result = _train_with_progress(config, run_training)
+        # on several nodes every node must see data.url and run.storage_path: checked
+        # first (a local path only with --set storage.shared=true)
+        result = _train_with_progress(config, partial(run_training, check_nodes=True))
     except ValueError as exc:  # the fail-fast checks, before any work
         if type(exc) is ValueError:  # ours (ConfigError, DataError, ...) keep their type
             raise InputError(str(exc)) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clam_dist.config import Interval, PathSegment, knob
+from clam_dist.config import ConfigError, Interval, PathSegment, knob
 from clam_dist.data.urls import absolute
 from clam_dist.sections import (
     COUNT,
@@ -13,6 +13,7 @@ from clam_dist.sections import (
     ModelSection,
     OptimSection,
     SourceColumns,
+    StorageSection,
     WorkersSection,
     fill_method_defaults,
     with_method_sections,
@@ -78,6 +79,17 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: TrainRun = field(default_factory=TrainRun)
+    # [storage] shared = true: on a cluster of several nodes, local paths (data.url,
+    # run.storage_path) are a mount every node sees; checked by `clam-dist train` before
+    # any work (trainer.check_storage). One node: not checked.
+    storage: StorageSection = field(default_factory=StorageSection)
 
     def __post_init__(self) -> None:
         fill_method_defaults(self.model, self.optim)
+        if self.model.coarse_clusters is not None:
+            raise ConfigError(
+                "model.coarse_clusters: `clam-dist train` trains one level; two levels are "
+                "trained in memory (clam_dist.KMeans(..., coarse_clusters=...), or "
+                "`clam-dist pipeline --set train.trainer=sample`) until the distributed "
+                "two-level job is built"
+            )

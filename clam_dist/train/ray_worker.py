@@ -24,6 +24,28 @@ from clam_dist.train.updates import Update
 from clam_dist.train.worker_config import LoopConfig
 
 
+class WorkTally:
+    """What one worker trained since it started (a restarted worker counts afresh): the
+    rows and seconds of its metrics windows, each window counted once. ``finish`` counts
+    the run's last window before it is reported (the artifact is written first), and
+    ``report`` then hands the same window over: a window is known by the global step it
+    ends at, and one at or before the last counted is not counted again."""
+
+    def __init__(self, rank: int, node_id: str):
+        self.record = {"rank": rank, "node_id": node_id, "rows": 0, "seconds": 0.0}
+        self.through_step: int | None = None  # the step the last counted window ended at
+
+    def add(self, window: dict) -> None:
+        """Count a window's ``worker_rows`` and ``window_s`` (this worker's own)."""
+        step = window.get("step")
+        if step is not None and self.through_step is not None and step <= self.through_step:
+            return  # counted already
+        self.record["rows"] += int(window.get("worker_rows", 0))
+        self.record["seconds"] = round(self.record["seconds"] + window.get("window_s", 0.0), 3)
+        if step is not None:
+            self.through_step = int(step)
+
+
 class RayWorker:
     """``loop.WorkerSide`` on a Ray Train worker."""
 
@@ -41,14 +63,9 @@ class RayWorker:
             cfg.data.lanes, self.world, cfg.optim.batch_size
         )
         self.row_counts: dict[str, int] | None = None  # footers, read at the first epoch
-        # What this worker did since it started (a restarted worker counts afresh): the
-        # artifact records it per worker, the driver sums it per node.
-        self.work = {
-            "rank": self.rank,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "rows": 0,
-            "seconds": 0.0,
-        }
+        # What this worker did since it started: the artifact records it per worker, the
+        # driver sums it per node.
+        self.work = WorkTally(self.rank, ray.get_runtime_context().get_node_id())
 
     def open_batches(self, epoch: int, step_in_epoch: int, steps_left: int) -> Prefetcher:
         """This worker's lanes, read in a thread while the previous batch computes
@@ -91,8 +108,7 @@ class RayWorker:
 
     def report(self, metrics: dict, save_checkpoint: Callable[[str], None] | None) -> None:
         """Every worker reports; only rank 0 writes and hands over the checkpoint."""
-        self.work["rows"] += int(metrics.get("worker_rows", 0))
-        self.work["seconds"] = round(self.work["seconds"] + metrics.get("window_s", 0.0), 3)
+        self.work.add(metrics)  # the last window: counted by finish already, not again
         if save_checkpoint is None:
             ray.train.report(metrics)
             return
@@ -108,9 +124,8 @@ class RayWorker:
         it)."""
         # The run's last window is reported after this (its checkpoint holds the state
         # taken here): count it now. history[-1] is this worker's own, just collected.
-        last = history[-1] if history else {}
-        self.work["rows"] += int(last.get("worker_rows", 0))
-        self.work["seconds"] = round(self.work["seconds"] + last.get("window_s", 0.0), 3)
+        if history:
+            self.work.add(history[-1])
         workers = self._gather_work()
         if self.rank == 0:
             fields, protos = update.artifact_fields(), update.prototypes()
@@ -120,7 +135,7 @@ class RayWorker:
         import torch.distributed as dist
 
         if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
-            return [dict(self.work)]
+            return [dict(self.work.record)]
         gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, dict(self.work))
+        dist.all_gather_object(gathered, dict(self.work.record))
         return gathered

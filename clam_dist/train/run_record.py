@@ -36,6 +36,7 @@ NOT_IDENTITY = frozenset(
         "run.report_every",  # how often metrics are reported, not what is computed
         "run.verify_every",  # a cross-worker check of the prototypes; changes no value
         "run.barrier_timing",  # timing instrumentation only
+        "storage.shared",  # the user's word that a folder is shared: where, not what
         "run.fail_at_epoch",  # failure injection: set for the crash, unset for the retry
         "run.fail_at_step",  # ditto
         "run.checkpoint_every",  # how often progress is saved; a resume continues exactly

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clam_dist import methods
+from clam_dist.data.urls import is_local_url, refuse_url
 from clam_dist.memory import release_unused_memory
 from clam_dist.train import checkpoint as ckpt
 from clam_dist.train import run_record
@@ -44,7 +45,7 @@ def storage(cfg: TrainConfig):
     is created and probed for writability before any work starts.
     """
     path = cfg.run.storage_path
-    if "://" in path and not path.startswith("file://"):
+    if not is_local_url(path):
         import pyarrow.fs as pafs
 
         from clam_dist.data.source import open_filesystem
@@ -57,7 +58,7 @@ def storage(cfg: TrainConfig):
         except Exception as exc:  # noqa: BLE001 - any backend error means "cannot write here"
             raise PermissionError(f"run.storage_path {path} is not writable: {exc}") from exc
         return inner, pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
-    local = os.path.abspath(path.removeprefix("file://"))
+    local = os.path.abspath(refuse_url(path, "run.storage_path"))  # file:// taken off
     try:
         os.makedirs(local, exist_ok=True)
         probe = Path(local) / f".probe-{os.getpid()}"
@@ -71,9 +72,9 @@ def storage(cfg: TrainConfig):
 def _first_missing_folder(path: str) -> str | None:
     """The outermost folder of a local ``path`` that does not exist yet (None if all do,
     or for a remote store, which has no folders)."""
-    if "://" in path and not path.startswith("file://"):
+    if not is_local_url(path):
         return None
-    missing, here = None, os.path.abspath(path.removeprefix("file://"))
+    missing, here = None, os.path.abspath(refuse_url(path, "run.storage_path"))
     while not os.path.exists(here):
         missing, parent = here, os.path.dirname(here)
         if parent == here:
@@ -165,10 +166,28 @@ def resume_init(cfg: TrainConfig, d: int) -> dict:
     return {**state["init"], "prototypes": tensors["prototypes"].numpy()}
 
 
-def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
+def check_storage(cfg: TrainConfig) -> dict | None:
+    """On a Ray cluster of several nodes: run.storage_path (written: checkpoints from the
+    workers' nodes, the model), data.url and run.resume_from (read by every worker) seen
+    by every node, or StorageNotShared (exit 2) naming the path and the node count; a
+    local path only with storage.shared. None on one node (not checked)."""
+    from clam_dist.shared_storage import StoragePath, check_visible_from_every_node
+
+    options = cfg.data.storage_options
+    paths = [StoragePath("run.storage_path", cfg.run.storage_path, options, writes=True)]
+    if cfg.data.url:
+        paths.append(StoragePath("data.url", cfg.data.url, options, writes=False))
+    if cfg.run.resume_from:
+        paths.append(StoragePath("run.resume_from", cfg.run.resume_from, options, writes=False))
+    return check_visible_from_every_node(paths, shared=cfg.storage.shared)
+
+
+def run_training(cfg: TrainConfig, progress_queue=None, check_nodes: bool = False) -> TrainResult:
     """Initialise on the driver, fit with TorchTrainer, return where the artifact is.
     ``progress_queue``: a ray.util.queue.Queue that receives each report's step, epoch,
-    loss and rows/s (the driver's progress view; see clam_dist.progress.TrainReports)."""
+    loss and rows/s (the driver's progress view; see clam_dist.progress.TrainReports).
+    ``check_nodes``: first check that every node of the cluster sees the run's paths
+    (``check_storage``; the pipeline checks its own run before it trains)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -179,10 +198,12 @@ def run_training(cfg: TrainConfig, progress_queue=None) -> TrainResult:
     # reference cycles whose actor pools still hold CPUs: collect them before asking for
     # the workers' resources.
     gc.collect()
-    check_resources(cfg)
     created = _first_missing_folder(cfg.run.storage_path)
-    storage_path, storage_fs, run_url = storage(cfg)
     try:
+        if check_nodes:  # before any work; its probe may make the storage folder
+            check_storage(cfg)
+        check_resources(cfg)
+        storage_path, storage_fs, run_url = storage(cfg)
         # Ray Train resumes whatever run <storage>/<name> holds: refuse another config's
         # folder now, before the init sample (the record is written below).
         run_record.check(cfg, run_url)

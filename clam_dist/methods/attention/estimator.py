@@ -46,6 +46,16 @@ class AttentionClustering(PrototypeEstimator):
         Adam learning rate.
     epochs : int, default=30
     batch_size : int, default=64
+    coarse_clusters : int or None, default=None
+        Two levels when set (large k): a coarse k-means with this many cells, then
+        ``n_clusters`` fine prototypes fitted inside the cells by this estimator with
+        ``n_clusters`` = the cell's share (proportional to its rows). Labels are then the
+        nearest fine prototype among the ``nprobe`` nearest cells' (whatever the flat
+        rule). In [1, n_clusters].
+    nprobe : "auto", "exact" or int, default="auto"
+        Cells searched per row by a two-level model: "auto" the smallest measured nprobe
+        whose labels agree with the exact search on 99% of held-out rows, "exact" every
+        prototype, an integer that many cells. Unused when ``coarse_clusters`` is None.
     random_state : int, RandomState or None
 
     Attributes
@@ -55,18 +65,32 @@ class AttentionClustering(PrototypeEstimator):
     labels_ : ndarray of shape (n_samples,)
         Head with the highest attention weight for each training row.
     beta_ : float
+        The inverse temperature used (two levels: the median of the cells').
     loss_history_ : list of float
-        Reconstruction risk per epoch.
+        Reconstruction risk per epoch (flat fits only).
     best_epoch_ : int
-        Epoch whose heads were kept.
+        Epoch whose heads were kept (flat fits only).
     n_iter_ : int
         Epochs run.
     n_nonempty_ : int
         Heads that win at least one training row.
     n_features_in_ : int
+    coarse_centers_ : ndarray of shape (coarse_clusters, n_features)
+        Two-level fits only: the coarse cells' centres.
+    cell_of_fine_ : ndarray of shape (n_clusters,)
+        Two-level fits only: the cell of each prototype (prototypes are grouped by cell).
+    cell_offsets_ : ndarray of shape (coarse_clusters + 1,)
+        Two-level fits only: cell c's prototypes are rows cell_offsets_[c]:[c + 1].
+    agreement_curve_ : list of dict
+        Two-level fits only: per nprobe, the share of held-out rows (a tenth, at most
+        10,000, left out of the fit) labelled as the exact search labels them, and the
+        rows per second.
+    nprobe_ : int or "exact"
+        Two-level fits only: the resolved ``nprobe``.
     """
 
     method = "attention"
+    _flat_only_attrs = ("loss_history_", "best_epoch_")
 
     def __init__(
         self,
@@ -78,6 +102,8 @@ class AttentionClustering(PrototypeEstimator):
         lr: float = DEFAULTS.lr,
         epochs: int = 30,
         batch_size: int = 64,
+        coarse_clusters: int | None = None,
+        nprobe: int | str = "auto",
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -87,17 +113,21 @@ class AttentionClustering(PrototypeEstimator):
         self.lr = lr
         self.epochs = epochs
         self.batch_size = batch_size
+        self.coarse_clusters = coarse_clusters
+        self.nprobe = nprobe
         self.random_state = random_state
 
     def fit(self, X, y=None) -> AttentionClustering:
         X = self._check_x(X, reset=True)
-        self._check_n_clusters(X.shape[0])
+        two_level = self._begin_fit(X)
         if self.similarity not in SCORES:
             raise ValueError(f"similarity must be one of {SCORES}, got {self.similarity!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.beta is not None:
             check_beta(self.beta)
+        if two_level:
+            return self._fit_two_level(X)
         x = self._tensor(X)
         gen = torch.Generator().manual_seed(self._seed())
         k = int(self.n_clusters)
@@ -119,9 +149,12 @@ class AttentionClustering(PrototypeEstimator):
         return self
 
     def predict(self, X) -> np.ndarray:
-        """Head with the highest attention weight for each row."""
+        """Head with the highest attention weight for each row (two levels: the nearest
+        head of the ``nprobe_`` nearest cells)."""
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
+        if self._is_two_level():
+            return self._predict_two_level(X)
         return attention_assign(
             self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.similarity
         ).numpy()
@@ -150,6 +183,12 @@ class AttentionClustering(PrototypeEstimator):
     def score(self, X, y=None) -> float:
         """Mean of ``score_samples``: minus the reconstruction risk (higher = better)."""
         return float(self.score_samples(X).mean())
+
+    def _after_two_level(self, z, d2, cells) -> None:
+        fallback = None
+        if not cells:
+            fallback = beta_from_data(self._tensor(z), self._tensor(self.cluster_centers_))
+        self.beta_ = self._median_of_cells(cells, "beta_", fallback)
 
     def _artifact_fields(self) -> dict:
         # The distance-score layer is one AM step with alpha = 1; meta['score'] is the

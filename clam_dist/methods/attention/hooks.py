@@ -33,6 +33,8 @@ class Hooks(BaseHooks):
             epochs=o.epochs,
             batch_size=o.batch_size,
             random_state=config.seed,
+            coarse_clusters=m.coarse_clusters,
+            nprobe=m.nprobe,
         ).fit(z)
 
     def trial_params(self, config: Any, k: int, point: dict, seed: int | None) -> AttentionParams:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
-from clam_dist.estimator_base import PrototypeClusterer
+from clam_dist.estimator_base import PrototypeClusterer, quiet_inner_kmeans
 from clam_dist.methods.clam import DEFAULTS
 from clam_dist.methods.clam.fit import ClAMConfig, fit_clam
 from clam_dist.models.am import assign, check_dynamics, energy, nearest_prototypes
-from clam_dist.models.clam import FILL_VALUES, AMParams, MaskSpec
+from clam_dist.models.clam import FILL_VALUES, AMParams, MaskSpec, beta_from_data
 
 # Up to this many rows ClAM keeps the paper's schedule (15 epochs, batches of 32).
 _SMALL_N = 10_000
@@ -87,6 +87,16 @@ class ClAM(PrototypeClusterer):
         Training schedule; None chooses from n (see above).
     n_init : int, default=1
         Full ClAM restarts, compared by their training loss.
+    coarse_clusters : int or None, default=None
+        Two levels when set (large k): a coarse k-means with this many cells, then
+        ``n_clusters`` fine prototypes fitted inside the cells by this estimator with
+        ``n_clusters`` = the cell's share (proportional to its rows). Labels are then the
+        nearest fine prototype among the ``nprobe`` nearest cells' (whatever the flat
+        rule). In [1, n_clusters].
+    nprobe : "auto", "exact" or int, default="auto"
+        Cells searched per row by a two-level model: "auto" the smallest measured nprobe
+        whose labels agree with the exact search on 99% of held-out rows, "exact" every
+        prototype, an integer that many cells. Unused when ``coarse_clusters`` is None.
     random_state : int, RandomState or None
 
     Attributes
@@ -96,11 +106,11 @@ class ClAM(PrototypeClusterer):
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training row (nearest prototype after T AM steps).
     beta_ : float
-        The inverse temperature used.
+        The inverse temperature used (two levels: the median of the cells').
     loss_history_ : list of float
-        Training loss per epoch.
+        Training loss per epoch (flat fits only).
     best_epoch_ : int
-        Epoch whose prototypes were kept.
+        Epoch whose prototypes were kept (flat fits only).
     inertia_ : float
         k-means inertia of the prototypes on the training rows.
     n_iter_ : int
@@ -108,9 +118,22 @@ class ClAM(PrototypeClusterer):
     n_nonempty_ : int
         Prototypes that own at least one training row.
     n_features_in_ : int
+    coarse_centers_ : ndarray of shape (coarse_clusters, n_features)
+        Two-level fits only: the coarse cells' centres.
+    cell_of_fine_ : ndarray of shape (n_clusters,)
+        Two-level fits only: the cell of each prototype (prototypes are grouped by cell).
+    cell_offsets_ : ndarray of shape (coarse_clusters + 1,)
+        Two-level fits only: cell c's prototypes are rows cell_offsets_[c]:[c + 1].
+    agreement_curve_ : list of dict
+        Two-level fits only: per nprobe, the share of held-out rows (a tenth, at most
+        10,000, left out of the fit) labelled as the exact search labels them, and the
+        rows per second.
+    nprobe_ : int or "exact"
+        Two-level fits only: the resolved ``nprobe``.
     """
 
     method = "clam"
+    _flat_only_attrs = ("loss_history_", "best_epoch_")
 
     def __init__(
         self,
@@ -130,6 +153,8 @@ class ClAM(PrototypeClusterer):
         epochs: int | None = None,
         batch_size: int | None = None,
         n_init: int = 1,
+        coarse_clusters: int | None = None,
+        nprobe: int | str = "auto",
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -147,6 +172,8 @@ class ClAM(PrototypeClusterer):
         self.epochs = epochs
         self.batch_size = batch_size
         self.n_init = n_init
+        self.coarse_clusters = coarse_clusters
+        self.nprobe = nprobe
         self.random_state = random_state
 
     def _config(self, seed: int, n: int) -> ClAMConfig:
@@ -171,14 +198,18 @@ class ClAM(PrototypeClusterer):
 
     def fit(self, X, y=None) -> ClAM:
         X = self._check_x(X, reset=True)
-        self._check_n_clusters(X.shape[0])
+        two_level = self._begin_fit(X)
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if two_level:
+            self._config(0, X.shape[0])  # the dynamics and fill checks, before any work
+            return self._fit_two_level(X)
         rs = check_random_state(self.random_state)
         best = None
         for _ in range(self.n_init):
             # Restarts are compared by their own training loss: unsupervised selection.
-            res = fit_clam(X, self._config(int(rs.randint(0, 2**31 - 1)), X.shape[0]))
+            with quiet_inner_kmeans():
+                res = fit_clam(X, self._config(int(rs.randint(0, 2**31 - 1)), X.shape[0]))
             if best is None or min(res.loss_history) < min(best.loss_history):
                 best = res
         self.cluster_centers_ = best.prototypes.numpy().astype(X.dtype)
@@ -196,9 +227,12 @@ class ClAM(PrototypeClusterer):
         return self
 
     def predict(self, X) -> np.ndarray:
-        """Label = nearest prototype after T AM steps from each point."""
+        """Label = nearest prototype after T AM steps from each point (two levels: the
+        nearest prototype of the ``nprobe_`` nearest cells, no AM steps)."""
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
+        if self._is_two_level():
+            return self._predict_two_level(X)
         labels, _ = assign(
             self._tensor(X),
             self._tensor(self.cluster_centers_),
@@ -215,6 +249,15 @@ class ClAM(PrototypeClusterer):
         X = self._check_x(X, reset=False)
         e = energy(self._tensor(X), self._tensor(self.cluster_centers_), self.beta_, self.metric)
         return e.double().numpy()
+
+    def _after_two_level(self, z, d2, cells) -> None:
+        fallback = (
+            None
+            if cells
+            else beta_from_data(self._tensor(z), self._tensor(self.cluster_centers_), self.metric)
+        )
+        self.beta_ = self._median_of_cells(cells, "beta_", fallback)
+        self.inertia_ = float(d2.astype(np.float64).sum())
 
     def _artifact_fields(self) -> dict:
         return {"beta": self.beta_, "alpha": self.alpha, "steps": self.steps, "metric": self.metric}

@@ -35,6 +35,8 @@ class Hooks(BaseHooks):
             batch_size=o.batch_size,
             n_init=config.train.n_init,
             random_state=config.seed,
+            coarse_clusters=m.coarse_clusters,
+            nprobe=m.nprobe,
         ).fit(z)
 
     def trial_params(self, config: Any, k: int, point: dict, seed: int | None) -> TrialParams:

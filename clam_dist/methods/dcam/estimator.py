@@ -68,6 +68,11 @@ class DCAM(PrototypeEstimator):
     recon_bound : {"select", "stop", "none"}, default="select"
     standardize : bool, default=True
         Standardise features before the encoder.
+    coarse_clusters : None, default=None
+        Two levels (large k) are not supported for DCAM yet: its prototypes live in the
+        latent space; any value but None is refused by ``fit``.
+    nprobe : "auto", "exact" or int, default="auto"
+        Unused (two levels only); checked like the other estimators'.
     random_state : int, RandomState or None
 
     Attributes
@@ -118,6 +123,8 @@ class DCAM(PrototypeEstimator):
         recon_tolerance: float = 0.10,
         recon_bound: str = "select",
         standardize: bool = True,
+        coarse_clusters: int | None = None,
+        nprobe: int | str = "auto",
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -141,6 +148,8 @@ class DCAM(PrototypeEstimator):
         self.recon_tolerance = recon_tolerance
         self.recon_bound = recon_bound
         self.standardize = standardize
+        self.coarse_clusters = coarse_clusters
+        self.nprobe = nprobe
         self.random_state = random_state
 
     # -- helpers -------------------------------------------------------------------------
@@ -192,7 +201,11 @@ class DCAM(PrototypeEstimator):
 
     def fit(self, X, y=None) -> DCAM:
         X = self._check_x(X, reset=True)
-        self._check_n_clusters(X.shape[0])
+        if self._begin_fit(X):
+            raise ValueError(
+                f"coarse_clusters={self.coarse_clusters!r}: DCAM does not fit two levels "
+                "(its prototypes live in the latent space); use coarse_clusters=None"
+            )
         if self.beta is not None:
             check_dynamics(self.beta, self.alpha, self.steps)
         if self.fill not in FILL_VALUES:

@@ -1,6 +1,7 @@
 """DCAM's hooks. On the trainer: ``dcam.pretrain_epochs`` of reconstruction, then
 prototypes by k-means on the pretrained latents of the run's sample, then the joint loss
-within the reconstruction bound (``objective.py``); artifacts carry the encoder."""
+within the reconstruction bound (``objective.py``); artifacts carry the encoder. A warm
+refresh (``warm_fit``) starts from the parent's autoencoder and the given prototypes."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from clam_dist.config import ConfigError
 from clam_dist.methods.base_hooks import BaseHooks
 from clam_dist.methods.dcam.config import DCAMSection
 from clam_dist.methods.dcam.estimator import DCAM
-from clam_dist.methods.dcam.model import encoder_from_artifact
+from clam_dist.methods.dcam.model import EncoderSpec, encoder_from_artifact
 from clam_dist.methods.dcam.objective import DCAMObjective, encoder_spec
 from clam_dist.methods.dcam.trial import DCAMParams, DCAMTrial
 from clam_dist.methods.dcam.trial import encoder_spec as trial_encoder_spec
+from clam_dist.methods.spec import WarmFit
 from clam_dist.sections import values_of
 from clam_dist.tune.methods import am_params, am_sections, common_params
 from clam_dist.tune.space import check_bundled_width
@@ -64,6 +66,24 @@ class Hooks(BaseHooks):
                 f"{cfg.model.n_clusters} latent prototypes"
             )
 
+    def scratch_fit(self, config: Any, z: np.ndarray, seed: int) -> WarmFit:
+        """The in-memory DCAM fit (pretraining, latent k-means, joint phase) on ``z``."""
+        import copy
+
+        seeded = copy.copy(config)
+        seeded.seed = int(seed)
+        est = self.fit_on_sample(seeded, z)
+        d = z.shape[1]
+        art = est.to_artifact(
+            scaler_mean=np.zeros(d), scaler_scale=np.ones(d), meta=self.estimator_history(est)
+        )
+        fields = {"beta": art.beta, "alpha": art.alpha, "steps": art.steps, "metric": art.metric}
+        return WarmFit(
+            prototypes=art.prototypes,
+            fields={**fields, "tensors": dict(art.tensors), "meta": dict(art.meta)},
+            steps=0,
+        )
+
     def fit_on_sample(self, config: Any, z: np.ndarray) -> DCAM:
         m, o, dc = config.model, config.optim, config.dcam
         return DCAM(
@@ -87,6 +107,64 @@ class Hooks(BaseHooks):
 
     def estimator_history(self, estimator: Any) -> dict:
         return {"joint_history": estimator.history_}
+
+    def warm_fit(
+        self, config: Any, z: np.ndarray, parent: ModelArtifact, prototypes: np.ndarray, seed: int
+    ) -> WarmFit:
+        """The joint phase on the in-process Trainer for ``optim.epochs`` epochs, from the
+        parent's autoencoder (its architecture: meta['encoder'], whatever [dcam] says),
+        ``prototypes`` and the parent's beta; no pretraining and no k-means. A parent
+        without decoder weights (a cold fit's artifact carries the encoder only) first
+        gets a decoder refitted for max(1, dcam.pretrain_epochs) epochs, encoder and
+        prototypes frozen. The reconstruction bound's reference is the warm start's own
+        reconstruction loss on ``z``'s sample (data.init_sample rows at most)."""
+        from clam_dist import methods
+        from clam_dist.sections import ModelSection, OptimSection, values_of
+        from clam_dist.train.in_process import fit_config, memory_init, train_in_process
+        from clam_dist.train.memory_batches import row_chunk_for
+
+        if "encoder" not in parent.meta:
+            raise ValueError("the parent artifact has no meta['encoder']: not a DCAM model")
+        spec = EncoderSpec.from_json(parent.meta["encoder"])
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != spec.n_features:
+            raise ValueError(
+                f"rows have shape {z.shape}, the parent's encoder reads {spec.n_features} features"
+            )
+        if prototypes.ndim != 2 or prototypes.shape[1] != spec.latent_dim or not len(prototypes):
+            raise ValueError(
+                f"prototypes have shape {prototypes.shape}, expected (k, {spec.latent_dim})"
+            )
+        refit_decoder = not any(n.startswith("decoder.") for n in parent.tensors)
+        model = values_of(ModelSection, config.model)
+        model.update(n_clusters=int(len(prototypes)), beta=float(parent.beta))
+        sections = {"model": model, "optim": values_of(OptimSection, config.optim)}
+        for name in methods.sections():  # every method's own section rides along
+            section = getattr(config, name)
+            sections[name] = values_of(type(section), section)
+        sections["dcam"].update(
+            encoder=spec.kind,
+            latent_dim=spec.latent_dim,
+            hidden=list(spec.hidden),
+            image_shape=None if spec.image_shape is None else list(spec.image_shape),
+            pretrain_epochs=max(1, config.dcam.pretrain_epochs) if refit_decoder else 0,
+        )
+        sample = z
+        if len(z) > config.data.init_sample:  # the joint start's and the bound's rows
+            rows = np.random.default_rng(seed).choice(len(z), config.data.init_sample, False)
+            sample = z[np.sort(rows)]
+        sections["data"] = {"init_sample": int(len(sample))}
+        cfg = fit_config(parent.method, seed, sections)
+        init = memory_init(prototypes, parent.beta, len(z), fill=np.zeros(len(z[0]), np.float32))
+        init["autoencoder"] = dict(parent.tensors)
+        result = train_in_process(cfg, z, init, sample=sample, row_chunk=row_chunk_for(len(z)))
+        return WarmFit(
+            prototypes=result.update.prototypes().cpu().numpy(),
+            fields=result.update.artifact_fields(),
+            steps=int(result.history[-1]["step"]) if result.history else 0,
+            losses=[(int(h["step"]), float(h["loss"])) for h in result.history],
+        )
 
     def encoder(self, artifact: ModelArtifact) -> torch.nn.Module:
         return encoder_from_artifact(artifact)

@@ -1,5 +1,11 @@
 """DCAM's objective on the trainer: autoencoder pretraining, then the joint energy loss
-with the reconstruction bound (phases, joint start and selection are DCAM's own)."""
+with the reconstruction bound (phases, joint start and selection are DCAM's own).
+
+A warm start (a scheduled refresh, ``hooks.Hooks.warm_fit``) passes the parent's
+autoencoder weights as ``init["autoencoder"]`` ('encoder.*', and 'decoder.*' when the
+parent carries them): the joint phase then starts from ``init``'s prototypes and beta (no
+k-means), and the pretraining epochs, if any, refit only a decoder the parent lacks
+(encoder and prototypes frozen, so the latent space the prototypes live in stays put)."""
 
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ class DCAMObjective(Objective):
         self.spec = encoder_spec(cfg, len(init["mean"]))
         self.device = device
         # Every worker builds the same weights from the seed (verified at step 0).
-        self.module = seeded_dcam_model(
+        module = seeded_dcam_model(
             self.spec,
             cfg.run.seed,
             prototypes=torch.tensor(init["prototypes"], dtype=torch.float32),
@@ -45,7 +51,12 @@ class DCAMObjective(Objective):
             metric=m.metric,
             recon_weight=dc.recon_weight,
             fill=m.fill,
-        ).to(device)
+        )
+        # A warm start: the parent's autoencoder over the seeded one (the same on every
+        # worker); without its decoder, the pretraining epochs refit one.
+        self.warm = init.get("autoencoder") is not None
+        self.decoder_refit = self.warm and load_autoencoder(module, init["autoencoder"])
+        self.module = module.to(device)
         self.sample = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
         self.joint_ready = False  # prototypes and beta set from the pretrained latents
         # (rows, their latents WITH the encoder's graph) of the current step: the monitor,
@@ -74,6 +85,10 @@ class DCAMObjective(Objective):
         # Pretraining trains the autoencoder only: frozen prototypes get no gradient, so
         # they are neither in the all-reduce buffer nor touched by the optimizer.
         self.module.prototypes.requires_grad_(phase == "joint")
+        if self.warm:
+            # A warm start's pretraining refits the decoder only: the parent's encoder
+            # (the latent space of the given prototypes) stays as it is until the joint phase.
+            self.module.encoder.requires_grad_(phase == "joint")
 
     def begin_epoch(self, epoch: int, comm: Collectives, rank: int) -> bool:
         if self.phase(epoch) == "pretrain" or self.joint_ready:
@@ -83,16 +98,19 @@ class DCAMObjective(Objective):
         return True
 
     def _start_joint(self, comm: Collectives, rank: int) -> None:
-        """k-means on the pretrained latents of the sample, beta from their scale, the
-        reference reconstruction loss; computed on rank 0 and broadcast so every worker
-        holds exactly the same values."""
+        """k-means on the pretrained latents of the sample (a warm start: the given
+        prototypes), beta from their scale, the reference reconstruction loss; computed
+        on rank 0 and broadcast so every worker holds exactly the same values."""
         m = self.cfg.model
         k, latent = self.module.prototypes.shape
         packed = torch.zeros(k * latent + 3, dtype=torch.float32, device=self.device)
         if rank == 0:
             z = encode(self.module, self.sample)
-            gen = torch.Generator().manual_seed(self.cfg.run.seed)
-            protos = joint_start_centres(z.cpu(), k, gen, m.metric).to(self.device)
+            if self.warm:  # the parent's prototypes (plus any new ones), as given
+                protos = self.module.prototypes.detach().clone()
+            else:
+                gen = torch.Generator().manual_seed(self.cfg.run.seed)
+                protos = joint_start_centres(z.cpu(), k, gen, m.metric).to(self.device)
             default = float(beta_from_data(z.cpu(), protos.cpu(), m.metric))
             beta = m.beta if m.beta is not None else self.beta_scale * default
             recon = evaluate(self.module, self.sample, "pretrain")["recon"]
@@ -257,7 +275,7 @@ class DCAMObjective(Objective):
 
     def artifact_fields(self) -> dict:
         m = self.cfg.model
-        return {
+        fields = {
             "beta": self.beta,
             "alpha": m.alpha,
             "steps": m.steps,
@@ -270,6 +288,51 @@ class DCAMObjective(Objective):
                 "selected_joint_epoch": None if self.best is None else self.best["epoch"],
             },
         }
+        if self.warm:
+            # A warm model keeps its decoder too, so the next refresh starts fully warm
+            # (the predictor reads 'encoder.*' only).
+            fields["tensors"].update(decoder_tensors(self.module))
+            fields["meta"]["warm_start"] = {
+                "decoder": "refit" if self.decoder_refit else "parent",
+                "refit_epochs": self.cfg.dcam.pretrain_epochs,
+            }
+        return fields
+
+
+def decoder_tensors(model: torch.nn.Module) -> dict:
+    """Decoder weights as numpy arrays named 'decoder.<param>' (a warm artifact's)."""
+    return {
+        f"decoder.{n}": t.detach().cpu().numpy().copy()
+        for n, t in model.decoder.state_dict().items()
+    }
+
+
+def load_autoencoder(module: torch.nn.Module, tensors: dict) -> bool:
+    """Load a parent's 'encoder.*' weights (all of them) and 'decoder.*' weights (all or
+    none) into ``module.autoencoder``; True when the decoder was absent (to be refitted)."""
+    state = module.autoencoder.state_dict()
+    given = {
+        n: torch.from_numpy(np.array(v, dtype=np.float32))
+        for n, v in tensors.items()
+        if n.startswith(("encoder.", "decoder."))
+    }
+    has_decoder = any(n.startswith("decoder.") for n in given)
+    expected = {n for n in state if has_decoder or n.startswith("encoder.")}
+    if set(given) != expected:
+        missing, extra = sorted(expected - set(given)), sorted(set(given) - expected)
+        raise ValueError(
+            f"the parent's autoencoder weights do not fit its meta['encoder']: missing "
+            f"{missing}, unexpected {extra}"
+        )
+    for name, value in given.items():
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise ValueError(
+                f"the parent's {name} has shape {tuple(value.shape)}, its meta['encoder'] "
+                f"builds {tuple(state[name].shape)}"
+            )
+    with torch.no_grad():
+        module.autoencoder.load_state_dict(given, strict=False)
+    return not has_decoder
 
 
 def encoder_spec(cfg: TrainConfig, n_features: int):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from clam_dist.estimator_base import PrototypeClusterer
+from clam_dist.estimator_base import PrototypeClusterer, quiet_inner_kmeans
 from clam_dist.methods.kmeans import DEFAULTS
 from clam_dist.models.am import METRICS, nearest_prototypes
 from clam_dist.models.kmeans import kmeans_fit, kmeans_plus_plus, minibatch_kmeans
@@ -46,6 +46,16 @@ class KMeans(PrototypeClusterer):
     swap_rounds : int, default=8
         Most rounds of centroid swaps (``algorithm='lloyd'``, Euclidean metric); 0 gives
         plain Lloyd from the seeds.
+    coarse_clusters : int or None, default=None
+        Two levels when set (large k): a coarse k-means with this many cells, then
+        ``n_clusters`` fine prototypes fitted inside the cells by this estimator with
+        ``n_clusters`` = the cell's share (proportional to its rows). Labels are then the
+        nearest fine prototype among the ``nprobe`` nearest cells' (whatever the flat
+        rule). In [1, n_clusters].
+    nprobe : "auto", "exact" or int, default="auto"
+        Cells searched per row by a two-level model: "auto" the smallest measured nprobe
+        whose labels agree with the exact search on 99% of held-out rows, "exact" every
+        prototype, an integer that many cells. Unused when ``coarse_clusters`` is None.
     random_state : int, RandomState or None
         Seed of the seeding and sampling.
 
@@ -61,6 +71,18 @@ class KMeans(PrototypeClusterer):
     n_nonempty_ : int
         Centroids that own at least one training row.
     n_features_in_ : int
+    coarse_centers_ : ndarray of shape (coarse_clusters, n_features)
+        Two-level fits only: the coarse cells' centres.
+    cell_of_fine_ : ndarray of shape (n_clusters,)
+        Two-level fits only: the cell of each prototype (prototypes are grouped by cell).
+    cell_offsets_ : ndarray of shape (coarse_clusters + 1,)
+        Two-level fits only: cell c's prototypes are rows cell_offsets_[c]:[c + 1].
+    agreement_curve_ : list of dict
+        Two-level fits only: per nprobe, the share of held-out rows (a tenth, at most
+        10,000, left out of the fit) labelled as the exact search labels them, and the
+        rows per second.
+    nprobe_ : int or "exact"
+        Two-level fits only: the resolved ``nprobe``.
     """
 
     method = "kmeans"
@@ -77,6 +99,8 @@ class KMeans(PrototypeClusterer):
         metric: str = "euclidean",
         sample_per_centroid: int | None = 256,
         swap_rounds: int = 8,
+        coarse_clusters: int | None = None,
+        nprobe: int | str = "auto",
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -88,11 +112,13 @@ class KMeans(PrototypeClusterer):
         self.metric = metric
         self.sample_per_centroid = sample_per_centroid
         self.swap_rounds = swap_rounds
+        self.coarse_clusters = coarse_clusters
+        self.nprobe = nprobe
         self.random_state = random_state
 
     def fit(self, X, y=None) -> KMeans:
         X = self._check_x(X, reset=True)
-        self._check_n_clusters(X.shape[0])
+        two_level = self._begin_fit(X)
         if self.algorithm not in ("lloyd", "minibatch"):
             raise ValueError(f"algorithm must be 'lloyd' or 'minibatch', got {self.algorithm!r}")
         if self.metric not in METRICS:
@@ -101,20 +127,23 @@ class KMeans(PrototypeClusterer):
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         if not isinstance(self.swap_rounds, (int, np.integer)) or self.swap_rounds < 0:
             raise ValueError(f"swap_rounds must be an integer >= 0, got {self.swap_rounds!r}")
+        if two_level:
+            return self._fit_two_level(X)
         x = self._tensor(X)
         gen = torch.Generator().manual_seed(self._seed())
         if self.algorithm == "lloyd":
-            best = kmeans_fit(
-                x,
-                self.n_clusters,
-                n_init=int(self.n_init),
-                max_iter=self.max_iter,
-                tol=self.tol,
-                sample_per_centroid=self.sample_per_centroid,
-                swap_rounds=int(self.swap_rounds),
-                generator=gen,
-                metric=self.metric,
-            )
+            with quiet_inner_kmeans():
+                best = kmeans_fit(
+                    x,
+                    self.n_clusters,
+                    n_init=int(self.n_init),
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                    sample_per_centroid=self.sample_per_centroid,
+                    swap_rounds=int(self.swap_rounds),
+                    generator=gen,
+                    metric=self.metric,
+                )
         else:
             best = None
             for _ in range(self.n_init):
@@ -132,10 +161,15 @@ class KMeans(PrototypeClusterer):
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "cluster_centers_")
         X = self._check_x(X, reset=False)
+        if self._is_two_level():
+            return self._predict_two_level(X)
         _, idx = nearest_prototypes(
             self._tensor(X), self._tensor(self.cluster_centers_), self.metric
         )
         return idx[:, 0].numpy()
+
+    def _after_two_level(self, z, d2, cells) -> None:
+        self.inertia_ = float(d2.astype(np.float64).sum())
 
     def _artifact_fields(self) -> dict:
         return {"beta": 1.0, "alpha": 1.0, "steps": 0, "metric": self.metric}

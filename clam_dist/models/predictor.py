@@ -26,6 +26,7 @@ from clam_dist.models.am import (
     prepare_prototypes,
     step_logits,
 )
+from clam_dist.models.two_level import probed_pairs
 
 OPTIONAL_OUTPUTS = ("energy", "margin", "probs")
 # How rows are labelled: "am" (T AM steps, then the nearest prototype), "dot" (the largest
@@ -326,18 +327,10 @@ class ClusterPredictor:
         row (the same operations as two_level.TwoLevelModel.predict, so the same labels)
         and, when asked, a running second best, logsumexp and dense probabilities."""
         unit = normalize_rows(z) if self.metric == "spherical" else z
-        m, k1 = unit.shape[0], self.coarse.shape[0]
+        m = unit.shape[0]
         offsets = self.cell_offsets
         nprobe = min(int(nprobe), int(np.count_nonzero(np.diff(offsets))))
-        coarse_off = torch.addmm(self._coarse_sq, unit, self.coarse.t(), alpha=-2.0)
-        if nprobe == 1:
-            probe = coarse_off.argmin(dim=1, keepdim=True)
-        else:
-            probe = torch.topk(coarse_off, nprobe, dim=1, largest=False, sorted=False).indices
-        cells = probe.reshape(-1)
-        order = torch.argsort(cells, stable=True)
-        pair_rows = torch.div(order, nprobe, rounding_mode="floor")
-        counts = torch.bincount(cells, minlength=k1).tolist()
+        pair_rows, counts = probed_pairs(unit, self.coarse, self._coarse_sq, nprobe)
         x_sq = (unit * unit).sum(1)
         inf = float("inf")
         best = torch.full((m,), inf, dtype=unit.dtype, device=unit.device)

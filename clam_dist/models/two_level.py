@@ -150,6 +150,23 @@ class TwoLevelModel:
         return labels.numpy(), dist.numpy()
 
 
+def probed_pairs(
+    x: torch.Tensor, coarse: torch.Tensor, coarse_sq: torch.Tensor, nprobe: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Each row's ``nprobe`` nearest coarse cells (``coarse_sq``: the cells' squared norms,
+    +inf for a cell never to probe), as (row, cell) pairs grouped by cell: the row of each
+    pair (rows ascending within a cell) and the number of pairs per cell."""
+    coarse_off = torch.addmm(coarse_sq, x, coarse.t(), alpha=-2.0)
+    if nprobe == 1:
+        probe = coarse_off.argmin(dim=1, keepdim=True)
+    else:
+        probe = torch.topk(coarse_off, nprobe, dim=1, largest=False, sorted=False).indices
+    cells = probe.reshape(-1)
+    order = torch.argsort(cells, stable=True)
+    pair_rows = torch.div(order, nprobe, rounding_mode="floor")
+    return pair_rows, torch.bincount(cells, minlength=coarse.shape[0]).tolist()
+
+
 class _ProbeSearch:
     """The per-model tensors of a probed search, prepared once per ``predict`` call."""
 
@@ -165,18 +182,10 @@ class _ProbeSearch:
         self.searchable = int(np.count_nonzero(sizes))
 
     def __call__(self, xb: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
-        m, k1 = xb.shape[0], self.coarse.shape[0]
-        nprobe = min(nprobe, self.searchable)
-        coarse_off = torch.addmm(self.coarse_sq, xb, self.coarse.t(), alpha=-2.0)
-        if nprobe == 1:
-            probe = coarse_off.argmin(dim=1, keepdim=True)
-        else:
-            probe = torch.topk(coarse_off, nprobe, dim=1, largest=False, sorted=False).indices
-        cells = probe.reshape(-1)
-        order = torch.argsort(cells, stable=True)
-        # Row of each (row, cell) pair, grouped by cell (rows ascending within a cell).
-        pair_rows = torch.div(order, nprobe, rounding_mode="floor")
-        counts = torch.bincount(cells, minlength=k1).tolist()
+        m = xb.shape[0]
+        pair_rows, counts = probed_pairs(
+            xb, self.coarse, self.coarse_sq, min(nprobe, self.searchable)
+        )
         best = torch.full((m,), float("inf"), dtype=xb.dtype)
         best_idx = torch.full((m,), -1, dtype=torch.long)
         start = 0

@@ -211,12 +211,27 @@ class PrototypeEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             return est.cluster_centers_
 
         model = fit_two_level(z[train], k, k1, fit_cell=fit_cell, seed=seed)
-        self.cluster_centers_ = model.fine.astype(X.dtype)
-        self.coarse_centers_ = model.coarse.astype(X.dtype)
+        return self._adopt_two_level(model, cells, z[sample], X.dtype, z)
+
+    def _adopt_two_level(
+        self,
+        model: TwoLevelModel,
+        cells: list,
+        sample: np.ndarray,
+        dtype=np.float32,
+        labelled: np.ndarray | None = None,
+    ):
+        """Take ``model`` as this estimator's fit: the fitted attributes, the agreement
+        curve measured on ``sample`` (rows as searched) that ``nprobe="auto"`` reads, and
+        ``labels_`` of ``labelled`` (default: the sample). ``cells``: the fitted cells'
+        estimators, or objects carrying their attributes (the distributed job's)."""
+        self.n_features_in_ = int(model.fine.shape[1])
+        self.cluster_centers_ = model.fine.astype(dtype)
+        self.coarse_centers_ = model.coarse.astype(dtype)
         self.cell_of_fine_ = model.cell_of_fine
         self.cell_offsets_ = model.cell_offsets
         search = self._two_level_model()
-        self.agreement_curve_ = agreement_curve(search, z[sample])
+        self.agreement_curve_ = agreement_curve(search, sample)
         if self.nprobe == "auto":
             try:
                 self.nprobe_ = choose_nprobe(self.agreement_curve_, AUTO_AGREEMENT)
@@ -224,6 +239,7 @@ class PrototypeEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                 self.nprobe_ = "exact"
         else:
             self.nprobe_ = self.nprobe if isinstance(self.nprobe, str) else int(self.nprobe)
+        z = sample if labelled is None else labelled
         labels, d2 = search.predict(z, self.nprobe_)
         self.labels_ = labels
         self.n_nonempty_ = int(np.unique(labels).size)

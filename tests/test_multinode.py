@@ -163,6 +163,38 @@ def test_the_storage_probe_reads_a_token_on_every_node(s3, cluster, tmp_path):
         ray.shutdown()
 
 
+def test_two_level_cells_spread_over_the_nodes_from_s3(s3, cluster):
+    """The two-level job (one Ray task per coarse cell, no all-reduce) on three nodes, its
+    shuffled rows and cell checkpoints in the bucket: every cell is trained on a worker
+    node and both worker nodes train cells."""
+    import ray
+
+    from clam_dist.data.cell_shards import CellShards
+    from clam_dist.data.source import VectorSource
+    from clam_dist.data.stats import sample_rows
+    from clam_dist.methods.kmeans.estimator import KMeans
+    from clam_dist.models.two_level import fit_coarse
+    from clam_dist.train.cells import EstimatorCellFit, RowSpace, train_two_level
+
+    source = VectorSource(s3.url("data"), storage_options=s3.storage_options)
+    x = sample_rows(source, 6_000, 0).x
+    space = RowSpace(x.mean(0), x.std(0))
+    coarse = fit_coarse(space(x), 8, seed=0)
+    fit = EstimatorCellFit(KMeans(n_init=1, swap_rounds=0))
+    cluster.connect()
+    try:
+        shards = CellShards(s3.url("cells-3-nodes"), s3.storage_options)
+        many = train_two_level(source, space, coarse, shards, 64, 0, fit)
+    finally:
+        ray.shutdown()
+    workers = {n.node_id for n in cluster.worker_nodes}
+    assert set(many.per_node) == workers, many.per_node  # no CPUs on the head: none there
+    assert sum(v["cells"] for v in many.per_node.values()) == 8
+    assert sum(v["rows"] for v in many.per_node.values()) == 6_000
+    # What each cell fitted is the in-memory fit's (tests/test_two_level_cells.py).
+    assert many.model.k == 64 and many.resumed == []
+
+
 @pytest.fixture(scope="module")
 def model_url(s3):
     """A model for the assignment tests, trained in memory (no Ray) and saved to S3."""

@@ -6,6 +6,7 @@ refusal."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -274,30 +275,28 @@ def test_ray_data_assignment_honours_two_levels(ray_local, data, tmp_path):
 
 def test_the_pipeline_trains_and_assigns_two_levels_through_the_cli(tmp_path):
     """`clam-dist pipeline --set model.n_clusters=4096 --set model.coarse_clusters=64` on
-    small data (a real subprocess): a two-level model (coarse cells and the cell -> fine
-    map in the artifact) and every row assigned through it; the default Ray trainer is
-    refused in one line until the distributed two-level job exists."""
+    small data (a real subprocess), with the default trainer: the distributed two-level
+    job (one Ray task per cell) makes a two-level model (coarse cells and the cell -> fine
+    map in the artifact) and every row is assigned through it."""
     from tests.cli_harness import run_cli
 
-    common = [
-        "pipeline", "--run-dir", tmp_path / "run", "--set", "data.n=12000",
-        "--set", "data.d=8", "--set", "data.k=64", "--set", "model.method=kmeans",
-        "--set", "model.n_clusters=1024", "--set", "model.coarse_clusters=32",
-    ]  # fmt: skip
-    r = run_cli(*common)
-    assert r.code == 2, r.describe()
-    r.one_line("model.coarse_clusters", "train.trainer=sample")
     r = run_cli(
-        *common, "--set", "train.trainer=sample", "--set", "data.init_sample=12000",
-        "--set", "num_cpus=2", timeout=600,
+        "pipeline", "--run-dir", tmp_path / "run", "--set", "data.n=20000",
+        "--set", "data.d=8", "--set", "data.k=64", "--set", "model.method=kmeans",
+        "--set", "model.n_clusters=4096", "--set", "model.coarse_clusters=64",
+        "--set", "eval_sample=2000", "--set", "num_cpus=2", timeout=600,
     )  # fmt: skip
     assert r.code == 0, r.describe()
+    assert "Traceback" not in r.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    cells = summary["stages"]["train"]["cells"]
+    assert cells["trained"] == cells["nonempty"] == 64 and cells["resumed"] == 0
     model = load_artifact(str(tmp_path / "run" / "model"))
-    assert model.k == 1024 and model.tensors["coarse"].shape == (32, 8)
-    assert model.meta["two_level"]["coarse_clusters"] == 32
+    assert model.k == 4096 and model.tensors["coarse"].shape == (64, 8)
+    assert model.meta["two_level"]["coarse_clusters"] == 64
     from clam_dist.assign.commit import read_assignments
 
     table = read_assignments(str(tmp_path / "run" / "assignments"), columns=["cluster"])
     clusters = table.column("cluster").to_numpy()
-    assert table.num_rows == 12000 and clusters.min() >= 0 and clusters.max() < 1024
-    assert len(np.unique(clusters)) > 700  # the fine level, not the 32 cells
+    assert table.num_rows == 20000 and clusters.min() >= 0 and clusters.max() < 4096
+    assert len(np.unique(clusters)) > 2500  # the fine level, not the 64 cells

@@ -27,8 +27,11 @@ class BaseHooks:
     def check_train_config(self, cfg: Any, n_features: int) -> None:
         return None
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> Any:
+    def make_estimator(self, config: Any) -> Any:
         raise NotImplementedError
+
+    def fit_on_sample(self, config: Any, z: np.ndarray) -> Any:
+        return self.make_estimator(config).fit(z)
 
     def estimator_history(self, estimator: Any) -> dict:
         return {"loss_history": list(getattr(estimator, "loss_history_", []))}

@@ -116,6 +116,10 @@ class MethodHooks(Protocol):
     def check_train_config(self, cfg: Any, n_features: int) -> None:
         """Raise ValueError naming the knob when the method cannot train on this data."""
 
+    def make_estimator(self, config: Any) -> Any:
+        """This method's estimator (unfitted) with the config's knobs: what the pipeline
+        fits in memory, and the template every cell of a two-level job is cloned from."""
+
     def fit_on_sample(self, config: Any, z: np.ndarray) -> Any:
         """The pipeline's in-memory fit: a fitted estimator of this method."""
 

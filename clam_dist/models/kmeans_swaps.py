@@ -38,7 +38,7 @@ _SPLIT_ITERS = 6
 
 @torch.no_grad()
 def nearest_two(
-    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor, block_elems: int = 1 << 22
+    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor, block_elems: int = 1 << 24
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(squared distance to the nearest centre, to the second nearest (inf when k = 1),
     nearest index), each (n,), from one score GEMM per row block.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from clam_dist.config import ConfigError, Interval, knob
+from clam_dist.config import Interval, knob
 from clam_dist.sections import (
     COUNT,
     MAX_CLUSTERS,
@@ -26,13 +26,6 @@ from clam_dist.sections import (
     with_method_sections,
 )
 from clam_dist.train.config import TrainData
-
-# Two levels train in memory for now (the estimators, on data.init_sample rows).
-TWO_LEVEL_ON_RAY = (
-    "model.coarse_clusters: two levels are trained in memory for now: add --set "
-    "train.trainer=sample (on data.init_sample rows; raise it to at least 39 rows per "
-    "cluster); the distributed two-level job (one Ray task per coarse cell) is not built yet"
-)
 
 # The label column of the mixtures and bundled data sets the pipeline generates.
 GENERATED_LABEL_COLUMN = "label"
@@ -89,5 +82,3 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         fill_method_defaults(self.model, self.optim)
-        if self.model.coarse_clusters is not None and self.train.trainer == "ray":
-            raise ConfigError(TWO_LEVEL_ON_RAY)

@@ -337,7 +337,9 @@ def stage_train(run: Run) -> dict:
 
     trainer = run.config.train.trainer
     source = run.source()
-    if trainer == "ray":
+    if trainer == "ray" and run.config.model.coarse_clusters is not None:
+        artifact = _train_two_level_cells(run, feature_stats(source))
+    elif trainer == "ray":
         artifact = _train_with_ray(run)
     else:
         artifact = _train_on_sample(run, feature_stats(source))
@@ -354,6 +356,10 @@ def stage_train(run: Run) -> dict:
         from clam_dist.train.trainer import per_node
 
         record["per_node"] = per_node(artifact.meta["workers"])
+    if artifact.meta.get("cells"):  # the two-level job: cells per node, trained/resumed
+        cells = artifact.meta["cells"]
+        record["per_node"] = cells["per_node"]
+        record["cells"] = {k: v for k, v in cells.items() if k != "per_node"}
     return record
 
 
@@ -407,6 +413,73 @@ def _train_with_ray(run: Run):
     return load_artifact(result.artifact_url, d.storage_options)
 
 
+def _global_scaler(run: Run, stats) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's scaler: the data's mean and std (1 where a feature is constant), or
+    the identity when data.standardize is off."""
+    if not run.config.data.standardize:
+        return np.zeros_like(stats.mean), np.ones_like(stats.std)
+    return stats.mean, np.where(stats.std > 0, stats.std, 1.0)
+
+
+def _train_two_level_cells(run: Run, stats):
+    """Two levels on every row, distributed (clam_dist/train/cells.py): coarse k-means on
+    a sample (the faiss recipe: at most 256 rows per cell), every row shuffled into its
+    cell's files, then one Ray task per cell fits the method's fine prototypes. Cells and
+    coarse centres are checkpointed under the train attempt's folder, so a resumed stage
+    retrains only the cells not finished."""
+    from types import SimpleNamespace
+
+    from clam_dist.data.cell_shards import CellShards
+    from clam_dist.data.stats import sample_rows
+    from clam_dist.estimator_base import AGREEMENT_ROWS
+    from clam_dist.models.predictor import drift_threshold
+    from clam_dist.models.two_level import COARSE_ROWS_PER_CELL, fit_coarse
+    from clam_dist.train.cells import EstimatorCellFit, RowSpace, train_two_level
+
+    cfg, m = run.config, run.config.model
+    k, k1 = int(m.n_clusters), int(m.coarse_clusters)
+    mean, scale = _global_scaler(run, stats)
+    space = RowSpace(mean, scale, spherical=getattr(m, "metric", "euclidean") == "spherical")
+    source = run.source()
+    sample = sample_rows(source, max(cfg.data.init_sample, COARSE_ROWS_PER_CELL * k1), cfg.seed)
+    z = space(sample.x)
+    shards = CellShards(
+        run.store.url_of("checkpoints", train_attempt(run), "cells"), run.storage_options
+    )
+    coarse = shards.read_coarse()
+    if coarse is None:
+        coarse = fit_coarse(z, k1, cfg.seed)
+        shards.write_coarse(coarse)
+    template = methods.get(m.method).load_hooks().make_estimator(cfg)
+
+    def progress(done: int, total: int) -> None:
+        run.console.update(done=done, total=total, cells=f"{done}/{total}")
+
+    result = train_two_level(
+        source, space, coarse, shards, k, cfg.seed, EstimatorCellFit(template), progress
+    )
+    est = template._adopt_two_level(
+        result.model, [SimpleNamespace(**info) for info in result.infos], z[:AGREEMENT_ROWS]
+    )
+    meta = {
+        "trained_with": "two-level cells",
+        "train_sample_size": int(len(sample)),
+        "cells": {
+            "coarse_clusters": k1,
+            "nonempty": int(np.count_nonzero(result.cell_rows)),
+            "largest_rows": int(result.cell_rows.max()),
+            "smallest_rows": int(result.cell_rows[result.cell_rows > 0].min()),
+            "trained": len(result.trained),
+            "resumed": len(result.resumed),
+            "seconds": result.seconds,
+            "per_node": result.per_node,
+        },
+    }
+    art = est.to_artifact(scaler_mean=mean, scaler_scale=scale, meta=meta)
+    art.meta.update(drift_threshold(art, sample.x))
+    return art
+
+
 def _train_on_sample(run: Run, stats):
     from clam_dist.data.stats import sample_rows
     from clam_dist.models.predictor import drift_threshold
@@ -414,8 +487,7 @@ def _train_on_sample(run: Run, stats):
     cfg, d = run.config, run.config.data
     hooks = methods.get(cfg.model.method).load_hooks()
     sample = sample_rows(run.source(), d.init_sample, cfg.seed)
-    mean = stats.mean if d.standardize else np.zeros_like(stats.mean)
-    scale = np.where(stats.std > 0, stats.std, 1.0) if d.standardize else np.ones_like(stats.std)
+    mean, scale = _global_scaler(run, stats)
     z = ((sample.x - mean) / scale).astype(np.float32)
     est = hooks.fit_on_sample(cfg, z)
     meta = dict(hooks.estimator_history(est))

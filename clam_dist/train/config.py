@@ -89,7 +89,7 @@ class TrainConfig:
         if self.model.coarse_clusters is not None:
             raise ConfigError(
                 "model.coarse_clusters: `clam-dist train` trains one level; two levels are "
-                "trained in memory (clam_dist.KMeans(..., coarse_clusters=...), or "
-                "`clam-dist pipeline --set train.trainer=sample`) until the distributed "
-                "two-level job is built"
+                "trained by `clam-dist pipeline --set model.coarse_clusters=...` (one Ray "
+                "task per coarse cell) or in memory (clam_dist.KMeans(..., "
+                "coarse_clusters=...))"
             )

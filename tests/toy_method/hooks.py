@@ -36,9 +36,9 @@ class Hooks(BaseHooks):
     ) -> ToyObjective:
         return ToyObjective(cfg, init, device)
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> ToyClustering:
+    def make_estimator(self, config: Any) -> ToyClustering:
         m, o = config.model, config.optim
         return ToyClustering(
             m.n_clusters, lr=o.lr, epochs=o.epochs, batch_size=o.batch_size,
             random_state=config.seed,
-        ).fit(z)  # fmt: skip
+        )  # fmt: skip

@@ -23,7 +23,7 @@ class Hooks(BaseHooks):
     ) -> AttentionObjective:
         return AttentionObjective(cfg, init, device)
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> AttentionClustering:
+    def make_estimator(self, config: Any) -> AttentionClustering:
         m, o = config.model, config.optim
         return AttentionClustering(
             n_clusters=m.n_clusters,
@@ -35,7 +35,7 @@ class Hooks(BaseHooks):
             random_state=config.seed,
             coarse_clusters=m.coarse_clusters,
             nprobe=m.nprobe,
-        ).fit(z)
+        )
 
     def trial_params(self, config: Any, k: int, point: dict, seed: int | None) -> AttentionParams:
         return AttentionParams(

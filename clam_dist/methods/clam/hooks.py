@@ -21,7 +21,7 @@ class Hooks(BaseHooks):
     ) -> ClAMObjective:
         return ClAMObjective(cfg, init, device)
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> ClAM:
+    def make_estimator(self, config: Any) -> ClAM:
         m, o = config.model, config.optim
         return ClAM(
             n_clusters=m.n_clusters,
@@ -37,7 +37,7 @@ class Hooks(BaseHooks):
             random_state=config.seed,
             coarse_clusters=m.coarse_clusters,
             nprobe=m.nprobe,
-        ).fit(z)
+        )
 
     def trial_params(self, config: Any, k: int, point: dict, seed: int | None) -> TrialParams:
         return TrialParams(

@@ -84,7 +84,7 @@ class Hooks(BaseHooks):
             steps=0,
         )
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> DCAM:
+    def make_estimator(self, config: Any) -> DCAM:
         m, o, dc = config.model, config.optim, config.dcam
         return DCAM(
             n_clusters=m.n_clusters,
@@ -103,7 +103,7 @@ class Hooks(BaseHooks):
             recon_bound=dc.recon_bound,
             standardize=False,  # the caller standardised the sample with global statistics
             random_state=config.seed,
-        ).fit(z)
+        )
 
     def estimator_history(self, estimator: Any) -> dict:
         return {"joint_history": estimator.history_}

@@ -20,7 +20,7 @@ class Hooks(BaseHooks):
     ) -> None:
         return None  # the closed-form update (train/kmeans_update.py)
 
-    def fit_on_sample(self, config: Any, z: np.ndarray) -> KMeans:
+    def make_estimator(self, config: Any) -> KMeans:
         m = config.model
         return KMeans(
             n_clusters=m.n_clusters,
@@ -29,7 +29,7 @@ class Hooks(BaseHooks):
             random_state=config.seed,
             coarse_clusters=m.coarse_clusters,
             nprobe=m.nprobe,
-        ).fit(z)
+        )
 
     def estimator_history(self, estimator: Any) -> dict:
         return {}

@@ -26,6 +26,8 @@ SLOW_MODULES_FIRST = (
     "test_schedule_cli.py",
     "test_multinode_commands.py",
     "test_trust.py",
+    "test_two_level_estimators.py",
+    "test_two_level_cells.py",
     "test_train_ray.py",
     "test_train_methods.py",
     "test_fault_tolerance.py",

@@ -200,17 +200,20 @@ class PrototypeEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             train, sample = np.sort(perm[held:]), np.sort(perm[:held])
         else:  # too few rows to hold any out: measured on the training rows
             train = sample = np.arange(n)
-        cells: list[PrototypeEstimator] = []
+        # Cells are fitted side by side (threads), so each clone is filed under its seed,
+        # which grows with the cell index: sorted seeds give the cells in cell order.
+        cell_by_seed: dict[int, PrototypeEstimator] = {}
 
         def fit_cell(rows: np.ndarray, k_c: int, seed_c: int) -> np.ndarray:
             est = clone(self).set_params(
                 n_clusters=int(k_c), coarse_clusters=None, random_state=int(seed_c % (2**31 - 1))
             )
             est._cell_fit = True  # the outer fit warned about rows per cluster already
-            cells.append(est.fit(rows))
+            cell_by_seed[seed_c] = est.fit(rows)
             return est.cluster_centers_
 
         model = fit_two_level(z[train], k, k1, fit_cell=fit_cell, seed=seed)
+        cells = [cell_by_seed[s] for s in sorted(cell_by_seed)]
         return self._adopt_two_level(model, cells, z[sample], X.dtype, z)
 
     def _adopt_two_level(

@@ -88,3 +88,21 @@ def test_faiss_rebalancing_failure_is_caught_and_made_safe():
     assert "rebalancing failed" in out.extra["mode"]
     assert out.extra["failed_error"].startswith("RuntimeError")
     assert out.fine.shape == (20, 4) and np.isfinite(out.fine).all()
+
+
+def test_fit_only_reports_clam_at_the_fine_level(tmp_path):
+    """--fit-only --clam-epochs: ClAM (two levels, its epochs as asked) beside ours and
+    faiss; no assignment step runs and no plot is written."""
+    out_json, out_png = tmp_path / "fit.json", tmp_path / "fit.png"
+    args = [a for a in TINY if a != "--skip-clam"]
+    cmd = [sys.executable, str(SCRIPT), *args, "--skip-defaults", "--fit-only"]
+    cmd += ["--clam-epochs", "1", "--json", str(out_json), "--plot", str(out_png)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    assert set(report["fit"]) == {"ours", "faiss", "clam"}
+    clam = report["fit"]["clam"]
+    assert clam["epochs"] == 1 and clam["inertia"] > 0 and clam["silhouette"] is not None
+    assert report["assign"] == {} and report["assign_target"] is None
+    assert set(report["rss"]) == {"fit_ours", "fit_faiss", "fit_clam"}
+    assert not out_png.exists()

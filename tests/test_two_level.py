@@ -338,3 +338,28 @@ def test_large_k_skewed_mixture_conserves_k():
     labels, d2 = model.predict(x[-2_000:], 4)
     assert labels.min() >= 0 and labels.max() < 4_096
     np.testing.assert_array_equal(d2[-4:], 0.0)
+
+
+def test_cells_fitted_side_by_side_equal_cells_fitted_in_turn():
+    """Threads change only when a cell runs, never what it returns; the caller's torch
+    thread count is back afterwards, also when a cell fails."""
+    x = mixture(3_000, 8, 30, seed=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the serial reference on the threads each worker uses
+    try:
+        in_turn = fit_two_level(x, 120, 8, seed=2, workers=1)
+    finally:
+        torch.set_num_threads(before)
+    side_by_side = fit_two_level(x, 120, 8, seed=2, workers=3)
+    assert torch.get_num_threads() == before
+    for name in ("coarse", "fine", "cell_of_fine", "cell_offsets"):
+        np.testing.assert_array_equal(getattr(side_by_side, name), getattr(in_turn, name))
+
+    def fails_on_cell_3(rows, k_c, seed_c):
+        if seed_c == 3:
+            raise RuntimeError("cell 3 broke")
+        return rows[:k_c]
+
+    with pytest.raises(RuntimeError, match="cell 3 broke"):
+        fit_two_level(x, 120, 8, fit_cell=fails_on_cell_3, seed=0, workers=2)
+    assert torch.get_num_threads() == before

@@ -185,7 +185,11 @@ def with_method_sections(job_config: type) -> type:
     return built
 
 
-def fill_method_defaults(model: ModelSection, optim: OptimSection) -> None:
-    """Knobs left unset (None) take the method's own default (its DEFAULTS)."""
+def fill_method_defaults(model: ModelSection, optim: OptimSection, data=None) -> None:
+    """Knobs left unset (None) take the method's own default (its DEFAULTS); ``data``: a
+    job's [data] section, whose ``standardize`` is such a knob."""
+    defaults = methods.get(model.method).defaults
     if optim.lr is None:
-        optim.lr = methods.get(model.method).defaults.lr
+        optim.lr = defaults.lr
+    if data is not None and getattr(data, "standardize", False) is None:
+        data.standardize = defaults.standardize

@@ -127,9 +127,14 @@ def test_every_entry_point_takes_the_methods_defaults(name):
     assert _default(estimator.__init__, "n_clusters") == defaults.n_clusters
     if "lr" in inspect.signature(estimator.__init__).parameters:
         assert _default(estimator.__init__, "lr") == defaults.lr
+    if "standardize" in inspect.signature(estimator.__init__).parameters:
+        assert _default(estimator.__init__, "standardize") == defaults.standardize
     for job in (TrainConfig, PipelineConfig):
         cfg = load_config(job, None, [f"model.method={name}"])
         assert cfg.optim.lr == defaults.lr, job.__name__
+        assert cfg.data.standardize == defaults.standardize, job.__name__
+        given = load_config(job, None, [f"model.method={name}", "data.standardize=false"])
+        assert given.data.standardize is False  # a choice given by the user is kept
         # a rate given by the user is kept
         assert load_config(job, None, [f"model.method={name}", "optim.lr=0.2"]).optim.lr == 0.2
     if spec.tune is not None:

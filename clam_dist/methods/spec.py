@@ -48,6 +48,9 @@ class MethodDefaults:
 
     lr: float = 0.01  # Adam's learning rate
     n_clusters: int = 8  # the estimator's k (scikit-learn's KMeans default)
+    # data.standardize of the job configs (clam_dist/models/scaling.py: True, False or
+    # "auto"); an estimator with a ``standardize`` parameter has the same default.
+    standardize: bool | str = True
 
 
 @dataclass(frozen=True)

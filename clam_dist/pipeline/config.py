@@ -81,4 +81,4 @@ class PipelineConfig:
     storage: StorageSection = field(default_factory=StorageSection)
 
     def __post_init__(self) -> None:
-        fill_method_defaults(self.model, self.optim)
+        fill_method_defaults(self.model, self.optim, self.data)

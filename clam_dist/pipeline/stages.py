@@ -413,12 +413,12 @@ def _train_with_ray(run: Run):
     return load_artifact(result.artifact_url, d.storage_options)
 
 
-def _global_scaler(run: Run, stats) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's scaler: the data's mean and std (1 where a feature is constant), or
-    the identity when data.standardize is off."""
-    if not run.config.data.standardize:
-        return np.zeros_like(stats.mean), np.ones_like(stats.std)
-    return stats.mean, np.where(stats.std > 0, stats.std, 1.0)
+def _global_scaler(run: Run, stats, sample_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's scaler: the training job's rule (data.standardize) on the data's
+    statistics and the run's sample."""
+    from clam_dist.train.sources import scaler
+
+    return scaler(stats, run.config.data.standardize, sample_x)
 
 
 def _train_two_level_cells(run: Run, stats):
@@ -438,10 +438,10 @@ def _train_two_level_cells(run: Run, stats):
 
     cfg, m = run.config, run.config.model
     k, k1 = int(m.n_clusters), int(m.coarse_clusters)
-    mean, scale = _global_scaler(run, stats)
-    space = RowSpace(mean, scale, spherical=getattr(m, "metric", "euclidean") == "spherical")
     source = run.source()
     sample = sample_rows(source, max(cfg.data.init_sample, COARSE_ROWS_PER_CELL * k1), cfg.seed)
+    mean, scale = _global_scaler(run, stats, sample.x)
+    space = RowSpace(mean, scale, spherical=getattr(m, "metric", "euclidean") == "spherical")
     z = space(sample.x)
     shards = CellShards(
         run.store.url_of("checkpoints", train_attempt(run), "cells"), run.storage_options
@@ -487,7 +487,7 @@ def _train_on_sample(run: Run, stats):
     cfg, d = run.config, run.config.data
     hooks = methods.get(cfg.model.method).load_hooks()
     sample = sample_rows(run.source(), d.init_sample, cfg.seed)
-    mean, scale = _global_scaler(run, stats)
+    mean, scale = _global_scaler(run, stats, sample.x)
     z = ((sample.x - mean) / scale).astype(np.float32)
     est = hooks.fit_on_sample(cfg, z)
     meta = dict(hooks.estimator_history(est))

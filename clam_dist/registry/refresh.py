@@ -17,6 +17,7 @@ from clam_dist import methods
 from clam_dist.artifacts import ModelArtifact
 from clam_dist.methods.spec import WarmFit
 from clam_dist.models.predictor import ClusterPredictor, drift_threshold
+from clam_dist.models.scaling import scaling_of_rows
 from clam_dist.registry.config import PartitionConfig, RefreshSection
 from clam_dist.registry.ids import IdMapping, map_ids
 
@@ -53,15 +54,11 @@ def fine_tuning(config: PartitionConfig, seed: int) -> PartitionConfig:
     return out
 
 
-def scaler_of(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale of the first version's training rows (identity when
-    standardisation is off; a constant feature keeps scale 1)."""
-    d = x.shape[1]
-    if not standardize:
-        return np.zeros(d, np.float32), np.ones(d, np.float32)
-    x64 = x.astype(np.float64)
-    std = x64.std(axis=0)
-    return x64.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+def scaler_of(x: np.ndarray, standardize) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale of the first version's training rows, by the one rule of
+    clam_dist/models/scaling.py (data.standardize: True, False or "auto")."""
+    mean, scale = scaling_of_rows(x, standardize)
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 def standardised(artifact: ModelArtifact, x: np.ndarray) -> np.ndarray:

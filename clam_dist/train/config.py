@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from clam_dist.config import ConfigError, Interval, PathSegment, knob
 from clam_dist.data.urls import absolute
@@ -23,7 +24,10 @@ from clam_dist.sections import (
 @dataclass
 class TrainData(SourceColumns):
     url: str = ""  # the Parquet prefix (local path or fsspec URL) to train on
-    standardize: bool = True  # train in per-feature standardised space
+    # The rows' scaling (clam_dist/models/scaling.py): True per-feature standardisation,
+    # False none, "auto" decided from the data (pixels scaled as images); None = the
+    # method's default (DCAM "auto", the others True).
+    standardize: bool | Literal["auto"] | None = None
     init_sample: int = knob(50_000, COUNT)  # rows sampled (Dask) for initialisation and beta
     # Files are dealt to this many "lanes" (0 = one per worker); each worker reads the lanes
     # rank, rank + W, ... and every step takes the same number of rows from every lane. The
@@ -85,7 +89,7 @@ class TrainConfig:
     storage: StorageSection = field(default_factory=StorageSection)
 
     def __post_init__(self) -> None:
-        fill_method_defaults(self.model, self.optim)
+        fill_method_defaults(self.model, self.optim, self.data)
         if self.model.coarse_clusters is not None:
             raise ConfigError(
                 "model.coarse_clusters: `clam-dist train` trains one level; two levels are "

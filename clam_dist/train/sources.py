@@ -52,7 +52,7 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
             f"model.n_clusters={k} is larger than the initialisation sample "
             f"({len(sample)} rows); {hint}"
         )
-    mean, scale = scaler(stats, cfg.data.standardize)
+    mean, scale = scaler(stats, cfg.data.standardize, sample.x)
     z = torch.from_numpy(standardize(sample.x, mean, scale))
     fills = {"mean": stats.mean, "min": stats.min, "max": stats.max, "zero": mean}
     fill = (fills[cfg.model.fill] - mean) / scale
@@ -85,7 +85,11 @@ def standardize(x: np.ndarray, mean, scale) -> np.ndarray:
     return ((x - np.asarray(mean, np.float64)) / np.asarray(scale, np.float64)).astype(np.float32)
 
 
-def scaler(stats, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-    if not standardize:
-        return np.zeros_like(stats.mean), np.ones_like(stats.std)
-    return stats.mean, np.where(stats.std > 0, stats.std, 1.0)
+def scaler(stats, standardize, sample_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The run's (mean, scale) by clam_dist/models/scaling.py's rule, from the Dask
+    statistics of every row; "auto"'s integer-pixel case is judged on the run's sample
+    (whole numbers there and every value of the data in [0, 255])."""
+    from clam_dist.models.scaling import scaling_from_stats
+
+    integral = bool(np.all(sample_x == np.round(sample_x)))
+    return scaling_from_stats(stats.mean, stats.std, stats.min, stats.max, integral, standardize)

@@ -16,9 +16,12 @@ from clam_dist.methods.spec import (
     TuneSpec,
 )
 
-# Adam trains an autoencoder too: the in-memory fit's 1e-3 is also the trainer's and
-# Tune's baseline (above ~0.03 pretraining is erratic on standardised tabular data).
-DEFAULTS = MethodDefaults(lr=1e-3, n_clusters=8)
+# Adam trains an autoencoder too: the in-memory fit's 3e-3 is also the trainer's and
+# Tune's baseline (above ~0.03 pretraining is erratic on standardised tabular data; 1e-3
+# left digits' autoencoder under-trained after the pretraining epochs, jobs/bench_dcam.py).
+# "auto": pixels (in [0, 1], or integer levels up to 255) are scaled as images, not
+# standardised per pixel (issue 29); other data standardised as before.
+DEFAULTS = MethodDefaults(lr=3e-3, n_clusters=8, standardize="auto")
 
 
 def _inspect_rows(meta: dict) -> tuple[InspectRow, ...]:

@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from clam_dist.estimator_base import PrototypeEstimator
 from clam_dist.methods.dcam import DEFAULTS
+from clam_dist.methods.dcam.config import JOINT_EPOCHS, DCAMSection, default_hidden
 from clam_dist.methods.dcam.model import (
     DCAMConfig,
     EncoderSpec,
@@ -15,6 +16,7 @@ from clam_dist.methods.dcam.model import (
     encode,
     encoder_tensors,
     fit_dcam,
+    input_scaling,
 )
 from clam_dist.models.am import check_dynamics
 from clam_dist.models.clam import FILL_VALUES, MaskSpec
@@ -31,7 +33,9 @@ class DCAM(PrototypeEstimator):
     within ``recon_tolerance`` (10%) of the pretrained value; 'stop' also ends training
     at the first epoch outside the bound; 'none' ignores it.
 
-    Inputs are standardised per feature (``standardize=True``) before the encoder.
+    Inputs are scaled as the data asks (``standardize="auto"``): rows already in [0, 1]
+    are kept, integer pixel levels in [0, 255] are divided by their largest value (one
+    scale for every pixel), anything else is standardised per feature.
     ``transform`` returns the latent representation; ``predict`` the cluster after T AM
     steps in latent space.
 
@@ -42,9 +46,11 @@ class DCAM(PrototypeEstimator):
     encoder : {"mlp", "conv"}, default="mlp"
     latent_dim : int, default=10
     hidden : tuple of int or None, default=None
-        Hidden widths (mlp) or channels (conv); None: (128, 64) / (16, 32).
+        Hidden widths (mlp) or channels (conv); None: (512, 256) / (32, 64).
     image_shape : (C, H, W) or None, default=None
-        Shape of each flattened row for the conv encoder.
+        Shape of each flattened row for the conv encoder; None infers a square image
+        with 1 or 3 channels and a side that is a multiple of 4 (64 features: (1, 8, 8),
+        784: (1, 28, 28), 3072: (3, 32, 32)) and otherwise asks for it.
     beta : float or None, default=None
         AM inverse temperature; None derives it from the pretrained latent space.
     alpha : float, default=0.1
@@ -57,17 +63,21 @@ class DCAM(PrototypeEstimator):
     shared_mask_every : int, default=3
     pretrain_epochs : int, default=40
         Autoencoder-only epochs before the joint loss.
-    epochs : int, default=20
+    epochs : int, default=40
         Joint (AM + reconstruction) epochs.
     batch_size : int, default=64
-    lr : float, default=1e-3
+    lr : float, default=3e-3
     recon_weight : float, default=1.0
         Weight of the plain reconstruction term in the joint loss.
     recon_tolerance : float, default=0.10
         Allowed relative rise of the reconstruction loss over its pretrained value.
     recon_bound : {"select", "stop", "none"}, default="select"
-    standardize : bool, default=True
-        Standardise features before the encoder.
+        The kept state is the one with the lowest masked am term (on fixed masks of the
+        data; the unmasked am term when ``masked=False``) among those the bound allows.
+    standardize : "auto", bool, default="auto"
+        "auto": keep [0, 1] data, divide integer pixel levels in [0, 255] by their
+        largest value, standardise anything else per feature; True: always standardise
+        per feature; False: never. Constant features are never divided by 0.
     coarse_clusters : None, default=None
         Two levels (large k) are not supported for DCAM yet: its prototypes live in the
         latent space; any value but None is refused by ``fit``.
@@ -103,8 +113,8 @@ class DCAM(PrototypeEstimator):
         self,
         n_clusters: int = DEFAULTS.n_clusters,
         *,
-        encoder: str = "mlp",
-        latent_dim: int = 10,
+        encoder: str = DCAMSection.encoder,
+        latent_dim: int = DCAMSection.latent_dim,
         hidden: tuple[int, ...] | None = None,
         image_shape: tuple[int, int, int] | None = None,
         beta: float | None = None,
@@ -115,14 +125,14 @@ class DCAM(PrototypeEstimator):
         mask_ratio: float = 0.2,
         fill: str = "mean",
         shared_mask_every: int = 3,
-        pretrain_epochs: int = 40,
-        epochs: int = 20,
+        pretrain_epochs: int = DCAMSection.pretrain_epochs,
+        epochs: int = JOINT_EPOCHS,
         batch_size: int = 64,
         lr: float = DEFAULTS.lr,
-        recon_weight: float = 1.0,
-        recon_tolerance: float = 0.10,
-        recon_bound: str = "select",
-        standardize: bool = True,
+        recon_weight: float = DCAMSection.recon_weight,
+        recon_tolerance: float = DCAMSection.recon_tolerance,
+        recon_bound: str = DCAMSection.recon_bound,
+        standardize: bool | str = "auto",
         coarse_clusters: int | None = None,
         nprobe: int | str = "auto",
         random_state=None,
@@ -188,7 +198,7 @@ class DCAM(PrototypeEstimator):
     def _spec(self, n_features: int) -> EncoderSpec:
         hidden = self.hidden
         if hidden is None:
-            hidden = (128, 64) if self.encoder == "mlp" else (16, 32)
+            hidden = default_hidden(self.encoder)
         return EncoderSpec(
             kind=self.encoder,
             n_features=int(n_features),
@@ -216,13 +226,11 @@ class DCAM(PrototypeEstimator):
                 f"encoder={self.encoder!r}; pass encoder='conv' or drop image_shape"
             )
         spec = self._spec(X.shape[1])
-        if self.standardize:
-            std = X.std(axis=0)
-            self.scaler_mean_ = X.mean(axis=0).astype(np.float64)
-            # Constant features (e.g. always-blank pixels) are centred, not divided by 0.
-            self.scaler_scale_ = np.where(std > 0, std, 1.0).astype(np.float64)
-        else:
+        scaling = input_scaling(X, self.standardize)
+        if scaling is None:
             self.scaler_mean_ = self.scaler_scale_ = None
+        else:
+            self.scaler_mean_, self.scaler_scale_ = (a.astype(np.float64) for a in scaling)
         config = DCAMConfig(
             spec=spec,
             n_clusters=int(self.n_clusters),

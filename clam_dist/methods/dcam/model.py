@@ -37,8 +37,10 @@ import torch
 from torch import nn
 
 from clam_dist.methods.dcam import DEFAULTS
+from clam_dist.methods.dcam.config import JOINT_EPOCHS, DCAMSection, default_hidden
 from clam_dist.models.am import Metric, am_evolve, assign, check_dynamics, check_metric
 from clam_dist.models.clam import MaskSpec
+from clam_dist.models.scaling import is_identity, scaling_of_rows
 from clam_dist.train.in_process import InProcessTrainer, fit_config, memory_init
 from clam_dist.train.memory_batches import row_chunk_for
 
@@ -66,6 +68,17 @@ def infer_image_shape(n_features: int) -> tuple[int, int, int]:
     )
 
 
+def input_scaling(
+    x: np.ndarray, standardize: bool | str = "auto"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, scale) of the input transform ``(x - mean) / scale``, or None for the
+    identity, by the one rule of ``clam_dist/models/scaling.py`` ("auto": [0, 1] rows kept,
+    integer pixel levels in [0, 255] divided by their largest value, anything else
+    standardised per feature; constant features never divided by 0)."""
+    mean, scale = scaling_of_rows(x, standardize)
+    return None if is_identity(mean, scale) else (mean, scale)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """The autoencoder's architecture; JSON-able (stored in artifacts as meta['encoder']).
@@ -80,12 +93,14 @@ class EncoderSpec:
     kind: EncoderKind
     n_features: int
     latent_dim: int = 10
-    hidden: tuple[int, ...] = (128, 64)
+    hidden: tuple[int, ...] | None = None  # None: config.DEFAULT_HIDDEN of the kind
     image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
             raise ValueError(f"encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", default_hidden(self.kind))
         for name in ("n_features", "latent_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -383,6 +398,30 @@ def evaluate(model: DCAMModel, x: torch.Tensor, phase: str = "joint") -> dict[st
     return {name: s / x.shape[0] for name, s in sums.items()}
 
 
+@torch.no_grad()
+def evaluate_masked(model: DCAMModel, x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Full-data MASKED am term (eval mode): hidden latent coordinates (``mask``, 1 =
+    hidden, shape (n, latent_dim)) filled from the latents of ALL of ``x`` (the model's
+    fill kind), evolved, decoded; the row mean of the squared error. This is the joint
+    phase's training criterion on fixed masks, which the reconstruction bound selects on:
+    the unmasked am term rewards latents the dynamics do not move (a spread latent
+    space), the masked one pattern completion, i.e. latents near their prototype."""
+    was_training = model.training
+    model.eval()
+    z = torch.cat([model.encoder(x[r : r + EVAL_CHUNK]) for r in range(0, x.shape[0], EVAL_CHUNK)])
+    fill = _latent_fill(z, model.fill)
+    total = 0.0
+    for r in range(0, x.shape[0], EVAL_CHUNK):
+        zb, mb = z[r : r + EVAL_CHUNK], mask[r : r + EVAL_CHUNK]
+        z0 = zb * (1 - mb) + fill * mb
+        z_t = am_evolve(
+            z0, model.prototypes, model.beta, model.alpha, model.steps, model.metric, mask=mb
+        )
+        total += float(((model.decoder(z_t) - x[r : r + EVAL_CHUNK]) ** 2).sum())
+    model.train(was_training)
+    return total / max(1, x.shape[0])
+
+
 # ---------------------------------------------------------------------------------------
 # In-memory training loop
 # ---------------------------------------------------------------------------------------
@@ -398,13 +437,13 @@ class DCAMConfig:
     metric: Metric = "euclidean"
     mask: MaskSpec = field(default_factory=MaskSpec)
     masked: bool = True  # False: unmasked variant (every latent coordinate evolves)
-    pretrain_epochs: int = 40
-    epochs: int = 20
+    pretrain_epochs: int = DCAMSection.pretrain_epochs
+    epochs: int = JOINT_EPOCHS
     batch_size: int = 64
     lr: float = DEFAULTS.lr
-    recon_weight: float = 1.0
-    recon_tolerance: float = 0.10
-    recon_bound: str = "select"
+    recon_weight: float = DCAMSection.recon_weight
+    recon_tolerance: float = DCAMSection.recon_tolerance
+    recon_bound: str = DCAMSection.recon_bound
     # reduce-on-plateau per phase (x factor after ``patience`` epochs without improvement)
     plateau_factor: float = 0.8
     plateau_patience: int = 5

@@ -16,14 +16,16 @@ import warnings
 import numpy as np
 import torch
 
+from clam_dist.methods.dcam.config import default_hidden
 from clam_dist.methods.dcam.model import (
     EncoderSpec,
     encode,
     encoder_tensors,
     evaluate,
+    evaluate_masked,
     seeded_dcam_model,
 )
-from clam_dist.models.clam import beta_from_data
+from clam_dist.models.clam import beta_from_data, draw_mask
 from clam_dist.models.kmeans import kmeans_fit
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.objectives import Collectives, Objective
@@ -58,6 +60,14 @@ class DCAMObjective(Objective):
         self.decoder_refit = self.warm and load_autoencoder(module, init["autoencoder"])
         self.module = module.to(device)
         self.sample = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
+        # The fixed latent masks of the selection criterion (the masked am term on the
+        # sample; None when the joint phase trains unmasked): drawn from the run's seed.
+        self.eval_mask = None
+        if m.mask_ratio > 0:
+            gen = torch.Generator().manual_seed(int(cfg.run.seed) + 7919)
+            self.eval_mask = draw_mask(
+                len(self.sample), self.spec.latent_dim, m.mask_ratio, False, gen
+            ).to(device)
         self.joint_ready = False  # prototypes and beta set from the pretrained latents
         # (rows, their latents WITH the encoder's graph) of the current step: the monitor,
         # the global latent fill and the loss share one encoder pass per step.
@@ -67,9 +77,9 @@ class DCAMObjective(Objective):
         # None: 1 in a training job; a Tune trial sets its searched scale before the start.
         self.beta_scale = 1.0
         self.beta_default: float | None = None  # beta_from_data there (what Tune scales)
-        self.best: dict | None = None  # {"epoch", "am", "recon_ratio", "state"}
-        # Per joint epoch (epoch -1 = the joint start): epoch, am, recon, recon_ratio,
-        # within_bound; what the in-memory fit reports as its history.
+        self.best: dict | None = None  # {"epoch", "am", "score", "recon_ratio", "state"}
+        # Per joint epoch (epoch -1 = the joint start): epoch, am, am_masked, score, recon,
+        # recon_ratio, within_bound; what the in-memory fit reports as its history.
         self.history: list[dict] = []
         self._set_phase_grads("pretrain")
 
@@ -185,37 +195,56 @@ class DCAMObjective(Objective):
 
     # -- epoch ends: the reconstruction bound ---------------------------------------------
 
-    def _evaluate(self, comm: Collectives, rank: int) -> tuple[float, float]:
-        """(am, recon) full-sample unmasked losses, from rank 0 to all."""
-        out = torch.zeros(2, dtype=torch.float64, device=self.device)
+    def _evaluate(self, comm: Collectives, rank: int) -> tuple[float, float, float | None]:
+        """(am, recon, am_masked) full-sample losses, from rank 0 to all; am_masked (the
+        masked am term on the fixed masks ``eval_mask``) is None when training is unmasked."""
+        out = torch.zeros(3, dtype=torch.float64, device=self.device)
         if rank == 0:
             ev = evaluate(self.module, self.sample, "joint")
-            out = torch.tensor([ev["am"], ev["recon"]], dtype=torch.float64, device=self.device)
-        am, recon = comm.broadcast(out, src=0).tolist()
-        return am, recon
+            masked = (
+                math.nan
+                if self.eval_mask is None
+                else evaluate_masked(self.module, self.sample, self.eval_mask)
+            )
+            out = torch.tensor(
+                [ev["am"], ev["recon"], masked], dtype=torch.float64, device=self.device
+            )
+        am, recon, masked = comm.broadcast(out, src=0).tolist()
+        return am, recon, (None if self.eval_mask is None else masked)
 
-    def _consider(self, epoch: int, am: float, recon: float) -> dict:
-        """Record joint epoch ``epoch`` (-1: the start) and keep its state when it is the
-        lowest full-sample AM loss within the reconstruction bound (or the bound is off).
-        The metrics returned go into the epoch's report (no "epoch" key: the loop's)."""
-        if not (math.isfinite(am) and math.isfinite(recon)):
+    def _consider(self, epoch: int, am: float, recon: float, am_masked: float | None) -> dict:
+        """Record joint epoch ``epoch`` (-1: the start) and keep its state when its score
+        is the lowest within the reconstruction bound (or the bound is off). The score is
+        what the joint phase trains: the masked am term on fixed masks of the sample
+        (``am_masked``) when training is masked, else the unmasked am term. The metrics
+        returned go into the epoch's report (no "epoch" key: the loop's)."""
+        score = am if am_masked is None else am_masked
+        if not (math.isfinite(am) and math.isfinite(recon) and math.isfinite(score)):
             # Checked first: a non-finite state is never selected.
             raise FloatingPointError(
-                f"DCAM loss became non-finite at joint epoch {epoch} (am={am}, recon={recon}); "
-                "lower optim.lr or model.beta"
+                f"DCAM loss became non-finite at joint epoch {epoch} (am={am}, recon={recon}, "
+                f"am_masked={am_masked}); lower optim.lr or model.beta"
             )
         dc = self.cfg.dcam
         ratio = recon / self.recon_pretrained if self.recon_pretrained else math.inf
         within = recon <= (1.0 + dc.recon_tolerance) * self.recon_pretrained
         eligible = within or dc.recon_bound == "none"
-        if eligible and (self.best is None or am < self.best["am"]):
+        if eligible and (self.best is None or score < self.best["score"]):
             self.best = {
                 "epoch": epoch,
                 "am": am,
+                "score": score,
                 "recon_ratio": ratio,
                 "state": copy.deepcopy(self.module.state_dict()),
             }
-        metrics = {"am": am, "recon": recon, "recon_ratio": ratio, "within_bound": within}
+        metrics = {
+            "am": am,
+            **({} if am_masked is None else {"am_masked": am_masked}),
+            "score": score,
+            "recon": recon,
+            "recon_ratio": ratio,
+            "within_bound": within,
+        }
         self.history.append({"epoch": epoch, **metrics})
         return metrics
 
@@ -269,6 +298,8 @@ class DCAMObjective(Objective):
         self.beta_default = state.get("beta_default")
         self.history = [dict(h) for h in state.get("history", [])]
         self.best = None if state.get("best") is None else dict(state["best"], state={})
+        if self.best is not None:
+            self.best.setdefault("score", self.best["am"])  # a checkpoint from before "score"
         self._set_phase_grads("joint" if self.joint_ready else "pretrain")
 
     # -- artifact --------------------------------------------------------------------------
@@ -338,7 +369,7 @@ def load_autoencoder(module: torch.nn.Module, tensors: dict) -> bool:
 def encoder_spec(cfg: TrainConfig, n_features: int):
     """The autoencoder architecture of a DCAM run (validated: image shapes must fit)."""
     dc = cfg.dcam
-    hidden = dc.hidden or ([128, 64] if dc.encoder == "mlp" else [16, 32])
+    hidden = dc.hidden or default_hidden(dc.encoder)
     try:
         return EncoderSpec(
             kind=dc.encoder,

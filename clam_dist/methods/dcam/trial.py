@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from clam_dist.methods.dcam import DEFAULTS
+from clam_dist.methods.dcam.config import DCAMSection, default_hidden
 from clam_dist.methods.dcam.model import (
     DCAMConfig,
     DCAMModel,
@@ -44,18 +45,18 @@ class DCAMParams:
     mask_ratio: float = 0.2
     alpha: float = 0.1
     steps: int = 10
-    recon_weight: float = 1.0
+    recon_weight: float = DCAMSection.recon_weight
     metric: str = "euclidean"
     fill: str = "mean"
     batch_size: int = 32
     shared_every: int = 3
-    encoder: str = "mlp"
-    latent_dim: int = 10
+    encoder: str = DCAMSection.encoder
+    latent_dim: int = DCAMSection.latent_dim
     hidden: tuple[int, ...] | None = None  # None: the training job's default
     image_shape: tuple[int, int, int] | None = None
-    pretrain_epochs: int = 5
-    recon_tolerance: float = 0.10
-    recon_bound: str = "select"
+    pretrain_epochs: int = DCAMSection.pretrain_epochs
+    recon_tolerance: float = DCAMSection.recon_tolerance
+    recon_bound: str = DCAMSection.recon_bound
     plateau_factor: float = 0.8
     plateau_patience: int = 5
     epochs: int = 15  # the most joint epochs the trial can step (Tune: budget.max_epochs)
@@ -65,7 +66,7 @@ class DCAMParams:
 def encoder_spec(p: DCAMParams, n_features: int) -> EncoderSpec:
     """The training job's architecture for the same [dcam] settings (its defaults for
     ``hidden`` included), so the written config trains the network that was scored."""
-    hidden = p.hidden or ((128, 64) if p.encoder == "mlp" else (16, 32))
+    hidden = p.hidden or default_hidden(p.encoder)
     return EncoderSpec(p.encoder, int(n_features), p.latent_dim, tuple(hidden), p.image_shape)
 
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -125,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clam-epochs", type=int, default=None, help="ClAM's epochs per cell (default: its own)"
     )
     p.add_argument("--fit-only", action="store_true", help="the fit steps only (no assignment)")
+    p.add_argument(
+        "--cell-seeding",
+        choices=["kmeans++", "random"],
+        default="kmeans++",
+        help="our like-for-like fit's seeding of each cell (random: faiss's way)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.coarse <= args.k:
         p.error(f"--coarse must be in [1, --k={args.k}]")
@@ -435,11 +442,12 @@ class FitOutput:
 
 def fit_ours(x: np.ndarray, args: argparse.Namespace, wd: Path) -> FitOutput:
     """fit_two_level with the default kmeans_cell: ``--iters`` passes on both levels."""
-    from clam_dist.models.two_level import fit_two_level
+    from clam_dist.models.two_level import fit_two_level, kmeans_cell
 
+    cell = functools.partial(kmeans_cell, n_iter=args.iters, seeding=args.cell_seeding)
     seconds, model = timed(
         lambda: fit_two_level(
-            x, args.k, args.coarse, seed=0, coarse_iter=args.iters, fine_iter=args.iters
+            x, args.k, args.coarse, cell, seed=0, coarse_iter=args.iters, fine_iter=args.iters
         )
     )
     # The assignment steps search this model's centroids.
@@ -1009,6 +1017,7 @@ def build_report(args: argparse.Namespace, data: dict, results: dict) -> dict:
                     "k",
                     "coarse",
                     "iters",
+                    "cell_seeding",
                     "assign_rows",
                     "threads",
                     "sample_rows",

@@ -363,3 +363,17 @@ def test_cells_fitted_side_by_side_equal_cells_fitted_in_turn():
     with pytest.raises(RuntimeError, match="cell 3 broke"):
         fit_two_level(x, 120, 8, fit_cell=fails_on_cell_3, seed=0, workers=2)
     assert torch.get_num_threads() == before
+
+
+def test_kmeans_cell_random_seeding_is_lloyd_from_k_distinct_rows():
+    """seeding="random" (faiss's way): Lloyd started from the k rows a generator seeded
+    by the cell's seed picks, nothing else; an unknown seeding is refused."""
+    x = mixture(500, 4, 6, seed=7)
+    got = kmeans_cell(x, 12, 42, n_iter=5, seeding="random")
+    xt = torch.from_numpy(x.astype(np.float32))
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(42))[:12]
+    want = lloyd(xt, xt[pick], max_iter=5).centers.numpy()
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(xt[pick].numpy(), axis=0)) == 12
+    with pytest.raises(ValueError, match="seeding must be"):
+        kmeans_cell(x, 12, 42, seeding="forgy")

@@ -69,8 +69,9 @@ class SourceColumns:
 class ModelSection:
     """What model is learned: the method, k, the AM dynamics and the initialisation."""
 
-    # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd; attention: k
-    # heads trained on reconstruction risk; dcam: autoencoder + latent AM (section [dcam]).
+    # clam: masked pattern completion (ClAM); kmeans: mini-batch or Lloyd (section
+    # [kmeans]); attention: k heads trained on reconstruction risk (section [attention]);
+    # dcam: autoencoder + latent AM (section [dcam]).
     method: str = methods.DEFAULT  # a registered method (clam_dist.methods.names())
     n_clusters: int = knob(16, Interval(int, 1, MAX_CLUSTERS))
     # AM inverse temperature; None: from the data's distance scale
@@ -85,9 +86,6 @@ class ModelSection:
     # "kmeans": k-means++ seeding refined by Lloyd on the sample (as the estimator's
     # default); "kmeans++" seeding only; "kmeans||" for large k.
     init: Literal["kmeans", "kmeans++", "kmeans||"] = "kmeans"
-    kmeans_algorithm: Literal["minibatch", "lloyd"] = "minibatch"  # method kmeans only
-    # attention: "distance" scores -beta/2 ||x - mu_h||^2 (one AM step), or "dot" beta x.mu_h
-    similarity: Literal["distance", "dot"] = "distance"
     # Two levels for large k: coarse_clusters cells, then each cell's fine prototypes
     # trained on its rows, fine k per cell proportional to its rows, every non-empty cell
     # at least one (clam_dist/models/two_level.py); None: flat. nprobe: the cells a row
@@ -178,6 +176,16 @@ def with_method_sections(job_config: type) -> type:
         for name, section in methods.sections().items()
     ]
     built = dataclasses.make_dataclass(job_config.__name__, extra, bases=(job_config,))
+    # A knob that moved into a method's section is refused at its old place with the new
+    # one named (config.load_config): each section lists its own in MOVED_FROM.
+    built.MOVED_FIELDS = {
+        **getattr(job_config, "MOVED_FIELDS", {}),
+        **{
+            old: f"{name}.{new}"
+            for name, section in methods.sections().items()
+            for old, new in getattr(section, "MOVED_FROM", {}).items()
+        },
+    }
     # The same name, module and doc as the class it extends: pickles by reference (Ray
     # ships TrainConfig to its workers) and reads the same in errors and help.
     built.__module__, built.__qualname__ = job_config.__module__, job_config.__qualname__

@@ -157,3 +157,45 @@ def test_the_in_memory_fits_and_trials_take_their_methods_lr():
     assert _default(fit_attention, "lr") == field_default(AttentionParams, "lr") == lr["attention"]
     assert field_default(DCAMConfig, "lr") == field_default(DCAMParams, "lr") == lr["dcam"]
     assert len(set(lr.values())) > 1  # the methods' own: not one shared number
+
+
+# A knob of a method's section whose in-memory estimator default differs on purpose.
+IN_MEMORY_DIFFERS = {
+    # KMeans holds every row and runs Lloyd; the trainer streams them (mini-batch), where
+    # Lloyd is one centre update per epoch.
+    ("kmeans", "algorithm"),
+}
+
+
+@pytest.mark.parametrize("name", ["kmeans", "attention", "dcam"])
+def test_a_methods_own_knobs_live_in_its_section_with_one_default(name):
+    from clam_dist.sections import ModelSection
+    from clam_dist.train.config import TrainConfig
+
+    spec = methods.get(name)
+    own = {f.name: f.default for f in fields(spec.section)}
+    assert own, "a section with no knob"
+    # none of them is also a field of the shared [model] section
+    assert not set(own) & {f.name for f in fields(ModelSection)}
+    # the job configs carry the section under the method's name, with its defaults
+    assert {k: getattr(getattr(TrainConfig(), name), k) for k in own} == own
+    # the estimator and Tune's default point take the section's defaults
+    estimator = inspect.signature(spec.estimator.load().__init__).parameters
+    shared = [k for k in own if k in estimator and (name, k) not in IN_MEMORY_DIFFERS]
+    assert {k: estimator[k].default for k in shared} == {k: own[k] for k in shared}
+    point = spec.tune.default_point if spec.tune is not None else {}
+    assert {k: point[k] for k in own if k in point} == {k: own[k] for k in own if k in point}
+
+
+def test_the_methods_own_knobs_are_refused_at_their_old_place():
+    from clam_dist.config import ConfigError
+    from clam_dist.train.config import TrainConfig
+
+    for old, new in (
+        ("model.similarity=dot", "attention.similarity"),
+        ("model.kmeans_algorithm=lloyd", "kmeans.algorithm"),
+    ):
+        with pytest.raises(ConfigError, match=f"moved to {new}"):
+            load_config(TrainConfig, None, [old])
+    cfg = load_config(TrainConfig, None, ["attention.similarity=dot", "kmeans.algorithm=lloyd"])
+    assert (cfg.attention.similarity, cfg.kmeans.algorithm) == ("dot", "lloyd")

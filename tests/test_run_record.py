@@ -129,14 +129,16 @@ def test_dcam_sections_count_for_a_dcam_run(tmp_path):
 
 
 def test_a_field_an_older_record_lacks_compares_as_its_default(tmp_path):
-    run_record.record(config(), str(tmp_path))
+    run_record.record(config("model.method=attention"), str(tmp_path))
     path = tmp_path / NAME / "run-config.json"
     record = json.loads(path.read_text())
-    del record["identity"]["model.similarity"]  # as if written before the field existed
+    del record["identity"]["attention.similarity"]  # as if written before the field existed
     path.write_text(json.dumps(record))
-    run_record.check(config(), str(tmp_path))
-    with pytest.raises(ValueError, match=r'model\.similarity: "distance" -> "dot"'):
-        run_record.check(config("model.similarity=dot"), str(tmp_path))
+    run_record.check(config("model.method=attention"), str(tmp_path))
+    with pytest.raises(ValueError, match=r'attention\.similarity: "distance" -> "dot"'):
+        run_record.check(
+            config("model.method=attention", "attention.similarity=dot"), str(tmp_path)
+        )
 
 
 def test_legacy_folder_is_compared_by_its_newest_checkpoint(tmp_path):

@@ -310,9 +310,7 @@ def test_dcam_pretrains_then_trains_jointly_in_process(dataset):
 
 def test_kmeans_lloyd_in_process_equals_full_batch_lloyd(dataset):
     root, x = dataset
-    cfg = in_process_config(
-        root, "model.method=kmeans", "model.kmeans_algorithm=lloyd", "optim.epochs=3"
-    )
+    cfg = in_process_config(root, "model.method=kmeans", "kmeans.algorithm=lloyd", "optim.epochs=3")
     z, init = standardised(x, make_init(x))
     res = train_in_process(cfg, z, init, row_chunk=CHUNK)
     centers = torch.tensor(init["prototypes"])

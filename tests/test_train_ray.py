@@ -144,7 +144,7 @@ def test_distributed_lloyd_equals_in_memory_lloyd(dataset):
         root,
         "run.name=lloyd",
         "model.method=kmeans",
-        "model.kmeans_algorithm=lloyd",
+        "kmeans.algorithm=lloyd",
         "optim.epochs=3",
         "run.checkpoint_every_steps=0",
     )

@@ -205,7 +205,7 @@ def test_tiny_attention_search_writes_a_config_the_training_job_accepts(ray_loca
     train = load_config(TrainConfig, tmp_path / "out" / "best.toml")
     check_method_config(train, 16)  # the trainer's own checks before any work
     assert train.model.method == "attention" and train.model.n_clusters == 7
-    assert train.model.similarity == chosen["point"]["similarity"]
+    assert train.attention.similarity == chosen["point"]["similarity"]
     assert train.model.beta == pytest.approx(chosen["beta"])
     assert train.optim.lr == pytest.approx(chosen["point"]["lr"]) and train.optim.epochs == 2
 

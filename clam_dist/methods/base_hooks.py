@@ -18,6 +18,9 @@ class BaseHooks:
     ) -> Any:
         raise NotImplementedError
 
+    def closed_form_update(self, cfg: Any, init: dict, device: torch.device) -> Any:
+        return None  # trained by gradient on make_objective's objective
+
     def initial_prototypes(self, cfg: Any, z: torch.Tensor, generator: torch.Generator) -> dict:
         return {}  # the trainer's k-means++ / k-means|| (+ Lloyd) seeding
 

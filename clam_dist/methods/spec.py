@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # annotations only: importing these here would load torch
 
     from clam_dist.artifacts import ModelArtifact
     from clam_dist.train.objectives import Objective
+    from clam_dist.train.updates import Update
 
 T = TypeVar("T")
 
@@ -107,7 +108,13 @@ class MethodHooks(Protocol):
     def make_objective(
         self, cfg: Any, init: dict, device: torch.device, sample: np.ndarray | None
     ) -> Objective | None:
-        """The objective the trainer steps, or None for a closed-form update (k-means)."""
+        """The objective the trainer steps by gradient; None when the method trains by
+        its ``closed_form_update`` instead."""
+
+    def closed_form_update(self, cfg: Any, init: dict, device: torch.device) -> Update | None:
+        """The method's own update on the trainer's loop (the ``train.updates.Update``
+        steps: local statistics, all-reduce, apply), for a method with no gradient
+        (k-means' per-centre sums and counts); None: gradient on ``make_objective``."""
 
     def initial_prototypes(self, cfg: Any, z: torch.Tensor, generator: torch.Generator) -> dict:
         """Init fields (prototypes, beta) from the standardised sample ``z``; {} = the

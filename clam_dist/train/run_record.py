@@ -113,7 +113,9 @@ class _Folder:
     def compare(self, old: dict[str, Any], new: dict[str, Any], source: str) -> None:
         # A field the recorded run's clam-dist did not have yet trained as its default; a
         # field this version no longer has cannot be honoured, so it is not compared.
-        defaults = identity(TrainConfig())
+        # Every section's defaults, the other methods' too (an attention run compares
+        # attention.* even though the default config trains another method).
+        defaults = _flatten(persistable(to_dict(TrainConfig())))
         diff = [
             f"{k}: {_show(old.get(k, defaults.get(k)))} -> {_show(v)}"
             for k, v in sorted(new.items())

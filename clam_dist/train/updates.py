@@ -1,7 +1,7 @@
 """How one step changes the parameters, behind one interface: gradient methods (an
-objective of the method registry, Adam, one flat all-reduced gradient) and k-means'
-closed-form update (all-reduced per-centre sums and counts). The loop calls the same
-steps for both and never asks which method runs."""
+objective of the method registry, Adam, one flat all-reduced gradient) and a method's
+own closed-form update (k-means': all-reduced per-centre sums and counts, in its package).
+The loop calls the same steps for both and never asks which method runs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from clam_dist import methods
 from clam_dist.train.batch import Batch
 from clam_dist.train.comm import Comm
 from clam_dist.train.config import TrainConfig
 from clam_dist.train.gradient_update import GradientUpdate
-from clam_dist.train.kmeans_update import KMeansUpdate
 from clam_dist.train.objectives import make_objective
 
 
@@ -72,9 +72,12 @@ def make_update(
     sample: np.ndarray | None,
     total_steps: int,
 ) -> Update:
-    """The method's update: its registered objective trained by gradient, or k-means'
-    closed form when the registry gives no objective."""
+    """The method's update: its own closed form when its hooks give one (k-means), else
+    its registered objective trained by gradient."""
+    closed_form = methods.get(cfg.model.method).load_hooks().closed_form_update(cfg, init, device)
+    if closed_form is not None:
+        return closed_form
     objective = make_objective(cfg, init, device, sample)
     if objective is None:
-        return KMeansUpdate(cfg, init, device)
+        raise ValueError(f"method {cfg.model.method!r} gives neither an objective nor an update")
     return GradientUpdate(cfg, objective, total_steps)

@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from clam_dist.estimator_base import PrototypeEstimator
 from clam_dist.methods.attention import DEFAULTS
+from clam_dist.methods.attention.config import AttentionSection
 from clam_dist.methods.attention.model import fit_attention
 from clam_dist.models.attention import SCORES, attention_assign, attention_weights, check_beta
 from clam_dist.models.clam import beta_from_data
@@ -96,7 +97,7 @@ class AttentionClustering(PrototypeEstimator):
         self,
         n_clusters: int = DEFAULTS.n_clusters,
         *,
-        similarity: str = "distance",
+        similarity: str = AttentionSection.similarity,
         beta: float | None = None,
         init: str = "kmeans++",
         lr: float = DEFAULTS.lr,

@@ -27,7 +27,7 @@ class Hooks(BaseHooks):
         m, o = config.model, config.optim
         return AttentionClustering(
             n_clusters=m.n_clusters,
-            similarity=m.similarity,
+            similarity=config.attention.similarity,
             beta=m.beta,
             lr=o.lr,
             epochs=o.epochs,
@@ -55,10 +55,9 @@ class Hooks(BaseHooks):
             "n_clusters": k,
             "init": "kmeans",
             "beta": float(final["beta"]),
-            "similarity": point["similarity"],
             "metric": "euclidean",
         }
-        return {"model": model}
+        return {"model": model, "attention": {"similarity": point["similarity"]}}
 
     def check_tune_job(self, config: Any) -> None:
         if config.model.metric != "euclidean":

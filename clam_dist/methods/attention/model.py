@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from clam_dist.methods.attention import DEFAULTS
+from clam_dist.methods.attention.config import AttentionSection
 from clam_dist.models.attention import Score, attention_output, check_beta, check_score
 from clam_dist.train.in_process import InProcessTrainer, fit_config, memory_init
 from clam_dist.train.memory_batches import row_chunk_for
@@ -90,7 +91,8 @@ def attention_trainer(
         "attention",
         seed,
         {
-            "model": {"n_clusters": int(mu0.shape[0]), "beta": float(beta), "similarity": score},
+            "model": {"n_clusters": int(mu0.shape[0]), "beta": float(beta)},
+            "attention": {"similarity": score},
             "optim": optim,
         },
     )
@@ -110,7 +112,7 @@ def fit_attention(
     x: torch.Tensor,
     mu0: torch.Tensor,
     beta: float,
-    score: Score = "distance",
+    score: Score = AttentionSection.similarity,
     lr: float = DEFAULTS.lr,
     epochs: int = 30,
     batch_size: int = 64,

@@ -18,7 +18,7 @@ class AttentionObjective(Objective):
     def __init__(self, cfg: TrainConfig, init: dict, device: torch.device):
         super().__init__(cfg, init)
         self.module = AttentionLayer(
-            torch.tensor(init["prototypes"]), self.beta, cfg.model.similarity
+            torch.tensor(init["prototypes"]), self.beta, cfg.attention.similarity
         ).to(device)
 
     def prototypes(self) -> torch.Tensor:
@@ -34,5 +34,5 @@ class AttentionObjective(Objective):
             "alpha": 1.0,
             "steps": 1,
             "metric": "euclidean",
-            "meta": {"score": self.cfg.model.similarity},
+            "meta": {"score": self.cfg.attention.similarity},
         }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from clam_dist.methods.attention import DEFAULTS
+from clam_dist.methods.attention.config import AttentionSection
 from clam_dist.methods.attention.model import (
     AttentionLayer,
     attention_loss,
@@ -34,7 +35,7 @@ class AttentionParams:
     n_clusters: int
     beta_scale: float = 1.0
     lr: float = DEFAULTS.lr
-    similarity: str = "distance"
+    similarity: str = AttentionSection.similarity
     batch_size: int = 32
     plateau_factor: float = 0.8
     plateau_patience: int = 5

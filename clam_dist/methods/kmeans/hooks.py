@@ -1,5 +1,6 @@
-"""k-means' hooks: closed-form centre updates on the distributed trainer (the loop
-all-reduces per-cluster sums and counts; no objective), nearest-prototype assignment."""
+"""k-means' hooks: closed-form centre updates on the distributed trainer (``update.py``:
+the loop all-reduces per-cluster sums and counts; no objective), nearest-prototype
+assignment."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from clam_dist.artifacts import ModelArtifact
 from clam_dist.methods.base_hooks import BaseHooks
 from clam_dist.methods.kmeans.estimator import KMeans
+from clam_dist.methods.kmeans.update import KMeansUpdate
 from clam_dist.methods.spec import WarmFit
 
 
@@ -18,7 +20,10 @@ class Hooks(BaseHooks):
     def make_objective(
         self, cfg: Any, init: dict, device: torch.device, sample: np.ndarray | None
     ) -> None:
-        return None  # the closed-form update (train/kmeans_update.py)
+        return None  # no gradient: closed_form_update trains k-means
+
+    def closed_form_update(self, cfg: Any, init: dict, device: torch.device) -> KMeansUpdate:
+        return KMeansUpdate(cfg, init, device)
 
     def make_estimator(self, config: Any) -> KMeans:
         m = config.model

@@ -1,17 +1,21 @@
 """k-means' closed-form step on the distributed loop: per-centre sums and counts of the
 assigned rows, all-reduced in one (k x (d + 1)) buffer, then the mini-batch update (each
 centre the running mean of its rows) or, for Lloyd, a sum over the epoch applied at its
-end. The math is models/kmeans.py's, shared with the in-memory estimator."""
+end. The math is models/kmeans.py's, shared with the in-memory estimator; the choice of the
+two is ``[kmeans] algorithm`` (config.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from clam_dist.train.batch import Batch
 from clam_dist.train.comm import Comm
-from clam_dist.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from clam_dist.train.config import TrainConfig
 
 
 class KMeansUpdate:
@@ -67,7 +71,7 @@ class KMeansUpdate:
 
         d = self.protos.shape[1]
         s, c = self._sums_counts[:, :d], self._sums_counts[:, d]
-        if self.cfg.model.kmeans_algorithm == "minibatch":
+        if self.cfg.kmeans.algorithm == "minibatch":
             new, counts = apply_minibatch(self.protos, self.counts, s, c, self.cfg.model.metric)
             self.protos.copy_(new)
             self.counts.copy_(counts)
@@ -83,7 +87,7 @@ class KMeansUpdate:
     def apply_epoch(self, epoch: int, epoch_loss: float) -> None:
         from clam_dist.models.kmeans import apply_lloyd
 
-        if self.cfg.model.kmeans_algorithm != "lloyd":
+        if self.cfg.kmeans.algorithm != "lloyd":
             return
         metric = self.cfg.model.metric
         self.protos.copy_(apply_lloyd(self.protos, self.lloyd_sums, self.lloyd_counts, metric))

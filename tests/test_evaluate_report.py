@@ -349,3 +349,25 @@ def test_drift_over_partitions_of_one_model(run, tmp_path):
     with pytest.raises(DataError, match="out-other was assigned with model .*another-model"):
         run_evaluation(_config(run, report_dir=str(tmp_path / "r2"), partitions=[other]))
     assert not (tmp_path / "r2").exists()  # refused before any report file was written
+
+
+@pytest.mark.parametrize("k", [16, 65_536])
+def test_the_size_plot_draws_a_fixed_number_of_shapes_at_large_k(k):
+    """65,536 bars (one matplotlib patch each) took minutes in a 10M-row report: beyond
+    SIZE_BARS_UP_TO clusters the sorted sizes are one filled step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clam_dist.evaluate.report import SIZE_BARS_UP_TO, _sizes_figure
+
+    sizes = np.random.default_rng(0).integers(1, 500, k)
+    fig = _sizes_figure(sizes)
+    ax = fig.axes[0]
+    assert len(ax.patches) == (k if k <= SIZE_BARS_UP_TO else 1)
+    if k > SIZE_BARS_UP_TO:  # the one shape spans every cluster, largest first
+        assert ax.get_title() == f"Cluster sizes (k = {k})"
+        x0, x1 = ax.get_xlim()
+        assert x0 <= 0 and x1 >= k
+    plt.close(fig)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from clam_dist.models.am import (
+    NEAREST_BLOCK_ELEMS,
     Metric,
     nearest_prototypes,
     normalize_rows,
@@ -40,12 +41,8 @@ class KMeansResult:
     second_sq: torch.Tensor | None = None
 
 
-# Entries per (rows x k) distance block (64 MiB of float32). Measured on 2 shared CPU
-# cores, 200k x 128 rows: 2^22 -> 2^24 took a full assignment pass from 0.44 to 0.35 s at
-# k = 256 and from 1.74 to 1.06 s at k = 1,024 (2^24 is within 5% of one unblocked GEMM);
-# smaller, cache-sized blocks were slower still (2^21: 0.62 / 2.59 s): each block is a
-# parallel region, and the per-region start-up and barrier cost outweighs the cache gain.
-_ASSIGN_BLOCK_ELEMS = 1 << 24
+# Entries per (rows x k) distance block of a nearest-centre pass (am.NEAREST_BLOCK_ELEMS).
+_ASSIGN_BLOCK_ELEMS = NEAREST_BLOCK_ELEMS
 
 # faiss's rule of thumb: fewer rows than this per centroid gives noisy centroids.
 MIN_ROWS_PER_CENTROID = 39

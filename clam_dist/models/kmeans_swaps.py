@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clam_dist.models.am import offset_score_blocks
+from clam_dist.models.am import NEAREST_BLOCK_ELEMS, offset_score_blocks
 
 if TYPE_CHECKING:  # kmeans.py imports this module, so the type only for checkers
     from clam_dist.models.kmeans import KMeansResult
@@ -38,7 +38,10 @@ _SPLIT_ITERS = 6
 
 @torch.no_grad()
 def nearest_two(
-    x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor, block_elems: int = 1 << 24
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    x_sq: torch.Tensor,
+    block_elems: int = NEAREST_BLOCK_ELEMS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(squared distance to the nearest centre, to the second nearest (inf when k = 1),
     nearest index), each (n,), from one score GEMM per row block.

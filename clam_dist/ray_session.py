@@ -39,6 +39,11 @@ def start_ray(
     }
     # Our processes (and, started here, the raylet's workers) poll reports this often.
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    if not loud:
+        # A task Ray cancelled after another one failed (Ray Data stops a failed job's
+        # other tasks) can end in an error nobody retrieves; Ray's driver would log it as
+        # "Unhandled error ..." at exit, after our one line naming the root cause.
+        os.environ.setdefault(UNHANDLED_ERRORS_ENV, "1")
     if joining:
         kwargs["address"] = address  # None: ray.init reads RAY_ADDRESS itself
         job_env = job_environment()
@@ -85,6 +90,7 @@ STORAGE_ENV = (
 # (2 s by default), and a worker's next report waits for the last one to be collected: a
 # run reporting every few seconds stalled up to 2 s per report (a 120-step test fit took
 # 36-44 s; 22-25 s at 0.2 s, same steps). A user's own setting is kept.
+UNHANDLED_ERRORS_ENV = "RAY_IGNORE_UNHANDLED_ERRORS"  # read by Ray's driver when it logs
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.25"
 

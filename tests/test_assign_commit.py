@@ -4,6 +4,7 @@ the local S3 server; crashes at every point of the commit; prefixes that are not
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -202,3 +203,30 @@ def test_crash_after_an_overwrite_manifest_finishes_the_swap(tmp_path, monkeypat
     OutputPrefix(url).prepare(True)
     assert not any((tmp_path / "out" / f).exists() for f in first["files"])
     np.testing.assert_array_equal(_ids(url), np.arange(10, 30))
+
+
+def test_a_task_that_writes_after_the_abort_leaves_nothing(tmp_path):
+    """Ray Data cancels a failed job's other tasks without waiting for them: one inside a
+    Parquet write finishes it after the clean-up. The abort sweeps its attempt folder
+    for a moment, so the prefix this attempt created is gone again."""
+    import threading
+    import time
+
+    from clam_dist.assign.pipeline import STRAGGLER_SWEEP_S, _abort
+
+    out = tmp_path / "out"
+    prefix = OutputPrefix(str(out))
+    staging = prefix.prepare(overwrite=False)
+    folder = prefix.staging_path(staging)
+
+    def late_write() -> None:
+        time.sleep(STRAGGLER_SWEEP_S / 2)  # after the abort, within the first sweep
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "part-late.parquet"), "wb") as f:
+            f.write(b"PAR1")
+
+    writer = threading.Thread(target=late_write)
+    writer.start()
+    _abort(prefix, staging)
+    writer.join()
+    assert not out.exists()

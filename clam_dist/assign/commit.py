@@ -304,6 +304,12 @@ class OutputPrefix:
         ):
             return  # not ours to remove
         self._settle(attempt, record)
+        self.remove_empty_folders()
+
+    def remove_empty_folders(self) -> None:
+        """The staging folder when empty, and the prefix when this attempt created it and
+        it is empty."""
+        self._remove_empty_dir(f"{self.path}/{STAGING}")
         if self._created_prefix:
             self._remove_empty_dir(self.path)
 

@@ -303,6 +303,7 @@ def _write_staged(
     """
     message = details = None
     stats, per_node = "", {}
+    idle_cpus = _available_cpus()
     try:
         with ray_data_errors_reported_by_us():
             stats, per_node = _run_dataset(source, config, prefix, staging, settings, batch_size)
@@ -314,8 +315,50 @@ def _write_staged(
         details = f"{type(exc).__name__}: {exc}"
     gc.collect()
     if message is not None:
+        _wait_for_cancelled_tasks(idle_cpus)
         raise AssignmentError(message, details=details)
     return stats, per_node
+
+
+# How long a failed assignment waits for its other tasks to end before cleaning up.
+CANCELLED_TASKS_WAIT_S = 30.0
+
+
+def _available_cpus() -> float | None:
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0) if ray.is_initialized() else None
+
+
+def _wait_for_cancelled_tasks(idle_cpus: float | None) -> None:
+    """When one task fails, Ray Data cancels the job's other tasks and returns at once
+    (no join): a task inside a Parquet write finishes it first, into the staging folder
+    the clean-up is about to remove, and would leave a file there after it. Wait (at
+    most CANCELLED_TASKS_WAIT_S) until the CPUs the job took are free again."""
+    if idle_cpus is None:
+        return
+    deadline = time.monotonic() + CANCELLED_TASKS_WAIT_S
+    while time.monotonic() < deadline:
+        available = _available_cpus()
+        if available is None or available >= idle_cpus:
+            return
+        time.sleep(0.1)
+
+
+def _abort(prefix: OutputPrefix, staging: str) -> None:
+    """Remove this attempt's staging (and a prefix it created); then, for a moment, sweep
+    what a task cancelled too late wrote there after all (its own attempt folder: the
+    name is this attempt's, nobody else writes into it)."""
+    prefix.abort(staging)
+    folder = prefix.staging_path(staging)
+    for _ in range(STRAGGLER_SWEEPS):
+        time.sleep(STRAGGLER_SWEEP_S)
+        if prefix.fs.exists(folder):
+            prefix.fs.rm(folder, recursive=True)
+            prefix.remove_empty_folders()
+
+
+STRAGGLER_SWEEPS, STRAGGLER_SWEEP_S = 3, 0.2
 
 
 def _run_dataset(source, config, prefix, staging, settings, batch_size) -> tuple[str, dict]:
@@ -483,7 +526,7 @@ def run_assignment(config: AssignConfig) -> AssignResult:
     except BaseException:
         # Nothing of this attempt may look complete, and a committed result it was to
         # replace stays as it was: remove only this attempt's (recorded) staging.
-        prefix.abort(staging)
+        _abort(prefix, staging)
         raise
 
 

@@ -97,9 +97,14 @@ class RunStore:
         if self.is_local:
             path = self.local.joinpath(*parts)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            # A temporary name of this writer's own: two processes writing one file at
+            # once (racing alias setters) must not move each other's temporary away.
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                tmp.write_text(text)
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
         else:
             self.fs.pipe_file(self._path(*parts), text.encode())
 

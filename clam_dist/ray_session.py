@@ -68,6 +68,9 @@ def start_ray(
     return True
 
 
+# Set (unless -v) to keep Ray's driver from logging errors of tasks nobody retrieved.
+UNHANDLED_ERRORS_ENV = "RAY_IGNORE_UNHANDLED_ERRORS"
+
 # The object-storage settings every AWS tool reads from the environment. A driver joining a
 # cluster hands them to every task and worker of its job (Ray's runtime_env): the nodes'
 # processes were started with their own environment, and a run's data, checkpoints, model
@@ -90,7 +93,6 @@ STORAGE_ENV = (
 # (2 s by default), and a worker's next report waits for the last one to be collected: a
 # run reporting every few seconds stalled up to 2 s per report (a 120-step test fit took
 # 36-44 s; 22-25 s at 0.2 s, same steps). A user's own setting is kept.
-UNHANDLED_ERRORS_ENV = "RAY_IGNORE_UNHANDLED_ERRORS"  # read by Ray's driver when it logs
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.25"
 

@@ -87,7 +87,7 @@ AGREEMENT_SLACK = 1e-4
 TIE_REL = 1e-5
 SAMPLE_SEED = 12345
 WARMUP_ROWS = 256
-# clam_dist's distance blocks: at most 2^22 float32 entries (kmeans._ASSIGN_BLOCK_ELEMS,
+# clam_dist's distance blocks: at most 2^22 float32 entries (am.NEAREST_BLOCK_ELEMS,
 # two_level._PREDICT_BLOCK_ELEMS); faiss's flat search blocks are 4096 x 1024 floats.
 BLOCK_ELEMS = 1 << 22
 # two_level.COARSE_ROWS_PER_CELL, and faiss's max_points_per_centroid of its coarse level.

@@ -41,9 +41,6 @@ class KMeansResult:
     second_sq: torch.Tensor | None = None
 
 
-# Entries per (rows x k) distance block of a nearest-centre pass (am.NEAREST_BLOCK_ELEMS).
-_ASSIGN_BLOCK_ELEMS = NEAREST_BLOCK_ELEMS
-
 # faiss's rule of thumb: fewer rows than this per centroid gives noisy centroids.
 MIN_ROWS_PER_CENTROID = 39
 
@@ -58,7 +55,7 @@ def assign_nearest(
     x: torch.Tensor,
     centers: torch.Tensor,
     x_sq: torch.Tensor | None = None,
-    block_elems: int = _ASSIGN_BLOCK_ELEMS,
+    block_elems: int = NEAREST_BLOCK_ELEMS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance to, and index of, the nearest centre for every row: (n,), (n,).
 

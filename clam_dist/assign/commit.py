@@ -304,12 +304,14 @@ class OutputPrefix:
         ):
             return  # not ours to remove
         self._settle(attempt, record)
-        self.remove_empty_folders()
+        if self._created_prefix:
+            self._remove_empty_dir(self.path)
 
-    def remove_empty_folders(self) -> None:
-        """The staging folder when empty, and the prefix when this attempt created it and
-        it is empty."""
-        self._remove_empty_dir(f"{self.path}/{STAGING}")
+    def sweep(self, staging_url: str) -> None:
+        """After :meth:`abort`: remove what a writer it could not stop still put in this
+        attempt's folder (only this attempt writes there: the name is its own), then the
+        prefix when this attempt created it and it is empty again."""
+        self._remove_attempt(staging_url.rstrip("/").rsplit("/", 1)[-1])
         if self._created_prefix:
             self._remove_empty_dir(self.path)
 

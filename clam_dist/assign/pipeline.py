@@ -350,12 +350,9 @@ def _abort(prefix: OutputPrefix, staging: str) -> None:
     what a task cancelled too late wrote there after all (its own attempt folder: the
     name is this attempt's, nobody else writes into it)."""
     prefix.abort(staging)
-    folder = prefix.staging_path(staging)
     for _ in range(STRAGGLER_SWEEPS):
         time.sleep(STRAGGLER_SWEEP_S)
-        if prefix.fs.exists(folder):
-            prefix.fs.rm(folder, recursive=True)
-            prefix.remove_empty_folders()
+        prefix.sweep(staging)
 
 
 STRAGGLER_SWEEPS, STRAGGLER_SWEEP_S = 3, 0.2

@@ -1,7 +1,8 @@
 """Attention-based clustering: k heads whose parameters become the centroids, trained on
 reconstruction risk (``model.py``, ``objective.py`` on the trainer, ``estimator.py`` in
-memory, ``trial.py`` for Ray Tune, ``config.py`` its ``[attention]`` section); rows go to the best-scoring head (nearest prototype
-for distance scores, the largest dot product for dot scores)."""
+memory, ``trial.py`` for Ray Tune, ``config.py`` its ``[attention]`` section); rows go
+to the best-scoring head (nearest prototype for distance scores, the largest dot product
+for dot scores)."""
 
 from __future__ import annotations
 

@@ -80,14 +80,14 @@ def _curve(config, z, method, prototypes, beta, seed, evaluate) -> list[tuple[in
 
 def scratch_steps(run: PartitionRun, summary: dict) -> dict:
     """Figure 2 for one refresh: the refresh's warm training against the from-scratch
-    training (the first version's start: k-means++ refined by Lloyd, at the config's lr)
+    training (the first version's start, seeding.trainer_start, at the config's lr)
     on the same rows and epochs with the same objective (the champion's beta), both
     scored after every epoch by ClAM's masked pattern-completion loss on the same held-out
     rows of the partition with the same fixed masks."""
     import torch
 
     from clam_dist.models.clam import clam_loss, draw_mask
-    from clam_dist.models.seeding import init_prototypes
+    from clam_dist.models.seeding import trainer_start
     from clam_dist.registry.partition import seed_for
     from clam_dist.registry.refresh import fine_tuning, standardised, warm_start
     from clam_dist.registry.reservoir import earlier_keys, read_samples
@@ -118,7 +118,7 @@ def scratch_steps(run: PartitionRun, summary: dict) -> dict:
     warm = _curve(fine_tuning(config, seed), z, "clam", start, champion.beta, seed, evaluate)
     warm_s = time.perf_counter() - t0
     x = torch.from_numpy(z)
-    scratch0 = init_prototypes(x, len(start), "kmeans", torch.Generator().manual_seed(seed))
+    scratch0 = trainer_start(x, len(start), m.init, m.metric, torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     # One objective for both (the champion's beta: the loss's temperature), two starts.
     cold = _curve(config, z, "clam", scratch0.numpy(), champion.beta, seed, evaluate)
@@ -174,6 +174,7 @@ def main() -> None:
     p.add_argument("--work", default="bench_results/schedule", help="data and registry here")
     p.add_argument("--json", default="bench_results/bench_schedule.json")
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--stream-seed", type=int, default=0, help="the synthetic stream's seed")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
 
@@ -181,7 +182,7 @@ def main() -> None:
 
     import ray
 
-    stream = DriftingStream(d=args.d, k=args.k, rows=args.rows)
+    stream = DriftingStream(d=args.d, k=args.k, rows=args.rows, seed=args.stream_seed)
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     truth = {}

@@ -146,3 +146,26 @@ def test_every_method_trains_a_first_version_and_refreshes_it_warm(method, tmp_p
     loaded = load_artifact(str(tmp_path / "m"))
     labels = ClusterPredictor.from_artifact(loaded).predict(x2, ())["cluster"]
     assert labels.min() >= 0 and labels.max() < loaded.k
+
+
+def test_a_dcam_refresh_adds_a_cluster_in_latent_space_for_a_new_component():
+    """DCAM's prototypes live in its encoder's latent space: the rows the champion cannot
+    explain are encoded and clustered there, so a component that appears gets its own
+    prototype (latent width) and a new id, as for the methods in the input space."""
+    from clam_dist.registry.refresh import predict
+
+    stream = DriftingStream(d=8, k=4, rows=3_000, move_day=99, new_day=2, added=1, seed=2)
+    config = load_config(
+        PartitionConfig,
+        None,
+        ["model.method=dcam", "model.n_clusters=4", "optim.epochs=3", "optim.batch_size=256",
+         "dcam.latent_dim=4", "dcam.pretrain_epochs=3"],
+    )  # fmt: skip
+    x1, _, _ = stream.partition(1)
+    first = train_first(config, x1, seed=3)
+    x2, labels, _ = stream.partition(2)
+    new = refresh(config, first, x2, x1[:500], next_id=4, seed=4)
+    assert new.added == 1 and new.artifact.prototypes.shape[1] == 4  # the latent width
+    ids = np.asarray(new.artifact.meta["cluster_ids"])[predict(new.artifact, x2, ())["cluster"]]
+    on_new_ids = ~np.isin(ids[labels == 4], first.meta["cluster_ids"])
+    assert on_new_ids.mean() > 0.9

@@ -40,15 +40,17 @@ class BaseHooks:
         return {"loss_history": list(getattr(estimator, "loss_history_", []))}
 
     def scratch_fit(self, config: Any, z: np.ndarray, seed: int) -> WarmFit:
-        """The trainer's own start (k-means++ refined by Lloyd on ``z``, beta from the data
+        """The trainer's own start (``seeding.trainer_start`` on ``z``, beta from the data
         unless model.beta is set), then the method's objective on the trainer's loop in
         this process: what `clam-dist train` does, on rows in memory."""
         from clam_dist.models.clam import beta_from_data
-        from clam_dist.models.seeding import init_prototypes
+        from clam_dist.models.seeding import trainer_start
 
         x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
         m = config.model
-        start = init_prototypes(x, m.n_clusters, "kmeans", torch.Generator().manual_seed(seed))
+        start = trainer_start(
+            x, m.n_clusters, m.init, m.metric, torch.Generator().manual_seed(seed)
+        )
         beta = m.beta if m.beta is not None else beta_from_data(x, start, m.metric)
         return train_from(config, z, m.method, start.numpy(), float(beta), seed)
 

@@ -434,6 +434,36 @@ def _swapped_start(
     return res.centers, res.n_iter
 
 
+# Centroid swaps' defaults: at most this share of k moved per round, planned on at most
+# this many rows per centroid.
+SWAP_FRACTION = 0.05
+SWAP_SAMPLE_PER_CENTROID = 64
+
+
+def lloyd_with_swaps(
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    metric: Metric = "euclidean",
+    swap_rounds: int = 8,
+    generator: torch.Generator | None = None,
+) -> KMeansResult:
+    """Lloyd from ``seeds`` on all of ``x``, with up to ``swap_rounds`` rounds of centroid
+    swaps first (``kmeans_fit``'s step 2, Euclidean only): the seeds' Lloyd basin
+    otherwise keeps two centroids in one group and one centroid over two groups."""
+    start, prior_iter = seeds, 0
+    x_sq = row_sq_norms(x) if metric == "euclidean" else None
+    if swap_rounds > 0 and metric == "euclidean" and seeds.shape[0] >= 2:
+        start, prior_iter = _swapped_start(
+            x, x_sq, seeds, swap_rounds, SWAP_FRACTION, SWAP_SAMPLE_PER_CENTROID, max_iter,
+            tol, generator, None,
+        )  # fmt: skip
+    res = lloyd(x, start, max_iter, tol, metric, x_sq)
+    res.n_iter += prior_iter
+    return res
+
+
 # Relative inertia change that ends the Lloyd runs around centroid swaps (the caller's
 # tol, if looser, wins; the final Lloyd always runs to the caller's tol).
 SWAP_LLOYD_TOL = 1e-3
@@ -472,8 +502,8 @@ def kmeans_fit(
     sample_iter: int = 25,
     full_iter: int | None = None,
     swap_rounds: int = 8,
-    swap_fraction: float = 0.05,
-    swap_sample_per_centroid: int | None = 64,
+    swap_fraction: float = SWAP_FRACTION,
+    swap_sample_per_centroid: int | None = SWAP_SAMPLE_PER_CENTROID,
     generator: torch.Generator | None = None,
     metric: Metric = "euclidean",
     callback=None,

@@ -209,11 +209,23 @@ def warm_start(
     out = predict(champion, x_partition, ("energy",))
     above = out["energy"] > champion.meta.get("energy_p99", np.inf)
     tightness = float(out["distance"][~above].mean()) if (~above).any() else np.inf
-    added = np.zeros((0, champion.d), np.float32)
-    if champion.encoder() is None:  # new prototypes live where the rows do
-        z_above = standardised(champion, x_partition[above])
-        added = new_prototypes(z_above, len(x_partition), tightness, config.refresh, seed)
+    # New prototypes live where the champion's prototypes do: the rows themselves, or
+    # (DCAM) their latents under the champion's encoder, where the predictor's distance
+    # and so ``tightness`` are measured too.
+    z_above = model_space(champion, standardised(champion, x_partition[above]))
+    added = new_prototypes(z_above, len(x_partition), tightness, config.refresh, seed)
     return np.vstack([champion.prototypes, added]).astype(np.float32), above
+
+
+def model_space(artifact: ModelArtifact, z: np.ndarray) -> np.ndarray:
+    """Standardised rows ``z`` where the artifact's prototypes live (its encoder's latents
+    for DCAM, else the rows themselves)."""
+    encoder = artifact.encoder()
+    if encoder is None or not len(z):
+        return z
+    encoder.eval()
+    with torch.no_grad():
+        return encoder(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
 
 
 def predict_rows(artifact: ModelArtifact, z: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
     run's sample (drawn here when not given)."""
     from clam_dist.data.stats import feature_stats
     from clam_dist.models.clam import beta_from_data
-    from clam_dist.models.kmeans import kmeans_parallel_init, kmeans_plus_plus, lloyd
+    from clam_dist.models.seeding import trainer_start
 
     stats = feature_stats(make_source(cfg))
     sample = init_sample(cfg) if sample is None else sample
@@ -66,12 +66,7 @@ def initialise(cfg: TrainConfig, sample=None) -> dict:
     own = methods.get(cfg.model.method).load_hooks().initial_prototypes(cfg, z, gen)
     if own:  # a method that seeds its prototypes itself (DCAM: in its latents)
         return {**own, **common}
-    if cfg.model.init == "kmeans||":
-        protos = kmeans_parallel_init(z, k, generator=gen, metric=cfg.model.metric)
-    else:
-        protos = kmeans_plus_plus(z, k, gen, metric=cfg.model.metric)
-        if cfg.model.init == "kmeans":
-            protos = lloyd(z, protos, max_iter=100, metric=cfg.model.metric).centers
+    protos = trainer_start(z, k, cfg.model.init, cfg.model.metric, gen)
     beta = (
         cfg.model.beta
         if cfg.model.beta is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -125,6 +126,9 @@ def _pop_option(argv: list[str], name: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A program's own process (the console script, `python -m clam_dist`), not a caller's
+    # that passes argv: only then may the exit path touch file descriptors 1 and 2.
+    called_as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["--version"], ["-V"]):
         print(f"clam-dist {_version()}")
@@ -148,13 +152,32 @@ def main(argv: list[str] | None = None) -> int:
         if exc.code in (0, None):  # --help: argparse's own clean exit
             raise
         return exc.code if isinstance(exc.code, int) else 2
-    return run_logged(
+    code = run_logged(
         args.command,
         lambda: importlib.import_module(args._module).run(args),
         verbose,
         log_format=log_format,
         log_file=log_file,
     )
+    from clam_dist import interrupts
+
+    if called_as_program and not verbose and interrupts.received() is not None:
+        _last_word()
+    return code
+
+
+def _last_word() -> None:
+    """After an interrupt's one line, nothing more reaches the terminal. The command's
+    clean-up has run; what runs at exit (Ray's shutdown) can still wake a library thread
+    that was in flight, and Ray Data's executor then connects to RAY_ADDRESS again, which
+    printed Ray's "Connecting to existing Ray cluster" lines after ours (seen under load).
+    Ray's own logs keep everything."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def run_logged(

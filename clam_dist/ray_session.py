@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 
 from clam_dist import logs
+from clam_dist.drills import DRILL_ENV
 from clam_dist.interrupts import catch_signals
 
 
@@ -99,12 +100,12 @@ TRAIN_POLL_S = "0.25"
 
 def job_environment() -> dict[str, str]:
     """What a driver that joins a cluster by itself hands to every task and worker of its
-    job: the STORAGE_ENV variables set here and the report poll interval. Under `ray job
-    submit` the job's own runtime_env already reaches every node (and a second one from
-    the driver would be merged into it): nothing then."""
+    job: the STORAGE_ENV variables set here, the report poll interval and the drills of
+    clam_dist/drills.py. Under `ray job submit` the job's own runtime_env already reaches
+    every node (and a second one from the driver would be merged into it): nothing then."""
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         return {}
-    names = (*STORAGE_ENV, TRAIN_POLL_ENV)
+    names = (*STORAGE_ENV, TRAIN_POLL_ENV, *DRILL_ENV)
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 

@@ -18,6 +18,7 @@ from cli_harness import cli_env, run_cli
 from clam_dist.commands.make_dataset import write_mixture
 from clam_dist.data.local_s3 import local_s3
 from clam_dist.data.source import open_filesystem
+from clam_dist.drills import TASK_DELAY_ENV
 from clam_dist.local_cluster import SINGLE_HOST_ENV, local_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -220,10 +221,12 @@ def test_a_node_lost_mid_assignment_commits_every_row_once(s3, cluster, model_ur
     from clam_dist.assign.commit import read_assignments
 
     output = s3.url("assigned-lost")
+    # Each batch waits a second (a drill the driver hands to every node's tasks): on a
+    # fast machine the 6,000 rows were all written before the node could be removed.
     running = start_cli(
         "assign", "--input", s3.url("data"), "--output", output, "--model", model_url,
         "--concurrency", "2", "--summary", str(tmp_path / "assign.json"),
-        env=_env(s3, cluster),
+        env={**_env(s3, cluster), TASK_DELAY_ENV: "1.0"},
     )  # fmt: skip
     fs, root = open_filesystem(output, s3.storage_options)
 
@@ -234,8 +237,10 @@ def test_a_node_lost_mid_assignment_commits_every_row_once(s3, cluster, model_ur
     running.wait_until(first_part_staged, "a first staged part file", timeout=300)
     victim = cluster.worker_nodes[0]
     cluster.remove_worker(victim)
-    assert running.proc.poll() is None, "the job ended before the node was lost"
-    new = cluster.add_worker()  # the next tests find two worker nodes again
+    try:
+        assert running.proc.poll() is None, "the job ended before the node was lost"
+    finally:
+        new = cluster.add_worker()  # the next tests find two worker nodes again
     done = running.finish(timeout=600)
     assert done.code == 0, done.describe()
     per_node = json.loads((tmp_path / "assign.json").read_text())["per_node"]

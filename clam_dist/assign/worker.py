@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +24,7 @@ import pyarrow as pa
 from clam_dist.artifacts import ModelArtifact
 from clam_dist.assign.assigner import ClusterAssigner
 from clam_dist.assign.node_tally import counted
-
-# Fault injection (tests, drills): a file path; the first task that creates it kills its
-# own worker process, as an OOM kill would, so Ray retries the task in a fresh process.
-DIE_ONCE_ENV = "CLAM_DIST_ASSIGN_DIE_ONCE"
+from clam_dist.drills import DIE_ONCE_ENV, TASK_DELAY_ENV
 
 # One entry per worker process: the assigner of the last (model, settings) it served.
 _CACHE: dict[tuple, object] = {}
@@ -65,6 +63,9 @@ def assign_batch(
     n = len(batch["x"])
     with counted(tally, n):
         assigner = _assigner(settings)
+        delay = os.environ.get(TASK_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
         if chunk_rows <= 0 or n <= chunk_rows:
             return assigner(batch)
         return pa.concat_tables(

@@ -125,9 +125,9 @@ class TuneScore:
     holdout: float = knob(0.2, Interval(float, 0, 0.9, "neither"))
     # Selection after the search (full budget, fresh seeds, never the search's):
     # the `finalists` best searched trials and the default are re-trained on `final_seeds`
-    # seeds, the best finalist by mean goes on; it and the default are re-trained on
-    # `confirm_seeds` further seeds, and the finalist replaces the default only when its
-    # mean there is at least the default's. The confirmed figures carry no selection bias.
+    # seeds, and the best finalist replaces the default when its mean there is at least
+    # the default's (the choice). Both are then re-trained on `confirm_seeds` further
+    # seeds that take no part in the choice: the confirmed figures carry no selection bias.
     finalists: int = knob(3, COUNT)
     final_seeds: int = knob(3, COUNT)
     confirm_seeds: int = knob(5, COUNT)

@@ -448,18 +448,32 @@ def lloyd_with_swaps(
     metric: Metric = "euclidean",
     swap_rounds: int = 8,
     generator: torch.Generator | None = None,
+    *,
+    swap_fraction: float = SWAP_FRACTION,
+    swap_sample_per_centroid: int | None = SWAP_SAMPLE_PER_CENTROID,
+    x_sq: torch.Tensor | None = None,
+    callback=None,
+    stage: str = "full",
 ) -> KMeansResult:
     """Lloyd from ``seeds`` on all of ``x``, with up to ``swap_rounds`` rounds of centroid
-    swaps first (``kmeans_fit``'s step 2, Euclidean only): the seeds' Lloyd basin
-    otherwise keeps two centroids in one group and one centroid over two groups."""
+    swaps first (Euclidean only; ``kmeans_fit``'s step 2): the seeds' Lloyd basin
+    otherwise keeps two centroids in one group and one centroid over two groups.
+    ``x_sq``: the row norms when the caller has them (Euclidean: computed here
+    otherwise). ``callback(stage, iteration, inertia)`` sees every pass: "swaps" for the
+    runs around the swaps, ``stage`` for the final Lloyd."""
+    if x_sq is None and metric == "euclidean":
+        x_sq = row_sq_norms(x)
     start, prior_iter = seeds, 0
-    x_sq = row_sq_norms(x) if metric == "euclidean" else None
     if swap_rounds > 0 and metric == "euclidean" and seeds.shape[0] >= 2:
         start, prior_iter = _swapped_start(
-            x, x_sq, seeds, swap_rounds, SWAP_FRACTION, SWAP_SAMPLE_PER_CENTROID, max_iter,
-            tol, generator, None,
+            x, x_sq, seeds, swap_rounds, swap_fraction, swap_sample_per_centroid, max_iter,
+            tol, generator, callback,
         )  # fmt: skip
-    res = lloyd(x, start, max_iter, tol, metric, x_sq)
+
+    def cb(i, v):
+        return callback(stage, i, v) if callback else None
+
+    res = lloyd(x, start, max_iter, tol, metric, x_sq, cb)
     res.n_iter += prior_iter
     return res
 
@@ -560,27 +574,14 @@ def kmeans_fit(
             seeds = kmeans_plus_plus(xseed, k, generator)
         else:
             seeds = kmeans_parallel_init(xseed, k, generator=generator)
-        if rows is None:
-            # No subsample: this Lloyd run is the final one.
-            def cb(i, v):
-                return callback("full", i, v) if callback else None
-
-            passes = max_iter
-        else:
-
-            def cb(i, v):
-                return callback("sample", i, v) if callback else None
-
-            passes = min(max_iter, sample_iter)
-        xs_sq = row_sq_norms(xs)
-        start, prior_iter = seeds, 0
-        if swap_rounds > 0 and metric == "euclidean" and k >= 2:
-            start, prior_iter = _swapped_start(
-                xs, xs_sq, seeds, swap_rounds, swap_fraction, swap_sample_per_centroid,
-                passes, tol, generator, callback,
-            )  # fmt: skip
-        res = lloyd(xs, start, passes, tol, metric, xs_sq, cb)
-        res.n_iter += prior_iter
+        # Without a subsample this Lloyd run is the final one; else the sample's.
+        full_run = rows is None
+        stage, passes = ("full", max_iter) if full_run else ("sample", min(max_iter, sample_iter))
+        res = lloyd_with_swaps(
+            xs, seeds, passes, tol, metric, swap_rounds, generator,
+            swap_fraction=swap_fraction, swap_sample_per_centroid=swap_sample_per_centroid,
+            x_sq=row_sq_norms(xs), callback=callback, stage=stage,
+        )  # fmt: skip
         if rows is not None:
             res.labels = None  # sample labels mean nothing for the full data
         if best is None or res.inertia < best.inertia:

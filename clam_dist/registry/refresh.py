@@ -206,26 +206,17 @@ def warm_start(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the prototypes a refresh starts from: the champion's, then new ones for groups of
     rows it cannot explain; which rows of ``x_partition`` are above its threshold)."""
-    out = predict(champion, x_partition, ("energy",))
+    predictor = ClusterPredictor.from_artifact(champion)
+    out = predictor.predict(x_partition, ("energy",))
     above = out["energy"] > champion.meta.get("energy_p99", np.inf)
     tightness = float(out["distance"][~above].mean()) if (~above).any() else np.inf
-    # New prototypes live where the champion's prototypes do: the rows themselves, or
+    # New prototypes live where the champion's prototypes do: the standardised rows, or
     # (DCAM) their latents under the champion's encoder, where the predictor's distance
     # and so ``tightness`` are measured too.
-    z_above = model_space(champion, standardised(champion, x_partition[above]))
-    added = new_prototypes(z_above, len(x_partition), tightness, config.refresh, seed)
-    return np.vstack([champion.prototypes, added]).astype(np.float32), above
-
-
-def model_space(artifact: ModelArtifact, z: np.ndarray) -> np.ndarray:
-    """Standardised rows ``z`` where the artifact's prototypes live (its encoder's latents
-    for DCAM, else the rows themselves)."""
-    encoder = artifact.encoder()
-    if encoder is None or not len(z):
-        return z
-    encoder.eval()
     with torch.no_grad():
-        return encoder(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
+        z_above = predictor.to_model_space(np.ascontiguousarray(x_partition[above], np.float32))
+    added = new_prototypes(z_above.numpy(), len(x_partition), tightness, config.refresh, seed)
+    return np.vstack([champion.prototypes, added]).astype(np.float32), above
 
 
 def predict_rows(artifact: ModelArtifact, z: np.ndarray) -> np.ndarray:

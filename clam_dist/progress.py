@@ -28,13 +28,12 @@ def _fmt_seconds(s: float) -> str:
 class StageState:
     """What is known about the running stage; read by the ticker, written by updates.
 
-    The ETA comes from the rate between reports, not from the stage's elapsed time: a
-    training stage spends its first ~20 s starting workers before the first step, and
-    counting that time in would make the ETA jump as reports arrive. The rate is smoothed
-    over reports, and between reports the ETA counts down from the last estimate."""
-
-    # Weight of the newest report's rate in the smoothed rate.
-    RATE_SMOOTHING = 0.3
+    The ETA comes from the rate since the FIRST report, not from the stage's elapsed
+    time: a training stage spends its first ~20 s starting workers before the first
+    step, and counting that time in would make the ETA jump as reports arrive. Nor from
+    the last reports alone: work that finishes in bursts (two-level cells completing
+    within a second of each other after minutes of nothing) would give "ETA 0s" at 7%.
+    Between reports the ETA counts down from the last estimate."""
 
     def __init__(self, name: str, total: int | None, unit: str, clock=time.perf_counter):
         self.name, self.total, self.unit = name, total, unit
@@ -42,21 +41,30 @@ class StageState:
         self.info: dict[str, Any] = {}  # epoch, loss, rows/s: shown as they come
         self.clock = clock
         self.t0 = clock()
-        self.rate: float | None = None  # units per second, smoothed over reports
+        self._phase_t0 = self.t0  # when the current count began (restart)
+        self.rate: float | None = None  # units per second since the first report
+        self._first_report: tuple[float, int] | None = None  # (time, done) of the first one
         self._last_report: tuple[float, int] | None = None  # (time, done) of the last one
+
+    def restart(self, unit: str) -> None:
+        """A new phase of the stage counting ``unit`` (a two-level train stage shuffles
+        parts, then fits cells): the count and its rate start afresh, from now."""
+        self.unit, self.done, self.rate = unit, None, None
+        self._first_report = self._last_report = None
+        self._phase_t0 = self.clock()
 
     def elapsed(self) -> float:
         return self.clock() - self.t0
 
     def advance(self, done: int) -> None:
-        """A report: ``done`` units so far (the rate is measured between reports)."""
+        """A report: ``done`` units so far (the rate is measured from the first report)."""
         now = self.clock()
-        if self._last_report is not None:
-            t_prev, done_prev = self._last_report
-            if done > done_prev and now > t_prev:
-                rate = (done - done_prev) / (now - t_prev)
-                a = self.RATE_SMOOTHING
-                self.rate = rate if self.rate is None else a * rate + (1 - a) * self.rate
+        if self._first_report is None:
+            self._first_report = (now, done)
+        else:
+            t_first, done_first = self._first_report
+            if done > done_first and now > t_first:
+                self.rate = (done - done_first) / (now - t_first)
         if self._last_report is None or done != self._last_report[1]:
             self._last_report = (now, done)
         self.done = done
@@ -66,9 +74,11 @@ class StageState:
             return None
         rate = self.rate
         if rate is None and self._last_report is not None:
-            # One report so far: the rate since the stage started is all there is (it
-            # includes the start-up, so it is pessimistic; the next report replaces it).
-            rate = self.done / max(self._last_report[0] - self.t0, 1e-9)
+            # One report so far: the rate since the stage (or its phase) started is all
+            # there is (it includes the start-up, so it is pessimistic; the next report
+            # replaces it).
+            since_start = self._last_report[0] - self._phase_t0
+            rate = self.done / since_start if since_start > 0 else None
         if not rate:
             return None
         since_report = self.clock() - self._last_report[0] if self._last_report else 0.0
@@ -154,13 +164,25 @@ class Console:
         self._ticker = threading.Thread(target=self._tick, name="clam-progress", daemon=True)
         self._ticker.start()
 
-    def update(self, done: int | None = None, total: int | None = None, **info: Any) -> None:
+    def update(
+        self,
+        done: int | None = None,
+        total: int | None = None,
+        unit: str | None = None,
+        **info: Any,
+    ) -> None:
         """The running stage's progress: ``done`` of ``total`` and named values (epoch,
-        loss, rows/s). Ignored when no stage runs."""
+        loss, rows/s); a new ``unit`` starts a new count (a two-level train stage counts
+        shuffled parts, then the rows of fitted cells). Ignored when no stage runs."""
         with self._lock:
             st = self._stage
             if st is None:
                 return
+            if unit is not None and unit != st.unit:
+                st.restart(unit)  # another phase: its own count and rate
+                if self._bar is not None:
+                    self._bar.unit = f" {unit}"
+                    self._bar.unit_scale = unit == "rows"
             if total is not None:
                 st.total = total
             if done is not None:
@@ -279,7 +301,13 @@ class NullConsole(Console):
     def stage_start(self, name: str, total: int | None = None, unit: str = "rows") -> None:
         pass
 
-    def update(self, done: int | None = None, total: int | None = None, **info: Any) -> None:
+    def update(
+        self,
+        done: int | None = None,
+        total: int | None = None,
+        unit: str | None = None,
+        **info: Any,
+    ) -> None:
         pass
 
     def stage_end(

@@ -452,8 +452,8 @@ def _train_two_level_cells(run: Run, stats):
         shards.write_coarse(coarse)
     template = methods.get(m.method).load_hooks().make_estimator(cfg)
 
-    def progress(done: int, total: int) -> None:
-        run.console.update(done=done, total=total, cells=f"{done}/{total}")
+    def progress(done: int, total: int, unit: str, cells: str) -> None:
+        run.console.update(done=done, total=total, unit=unit, cells=cells or None)
 
     result = train_two_level(
         source, space, coarse, shards, k, cfg.seed, EstimatorCellFit(template), progress

@@ -16,7 +16,17 @@ but ``data.url`` set (the README's ClAM at k = 16, 3 epochs, batch 1,024).
 
 Peak RSS per process: a sampler polls the pipeline process and all its descendants every
 0.25 s and keeps each process's largest RSS, keyed by its role (driver, train worker,
-assignment actor, Ray's own daemons) read from the process title Ray sets.
+assignment actor, Ray's own daemons) read from the process title Ray sets. Beside it the
+largest PRIVATE resident memory (RSS less its shared pages, ``psutil``'s ``shared``:
+file-backed and shared-memory pages): a Ray worker that reads blocks zero-copy from the
+object store (an mmap of shared memory) counts every page of them it touches in its RSS,
+although they belong to the object store and are counted once for the node.
+
+``--set section.key=value`` (repeatable) adds a pipeline setting after the ones above
+(e.g. ``--set model.coarse_clusters=256`` for a two-level model); with ``--only-set`` the
+``--set`` values are the only settings (the pipeline's defaults otherwise: ClAM, 3 epochs,
+batch 1,024), e.g. issue 28's command ``--only-set --set model.n_clusters=65536 --set
+model.coarse_clusters=256``.
 """
 
 from __future__ import annotations
@@ -88,6 +98,8 @@ def _role(proc: psutil.Process, driver: int) -> str:
         ("RayTrainWorker", "train worker"),
         ("ClusterAssigner", "assignment worker"),
         ("MapBatches", "assignment worker"),
+        ("_shuffle_unit", "shuffle task"),
+        ("_fit_one_cell", "cell task"),
         ("ReadParquet", "read task"),
         ("_read_units", "read task"),
         ("dashboard", "dashboard"),
@@ -101,12 +113,15 @@ def _role(proc: psutil.Process, driver: int) -> str:
 
 
 class PeakRSS:
-    """Largest RSS seen per process (pid), with the last role seen for it."""
+    """Largest RSS seen per (process, role): Ray reuses a worker process for task after
+    task (a two-level run's shuffle, cell and assignment tasks can share one), so each
+    sample is credited to the role the process's title names at that moment (``ray::IDLE``
+    between tasks: "ray worker (other task)")."""
 
     def __init__(self, pid: int, every: float = 0.25) -> None:
         self.pid, self.every = pid, every
-        self.peak: dict[int, int] = {}
-        self.role: dict[int, str] = {}
+        self.peak: dict[tuple[int, str], int] = {}
+        self.peak_private: dict[tuple[int, str], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -130,22 +145,24 @@ class PeakRSS:
                 return
             for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    mem = p.memory_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                if rss > self.peak.get(p.pid, 0):
-                    self.peak[p.pid] = rss
                 role = _role(p, self.pid)
-                # Ray reuses idle workers: keep the most specific role seen.
-                if role not in ("gone", "ray worker (other task)") or p.pid not in self.role:
-                    self.role[p.pid] = role
+                if role == "gone":
+                    continue
+                key = (p.pid, role)
+                self.peak[key] = max(mem.rss, self.peak.get(key, 0))
+                private = mem.rss - mem.shared
+                self.peak_private[key] = max(private, self.peak_private.get(key, 0))
             self._stop.wait(self.every)
 
-    def by_role(self) -> dict[str, list[float]]:
-        """Role -> peak RSS in MB of each process with that role, largest first."""
+    def by_role(self, private: bool = False) -> dict[str, list[float]]:
+        """Role -> peak RSS (``private``: peak RSS less shared pages) in MB of each process
+        with that role, largest first."""
         out: dict[str, list[float]] = {}
-        for pid, rss in self.peak.items():
-            out.setdefault(self.role.get(pid, "other"), []).append(round(rss / 2**20, 1))
+        for (_, role), rss in (self.peak_private if private else self.peak).items():
+            out.setdefault(role, []).append(round(rss / 2**20, 1))
         return {role: sorted(v, reverse=True) for role, v in sorted(out.items())}
 
 
@@ -165,7 +182,12 @@ def run_pipeline(run_dir: Path, data_url: str, sets: list[str], log: Path) -> di
     if code != 0:
         tail = log.read_text().splitlines()[-5:]
         raise SystemExit(f"pipeline failed (exit {code}) for {data_url}: {tail}")
-    return {"wall_s": round(wall, 1), "summary": summary, "peak_rss_mb": rss.by_role()}
+    return {
+        "wall_s": round(wall, 1),
+        "summary": summary,
+        "peak_rss_mb": rss.by_role(),
+        "peak_private_mb": rss.by_role(private=True),
+    }
 
 
 def main() -> None:
@@ -189,6 +211,10 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/clam-scale")
     p.add_argument("--readme-defaults", action="store_true")
     p.add_argument("--json", default="bench_results/scale.json")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument(
+        "--only-set", action="store_true", help="the --set values only (no method, k, epochs)"
+    )
     args = p.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     n_max = sizes[-1]
@@ -209,7 +235,10 @@ def main() -> None:
         f"model.n_clusters={args.k}",
         f"optim.epochs={args.epochs}",
         f"optim.batch_size={args.batch_size}",
+        *args.set,
     ]
+    if args.only_set:
+        sets = list(args.set)
     results = []
     for n in [] if args.readme_defaults else sizes:
         data = data_all
@@ -220,7 +249,8 @@ def main() -> None:
                 link = data / f"part-{f:05d}.parquet"
                 if not link.exists():
                     os.symlink(data_all / link.name, link)
-        run_dir = root / f"run-{n}-{args.method}-k{args.k}"
+        label = "only-set" if args.only_set else f"{args.method}-k{args.k}"
+        run_dir = root / f"run-{n}-{label}"
         res = run_pipeline(run_dir, str(data), sets, root / f"log-{n}.txt")
         results.append({"rows": n, "settings": sets, **res})
         print(f"{n:,} rows: {res['wall_s']} s", flush=True)
@@ -250,12 +280,13 @@ def _print_table(results: list[dict]) -> None:
             + f" | {total:.1f} | {r['rows'] / total:,.0f} |"
         )
     roles = sorted({role for r in results for role in r["peak_rss_mb"]})
-    print("\nPeak RSS per process, MB (largest first):")
-    print("| role | " + " | ".join(f"{r['rows']:,} rows" for r in results) + " |")
-    print("| --- | " + " | ".join("---" for _ in results) + " |")
-    for role in roles:
-        cells = [", ".join(f"{v:.0f}" for v in r["peak_rss_mb"].get(role, [])[:4]) for r in results]
-        print(f"| {role} | " + " | ".join(cells) + " |")
+    for key, what in (("peak_rss_mb", "RSS"), ("peak_private_mb", "private (RSS - shared)")):
+        print(f"\nPeak {what} per process, MB (largest first):")
+        print("| role | " + " | ".join(f"{r['rows']:,} rows" for r in results) + " |")
+        print("| --- | " + " | ".join("---" for _ in results) + " |")
+        for role in roles:
+            cells = [", ".join(f"{v:.0f}" for v in r[key].get(role, [])[:4]) for r in results]
+            print(f"| {role} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from clam_dist.data.stats import sample_rows
 from clam_dist.evaluate.baseline import kmeans_baseline
 from clam_dist.evaluate.contingency import (
     Contingency,
-    acc_from_table,
-    ari_from_table,
-    nmi_from_table,
+    acc_from_pairs,
+    ari_from_pairs,
+    nmi_from_pairs,
 )
 from clam_dist.evaluate.partitions import drift_by_partition
 from clam_dist.evaluate.per_cluster import ClusterTable
@@ -226,9 +226,9 @@ def evaluate_run(cfg: EvalConfig, timings: dict | None = None) -> tuple[dict, di
         metrics["mean_energy_sample"] = float(pred["energy"].astype(np.float64).mean())
     if table is not None:
         metrics.update(
-            nmi=nmi_from_table(table.table),
-            ari=ari_from_table(table.table),
-            acc=acc_from_table(table.table),
+            nmi=nmi_from_pairs(*table.pairs()),
+            ari=ari_from_pairs(*table.pairs()),
+            acc=acc_from_pairs(*table.pairs()),
             external_metrics_on=f"all rows ({table.n})",
         )
     elif sample.labels is not None:

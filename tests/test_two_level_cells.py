@@ -117,8 +117,15 @@ def test_a_lost_cell_task_retrains_only_its_cell_and_a_resume_reads_checkpoints(
     shards = CellShards(str(tmp_path / "faulty"))
     parts = sorted((tmp_path / "faulty" / "parts").iterdir())
     stamps = [p.stat().st_mtime_ns for p in parts]
-    _, again = _run(x, url, tmp_path / "faulty", dying_fit)
+    heard: list[tuple[int, int, str, str]] = []
+    _, again = _run(x, url, tmp_path / "faulty", dying_fit, lambda *a: heard.append(a))
     assert again.trained == [] and again.resumed == list(range(K1))
+    assert shards.fitted_cells() == set(range(K1))
+    # The resumed cells are done from the fine level's first report on (so no rate, and
+    # no "ETA 0s", comes from checkpoints read back), and nothing counts twice.
+    rows = [h for h in heard if h[2] == "rows"]
+    assert rows[0] == (len(x), len(x), "rows", f"{K1}/{K1}")
+    assert all(h[:2] == (len(x), len(x)) and h[3] == f"{K1}/{K1}" for h in rows)
     assert [p.stat().st_mtime_ns for p in parts] == stamps
     np.testing.assert_array_equal(again.model.fine, faulty.model.fine)
     # One cell's checkpoint gone: that cell alone is trained.

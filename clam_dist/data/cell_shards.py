@@ -122,6 +122,21 @@ class CellShards:
         np.savez(buf, prototypes=np.asarray(prototypes, np.float32), info=json.dumps(info))
         self._write_bytes(buf.getvalue(), "fine", f"cell={cell:05d}.npz")
 
+    def fitted_cells(self) -> set[int]:
+        """The cells with a checkpoint, from one listing (a resumed job's progress starts
+        from them; each task still reads its own)."""
+        fs, path = open_filesystem(self._url("fine"), self.storage_options)
+        try:
+            names = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return set()
+        found = set()
+        for name in names:
+            base = str(name).rstrip("/").rsplit("/", 1)[-1]
+            if base.startswith("cell=") and base.endswith(".npz") and base[5:-4].isdigit():
+                found.add(int(base[5:-4]))
+        return found
+
     def read_fine(self, cell: int) -> tuple[np.ndarray, dict] | None:
         """(prototypes, info) of a cell already fitted, or None."""
         data = self._read_bytes("fine", f"cell={cell:05d}.npz")

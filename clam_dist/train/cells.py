@@ -260,17 +260,23 @@ def fit_cells(
     )
     fit_ref = ray.put(fit_cell)
     results: dict[int, dict] = {}
-    total_rows, rows_done = int(cell_rows.sum()), 0
+    # A resumed job's checkpointed cells count as done from the phase's first report, so
+    # the rate (and ETA) measures only the cells fitted now.
+    resumed = shards.fitted_cells() & set(cells) if on_progress is not None else set()
+    total_rows = int(cell_rows.sum())
+    rows_done = int(sum(int(cell_rows[c]) for c in resumed))
 
     def collect(r: dict) -> None:
         nonlocal rows_done
+        fitted_now = r["cell"] not in results and r["cell"] not in resumed
         results[r["cell"]] = r
-        rows_done += int(cell_rows[r["cell"]])
+        rows_done += int(cell_rows[r["cell"]]) if fitted_now else 0
         if on_progress is not None:
-            on_progress(rows_done, total_rows, "rows", f"{len(results)}/{len(cells)}")
+            fitted = len(results) + len(resumed - set(results))
+            on_progress(rows_done, total_rows, "rows", f"{fitted}/{len(cells)}")
 
-    if on_progress is not None:
-        on_progress(0, total_rows, "rows", f"0/{len(cells)}")  # the fine level starts
+    if on_progress is not None:  # the fine level starts
+        on_progress(rows_done, total_rows, "rows", f"{len(resumed)}/{len(cells)}")
 
     _run_bounded(
         lambda c: task.remote(

@@ -18,8 +18,6 @@ Variants:
 - ours, ``kmeans_cell``'s default: greedy k-means++ on all the cell's rows, then at most
   ``--iters`` Lloyd passes stopping at a relative inertia change below 1e-4;
 - ours, random seeding (faiss's), the same Lloyd;
-- ours, plain k-means++ (one D^2-sampled candidate per step instead of the greedy best of
-  2 + ln k): what the greedy search costs;
 - ours, greedy k-means++ on m x k_c sampled rows of the cell (m = 2, 4, 8), then Lloyd
   on all its rows with at most 20 / 8 / 5 passes or tol 1e-3: what a cheaper start buys.
 
@@ -114,14 +112,6 @@ def main(argv: list[str] | None = None) -> None:
         (
             f"ours, random seeding, <= {args.iters} passes",
             lambda r, k, s: kmeans_cell(r, k, s, n_iter=args.iters, seeding="random"),
-        ),
-        (
-            f"ours, k-means++ with one candidate per step (not greedy), <= {args.iters} passes",
-            lambda r, k, s: lloyd(
-                torch.from_numpy(r),
-                kmeans_plus_plus(torch.from_numpy(r), k, torch.Generator().manual_seed(s), 1),
-                args.iters,
-            ).centers.numpy(),
         ),
     ]
     for m in (2, 4, 8):

@@ -22,7 +22,7 @@ def test_tiny_run_reports_every_variant_against_faiss(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     names = [r["variant"] for r in result["results"]]
-    assert names[0].startswith("faiss") and len(names) == 4 + 3 * 4
+    assert names[0].startswith("faiss") and len(names) == 3 + 3 * 4
     assert len(result["cells"]) == 4
     for r in result["results"]:
         assert r["seconds"] > 0 and r["inertia"] > 0

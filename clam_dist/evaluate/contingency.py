@@ -2,9 +2,10 @@
 
 The (classes x clusters) counts are all these metrics need. They are kept SPARSE, as the
 (class, cluster) pairs that occur and their counts, built batch by batch: memory grows
-with the pairs seen (at most the rows), not with classes x clusters. A dense table was
-1,024 classes x 65,536 clusters x 8 bytes = 512 MiB, held about four times over by the
-update and the metrics: most of the 10M-row two-level run's 2.9 GB driver. The metrics
+with the pairs seen (at most the rows), not with classes x clusters. A dense table is
+1,024 classes x 65,536 clusters x 8 bytes = 512 MiB, held several times over by the
+update and the metrics (and 1M classes, as in deduplication ground truth, would not fit
+at all). The metrics
 are exact over every assigned row; formulas match scikit-learn's (NMI with the
 arithmetic mean). ACC's one-to-one matching runs on a dense table only while it is
 small, else as a sparse bipartite matching with the same optimum.
